@@ -1,0 +1,263 @@
+"""Policy files: the YAML writer, and conversion between the released npz format and YAML.
+
+The released search saved ``policy_DeepAA_<time>.npz`` (SPEC §2 "Output") with
+``policy_probs`` (layers x D float32), ``l_ops``, ``l_mags``, ``ops`` and ``mags`` (D x 1: the
+op index and level of each candidate) and ``op_names`` (``"ShearX:(-0.3,,0.3)"``; ops without a
+magnitude carry the dummy range ``(0.0,,1.0)``). The ImageNet files name two ops differently
+from us (``space.RELEASED_NAMES``); their presence is how the space is recognised.
+
+Usage::
+
+    python -m augmentation.convert IN.npz OUT.yaml [--meta key=value ...]
+    python -m augmentation.convert IN.yaml OUT.npz
+
+Bad input prints one line on stderr, exits with status 2 and writes nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import re
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from .policy import FORMAT, Policy, PolicyError, atomic_write, load_policy, save_policy
+from .space import OP_TABLE, RELEASED_NAMES
+
+_NAME_RE = re.compile(r"^([A-Za-z0-9_]+):\((-?[0-9.eE+-]+),,(-?[0-9.eE+-]+)\)$")
+# The released files store float32 probabilities; 9 significant digits reproduce a float32
+# exactly, so the YAML equals the npz to float32 precision while staying readable.
+NPZ_DIGITS = 9
+
+
+def _fmt(x: float, digits: int | None) -> str:
+    """A float as YAML 1.1 reads it back: PyYAML needs a '.' in the mantissa of an exponent
+    form ('1e-05' would load as a string)."""
+    s = repr(float(x)) if digits is None else f"{x:.{digits}g}"
+    mant, e, exp = s.partition("e")
+    if e and "." not in mant:
+        s = f"{mant}.0e{exp}"
+    return s
+
+
+def _plain(x):
+    """meta values as plain Python for yaml.safe_dump."""
+    if isinstance(x, dict):
+        return {str(k): _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return _plain(x.tolist())
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, Path):
+        return str(x)
+    return x
+
+
+def policy_to_yaml(policy: Policy, digits: int | None = None, probs=None) -> str:
+    """The policy as YAML text: one block line per op and candidate, each layer a flow list
+    wrapped one op per line with a comment naming the op (readable and diff-friendly).
+    ``digits=None`` writes each float64 exactly (shortest repr); an int writes that many
+    significant digits. ``probs`` overrides the table written (the npz converter writes the
+    file's own float32 values, which loading renormalises)."""
+    table = policy.probs if probs is None else np.asarray(probs, dtype=np.float64)
+    if table.shape != policy.probs.shape:
+        raise ValueError(f"probs shape {table.shape} != policy shape {policy.probs.shape}")
+    out = [
+        f"format: {FORMAT}",
+        f"space: {policy.space}",
+        f"l_mags: {policy.l_mags}",
+        "ops:             # the op table used: name -> [low, high], or null without a magnitude",
+    ]
+    for op in OP_TABLE[policy.space]:
+        out.append(f"  {op.name}: " + (f"[{op.low!r}, {op.high!r}]" if op.has_magnitude else "null"))
+    out.append(f"candidates:      # {policy.n_candidates} entries, in order: [op name, level]")
+    out += [f"  - [{name}, {level}]" for name, level in policy.candidates]
+    out.append(f"layers:          # {policy.n_layers} layers; column i is candidate i")
+    groups: list[tuple[str, list[int]]] = []
+    for i, (name, _) in enumerate(policy.candidates):
+        if groups and groups[-1][0] == name:
+            groups[-1][1].append(i)
+        else:
+            groups.append((name, [i]))
+    for row in table:
+        for g, (name, idx) in enumerate(groups):
+            lead = "  - [" if g == 0 else "     "
+            body = ", ".join(_fmt(row[i], digits) for i in idx)
+            tail = "]" if g == len(groups) - 1 else ","
+            out.append(f"{lead}{body}{tail}  # {name}")
+    meta = _plain(policy.meta)
+    if meta:
+        try:
+            dumped = yaml.safe_dump(meta, sort_keys=False, default_flow_style=False, width=4096)
+        except yaml.YAMLError as e:
+            raise PolicyError(f"meta cannot be written as YAML ({e})") from None
+        out.append("meta:")
+        out += ["  " + line for line in dumped.rstrip("\n").split("\n")]
+    else:
+        out.append("meta: {}")
+    return "\n".join(out) + "\n"
+
+
+def _parse_op_names(raw, path) -> list[tuple[str, float, float]]:
+    out = []
+    for s in raw:
+        m = _NAME_RE.match(str(s))
+        if not m:
+            raise PolicyError(f"{path}: op name {str(s)!r} is not of the form 'Name:(low,,high)'")
+        out.append((m.group(1), float(m.group(2)), float(m.group(3))))
+    return out
+
+
+def _detect_space(names: list[str]) -> str:
+    """ImageNet if any name belongs only to the ImageNet table (ours or the released one)."""
+    cifar = {op.name for op in OP_TABLE["cifar"]}
+    imagenet_names = {op.name for op in OP_TABLE["imagenet"]} | set(RELEASED_NAMES["imagenet"])
+    imagenet_only = imagenet_names - cifar
+    return "imagenet" if imagenet_only & set(names) else "cifar"
+
+
+def _scalar_int(arr, key, path) -> int:
+    a = np.asarray(arr)
+    if a.size != 1 or not np.issubdtype(a.dtype, np.integer):
+        raise PolicyError(f"{path}: '{key}' must be one integer, got {a.dtype} of shape {a.shape}")
+    return int(a.reshape(()))
+
+
+def npz_to_policy(path) -> Policy:
+    """Read a released-format npz policy; raises PolicyError (one line) on anything unexpected,
+    including an op table or candidate list that differs from this code's."""
+    return _read_npz(path)[0]
+
+
+def _read_npz(path) -> tuple[Policy, np.ndarray]:
+    """The policy (rows renormalised in float64) and the file's probabilities as stored."""
+    path = Path(path)
+    if not path.is_file():
+        raise PolicyError(f"{path}: no such file" if not path.exists() else f"{path}: not a file")
+    try:
+        with np.load(path, allow_pickle=False) as d:
+            data = {k: d[k] for k in d.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+        raise PolicyError(f"{path}: not a readable npz file ({e})") from None
+    missing = [k for k in ("policy_probs", "l_mags", "ops", "mags", "op_names") if k not in data]
+    if missing:
+        raise PolicyError(f"{path}: missing array(s) {', '.join(missing)}")
+    l_mags = _scalar_int(data["l_mags"], "l_mags", path)
+    if data["op_names"].dtype.kind not in "US":
+        raise PolicyError(f"{path}: 'op_names' must be strings, got {data['op_names'].dtype}")
+    parsed = _parse_op_names(data["op_names"].reshape(-1), path)
+    released = [n for n, _, _ in parsed]
+    space = _detect_space(released)
+    rename = RELEASED_NAMES[space]
+    names = [rename.get(n, n) for n in released]
+    table = OP_TABLE[space]
+    if names != [op.name for op in table]:
+        raise PolicyError(
+            f"{path}: op list {released} does not match the {space} table {[op.name for op in table]}"
+        )
+    for (name, lo, hi), op in zip(parsed, table):
+        if op.has_magnitude and not (np.isclose(lo, op.low) and np.isclose(hi, op.high)):
+            raise PolicyError(f"{path}: {name} range ({lo}, {hi}) differs from ({op.low}, {op.high})")
+    if "l_ops" in data and _scalar_int(data["l_ops"], "l_ops", path) != len(names):
+        raise PolicyError(f"{path}: l_ops = {int(data['l_ops'])} but {len(names)} op names")
+    ops, mags = np.asarray(data["ops"]).reshape(-1), np.asarray(data["mags"]).reshape(-1)
+    if not (np.issubdtype(ops.dtype, np.integer) and np.issubdtype(mags.dtype, np.integer)):
+        raise PolicyError(f"{path}: 'ops' and 'mags' must be integer arrays")
+    if ops.shape != mags.shape:
+        raise PolicyError(f"{path}: 'ops' has {ops.size} entries but 'mags' {mags.size}")
+    if ops.size and (ops.min() < 0 or ops.max() >= len(names)):
+        raise PolicyError(f"{path}: 'ops' holds an index outside 0..{len(names) - 1}")
+    cands = [(names[o], int(m)) for o, m in zip(ops, mags)]
+    probs = np.asarray(data["policy_probs"])
+    if probs.dtype.kind not in "fiu":
+        raise PolicyError(f"{path}: 'policy_probs' must be numbers, got {probs.dtype}")
+    meta = {
+        "source": path.name,
+        "note": f"converted from the released npz format; probabilities as stored there "
+        f"({probs.dtype}), each row renormalised to sum to 1 on loading",
+    }
+    try:
+        return Policy(probs.astype(np.float64), cands, l_mags, space, meta), probs
+    except PolicyError as e:
+        raise PolicyError(f"{path}: {e}") from None
+
+
+def policy_to_npz(policy: Policy, path) -> Path:
+    """Write ``policy`` in the released npz format (atomically), with the released op names."""
+    table = OP_TABLE[policy.space]
+    back = {ours: theirs for theirs, ours in RELEASED_NAMES[policy.space].items()}
+    index = {op.name: i for i, op in enumerate(table)}
+    op_names = [
+        f"{back.get(op.name, op.name)}:({float(op.low) if op.has_magnitude else 0.0},,"
+        f"{float(op.high) if op.has_magnitude else 1.0})"
+        for op in table
+    ]
+    buf = io.BytesIO()
+    np.savez(
+        buf,
+        policy_probs=policy.probs.astype(np.float32),
+        l_ops=np.int64(len(table)),
+        l_mags=np.int64(policy.l_mags),
+        ops=np.array([[index[n]] for n, _ in policy.candidates], dtype=np.int32),
+        mags=np.array([[lv] for _, lv in policy.candidates], dtype=np.int32),
+        op_names=np.array(op_names),
+    )
+    atomic_write(path, buf.getvalue())
+    return Path(path)
+
+
+def _parse_meta(items: list[str]) -> dict:
+    meta = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise PolicyError(f"--meta expects key=value, got {item!r}")
+        try:
+            meta[key] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            meta[key] = value
+    return meta
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m augmentation.convert",
+        description="Convert a DeepAA policy between the released npz format and YAML.",
+    )
+    parser.add_argument("src", help="input policy: .npz (released format) or .yaml/.yml")
+    parser.add_argument("dst", help="output policy: .yaml/.yml or .npz")
+    parser.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE",
+                        help="add an entry to the policy's meta (repeatable)")
+    args = parser.parse_args(argv)
+    src, dst = Path(args.src), Path(args.dst)
+    yaml_ext = {".yaml", ".yml"}
+    try:
+        extra = _parse_meta(args.meta)
+        if src.suffix == ".npz" and dst.suffix in yaml_ext:
+            policy, stored = _read_npz(src)
+            policy.meta.update(extra)
+            # Float inputs are written as stored (9 digits reproduce a float32 exactly).
+            digits = NPZ_DIGITS if stored.dtype == np.float32 else None
+            save_policy(policy, dst, digits=digits, probs=stored)
+        elif src.suffix in yaml_ext and dst.suffix == ".npz":
+            policy = load_policy(src)
+            policy_to_npz(policy, dst)
+        else:
+            raise PolicyError(
+                f"cannot convert {src.name} to {dst.name}: expected IN.npz OUT.yaml or IN.yaml OUT.npz"
+            )
+    except PolicyError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {dst} ({policy.space}, {policy.n_layers} layers x {policy.n_candidates} candidates)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

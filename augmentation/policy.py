@@ -1,0 +1,428 @@
+"""Augmentation policies: the data structure, its YAML file format, and the transform.
+
+A DeepAA policy is a stack of layers; each layer is a categorical distribution over the D
+candidates ``(op name, level)`` of the search space (SPEC §1). Applying it to an image means,
+for each layer in order, sampling one candidate and applying it (SPEC §3).
+
+The YAML format (``format: deepaa-policy/1``) is self-describing: it carries the op table and
+the candidate list it was made with, and loading checks both against the code's table so a
+policy can never be silently applied to a different space. See docs/policy_format.md.
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+from PIL import Image
+
+from .ops import apply_op
+from .space import OP_TABLE, SPACES, candidates as space_candidates, identity_index
+
+FORMAT = "deepaa-policy/1"
+# How far a layer's probabilities may sum from 1 before the file is rejected; the released
+# policies were stored in float32 and miss 1 by up to ~1e-7.
+SUM_TOLERANCE = 1e-4
+_KEYS = ("format", "space", "l_mags", "ops", "candidates", "layers")
+_OPTIONAL_KEYS = ("meta",)
+
+
+class PolicyError(ValueError):
+    """A policy file or object is malformed; the message is one line naming the problem."""
+
+    def __init__(self, message: str):
+        super().__init__(" ".join(str(message).split()))
+
+
+def policies_dir() -> Path:
+    """Where the shipped policies live: ``confs/policies`` beside the package."""
+    return Path(__file__).resolve().parent.parent / "confs" / "policies"
+
+
+def available_policies() -> list[str]:
+    """Names of the shipped policies, e.g. ``deepaa_cifar_1``."""
+    d = policies_dir()
+    return sorted(p.stem for p in d.glob("deepaa_*.yaml")) if d.is_dir() else []
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool)
+
+
+def _normalise_rows(probs: np.ndarray) -> np.ndarray:
+    """Divide each row by its sum unless it already sums to 1 at float64 precision; skipping
+    those rows makes save -> load bit-exact for policies that were normalised before."""
+    sums = probs.sum(axis=1, keepdims=True)
+    needs = np.abs(sums - 1.0) > 1e-12
+    return np.where(needs, probs / sums, probs)
+
+
+@dataclass(eq=False)
+class Policy:
+    """A policy: ``probs[k, i]`` is the probability that layer k applies ``candidates[i]``.
+
+    Constructing one validates it (raising :class:`PolicyError`) and renormalises every row to
+    sum to 1 in float64. ``candidates`` must be exactly ``space.candidates(space, l_mags)``:
+    the order is what gives each column its meaning.
+    """
+
+    probs: np.ndarray
+    candidates: list = None
+    l_mags: int = 13
+    space: str = "cifar"
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.space not in SPACES:
+            raise PolicyError(f"unknown space {self.space!r}; expected one of {', '.join(SPACES)}")
+        if not isinstance(self.l_mags, (int, np.integer)) or isinstance(self.l_mags, bool):
+            raise PolicyError(f"l_mags must be an integer, got {self.l_mags!r}")
+        self.l_mags = int(self.l_mags)
+        if self.l_mags < 3 or self.l_mags % 2 == 0:
+            raise PolicyError(f"l_mags must be an odd integer >= 3, got {self.l_mags}")
+        expected = space_candidates(self.space, self.l_mags)
+        if self.candidates is None:
+            self.candidates = list(expected)
+        self.candidates = [tuple(c) if isinstance(c, (list, tuple)) else c for c in self.candidates]
+        _check_candidates(self.candidates, expected, self.space, self.l_mags)
+        try:
+            probs = np.array(self.probs, dtype=np.float64)
+        except (TypeError, ValueError) as e:
+            raise PolicyError(f"probabilities are not numbers ({e})") from None
+        if probs.ndim != 2 or probs.shape[0] < 1:
+            raise PolicyError(f"probabilities must be a non-empty layers x D table, got shape {probs.shape}")
+        if probs.shape[1] != len(expected):
+            raise PolicyError(
+                f"each layer needs {len(expected)} probabilities (one per candidate), got {probs.shape[1]}"
+            )
+        for k, row in enumerate(probs):
+            if not np.all(np.isfinite(row)):
+                raise PolicyError(f"layer {k + 1} has a non-finite probability")
+            if np.any(row < 0):
+                i = int(np.argmax(row < 0))
+                raise PolicyError(f"layer {k + 1} has a negative probability {row[i]!r} at candidate {i}")
+            if abs(row.sum() - 1.0) > SUM_TOLERANCE:
+                raise PolicyError(f"layer {k + 1} probabilities sum to {row.sum():.6g}, not 1")
+        self.probs = _normalise_rows(probs)
+        if self.meta is None:
+            self.meta = {}
+        if not isinstance(self.meta, dict):
+            raise PolicyError(f"meta must be a mapping, got {type(self.meta).__name__}")
+
+    # -- shape -----------------------------------------------------------------------------
+    @property
+    def n_layers(self) -> int:
+        return int(self.probs.shape[0])
+
+    @property
+    def n_candidates(self) -> int:
+        return int(self.probs.shape[1])
+
+    def __eq__(self, other):
+        if not isinstance(other, Policy):
+            return NotImplemented
+        return (
+            self.space == other.space
+            and self.l_mags == other.l_mags
+            and self.candidates == other.candidates
+            and np.array_equal(self.probs, other.probs)
+            and self.meta == other.meta
+        )
+
+    # -- constructors for the search -------------------------------------------------------
+    @classmethod
+    def from_logits(cls, logits, space: str = "cifar", l_mags: int = 13, meta=None) -> "Policy":
+        """Softmax (float64, max-shifted) of a layers x D logit table (SPEC §2 "Policy")."""
+        z = np.asarray(logits, dtype=np.float64)
+        if z.ndim == 1:
+            z = z[None]
+        z = z - z.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        return cls(e / e.sum(axis=1, keepdims=True), None, l_mags, space, dict(meta or {}))
+
+    @classmethod
+    def uniform(cls, n_layers: int, space: str = "cifar", l_mags: int = 13, meta=None) -> "Policy":
+        d = len(space_candidates(space, l_mags))
+        return cls(np.full((n_layers, d), 1.0 / d), None, l_mags, space, dict(meta or {}))
+
+    @classmethod
+    def identity(cls, n_layers: int, space: str = "cifar", l_mags: int = 13, meta=None) -> "Policy":
+        """Every layer applies Identity with probability 1."""
+        d = len(space_candidates(space, l_mags))
+        probs = np.zeros((n_layers, d))
+        probs[:, identity_index(space, l_mags)] = 1.0
+        return cls(probs, None, l_mags, space, dict(meta or {}))
+
+    # -- summaries (the README figures, SPEC §0/§5) -----------------------------------------
+    def op_probs(self) -> dict[str, np.ndarray]:
+        """Per op, its probability in each layer summed over its levels (n_layers,)."""
+        out = {op.name: np.zeros(self.n_layers) for op in OP_TABLE[self.space]}
+        for i, (name, _) in enumerate(self.candidates):
+            out[name] += self.probs[:, i]
+        return out
+
+    def entropy(self) -> np.ndarray:
+        """Entropy of each layer in nats (SPEC §5)."""
+        p = self.probs
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return -np.where(p > 0, p * np.log(p), 0.0).sum(axis=1)
+
+
+def _check_candidates(cands, expected, space, l_mags):
+    known = {op.name for op in OP_TABLE[space]}
+    for i, c in enumerate(cands):
+        if not (isinstance(c, tuple) and len(c) == 2 and isinstance(c[0], str)
+                and isinstance(c[1], (int, np.integer)) and not isinstance(c[1], bool)):
+            raise PolicyError(f"candidate {i} must be [op name, integer level], got {list(c) if isinstance(c, tuple) else c!r}")
+        if c[0] not in known:
+            raise PolicyError(f"candidate {i}: unknown op {c[0]!r} for space {space!r}")
+    if len(cands) != len(expected):
+        raise PolicyError(
+            f"{len(cands)} candidates, but space {space!r} with l_mags={l_mags} has {len(expected)}"
+        )
+    for i, (c, e) in enumerate(zip(cands, expected)):
+        if (c[0], int(c[1])) != e:
+            raise PolicyError(
+                f"candidate {i} is [{c[0]}, {c[1]}] but the {space} table with l_mags={l_mags} "
+                f"has [{e[0]}, {e[1]}] there"
+            )
+
+
+# ---------------------------------------------------------------------------------------------
+# YAML reading and writing
+# ---------------------------------------------------------------------------------------------
+
+def _resolve(path_or_name) -> Path:
+    p = Path(path_or_name)
+    if p.exists() or not isinstance(path_or_name, str):
+        return p
+    looks_like_name = os.sep not in path_or_name and "/" not in path_or_name and p.suffix == ""
+    if not looks_like_name:
+        return p
+    stem = path_or_name if path_or_name.startswith("deepaa_") else f"deepaa_{path_or_name}"
+    candidate = policies_dir() / f"{stem}.yaml"
+    if candidate.is_file():
+        return candidate
+    names = ", ".join(n[len("deepaa_"):] for n in available_policies()) or "none shipped"
+    raise PolicyError(f"no policy file or shipped policy named {path_or_name!r} (shipped: {names})")
+
+
+def _check_ops(ops, space: str) -> None:
+    if not isinstance(ops, dict):
+        raise PolicyError(f"'ops' must be a mapping of op name -> [low, high] or null, got {type(ops).__name__}")
+    table = {op.name: op for op in OP_TABLE[space]}
+    for name, rng in ops.items():
+        if name not in table:
+            raise PolicyError(f"unknown op {name!r} in 'ops' for space {space!r}")
+        spec = table[name]
+        if spec.has_magnitude:
+            if not (isinstance(rng, list) and len(rng) == 2 and all(_is_number(v) for v in rng)):
+                raise PolicyError(f"ops.{name} must be [low, high], got {rng!r}")
+            if not (math.isclose(rng[0], spec.low, abs_tol=1e-9) and math.isclose(rng[1], spec.high, abs_tol=1e-9)):
+                raise PolicyError(
+                    f"ops.{name} range {rng} disagrees with this code's table [{spec.low}, {spec.high}]"
+                )
+        elif rng is not None:
+            raise PolicyError(f"ops.{name} has no magnitude and must be null, got {rng!r}")
+    missing = [n for n in table if n not in ops]
+    if missing:
+        raise PolicyError(f"'ops' lacks {', '.join(missing)} of the {space} table")
+
+
+def policy_from_dict(data) -> Policy:
+    """Validate a parsed policy document and build the Policy (raises PolicyError)."""
+    if not isinstance(data, dict):
+        raise PolicyError(f"a policy file must be a mapping at the top level, got {type(data).__name__}")
+    missing = [k for k in _KEYS if k not in data]
+    if missing:
+        raise PolicyError(f"missing key(s): {', '.join(missing)}")
+    extra = [str(k) for k in data if k not in _KEYS + _OPTIONAL_KEYS]
+    if extra:
+        raise PolicyError(f"unknown key(s): {', '.join(extra)}")
+    if data["format"] != FORMAT:
+        raise PolicyError(f"unsupported format {data['format']!r}; this code reads {FORMAT!r}")
+    space, l_mags = data["space"], data["l_mags"]
+    if not isinstance(space, str) or space not in SPACES:
+        raise PolicyError(f"unknown space {space!r}; expected one of {', '.join(SPACES)}")
+    if not isinstance(l_mags, int) or isinstance(l_mags, bool):
+        raise PolicyError(f"l_mags must be an integer, got {l_mags!r}")
+    if l_mags < 3 or l_mags % 2 == 0:
+        raise PolicyError(f"l_mags must be an odd integer >= 3, got {l_mags}")
+    _check_ops(data["ops"], space)
+    cands = data["candidates"]
+    if not isinstance(cands, list):
+        raise PolicyError(f"'candidates' must be a list of [op name, level], got {type(cands).__name__}")
+    cands = [tuple(c) if isinstance(c, list) else c for c in cands]
+    _check_candidates(cands, space_candidates(space, l_mags), space, l_mags)
+    layers = data["layers"]
+    if not isinstance(layers, list) or not layers:
+        raise PolicyError("'layers' must be a non-empty list of probability lists")
+    for k, row in enumerate(layers):
+        if not isinstance(row, list):
+            raise PolicyError(f"layer {k + 1} must be a list of probabilities, got {type(row).__name__}")
+        bad = [v for v in row if not _is_number(v)]
+        if bad:
+            raise PolicyError(f"layer {k + 1} has a non-number entry {bad[0]!r}")
+        if len(row) != len(cands):
+            raise PolicyError(f"layer {k + 1} has {len(row)} probabilities for {len(cands)} candidates")
+    meta = data.get("meta")
+    if meta is not None and not isinstance(meta, dict):
+        raise PolicyError(f"meta must be a mapping, got {type(meta).__name__}")
+    return Policy(np.array(layers, dtype=np.float64), cands, l_mags, space, dict(meta or {}))
+
+
+def load_policy(path_or_name) -> Policy:
+    """Read and validate a policy YAML, by path or by shipped name (``cifar_1``,
+    ``deepaa_imagenet_2``). Raises :class:`PolicyError` with a one-line message."""
+    path = _resolve(path_or_name)
+    if not path.exists():
+        raise PolicyError(f"{path}: no such file")
+    if path.is_dir():
+        raise PolicyError(f"{path}: is a directory, not a policy file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise PolicyError(f"{path}: cannot read ({e})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where is not None else ""
+        raise PolicyError(f"{path}: not valid YAML{line} ({getattr(e, 'problem', None) or e})") from None
+    try:
+        return policy_from_dict(data)
+    except PolicyError as e:
+        raise PolicyError(f"{path}: {e}") from None
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path, data: bytes | str) -> None:
+    """Write via a temporary file in the same directory and os.replace (no half-written file
+    is ever visible under ``path``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual file mode
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_policy(policy: Policy, path, digits: int | None = None, probs=None) -> Path:
+    """Write ``policy`` as YAML atomically (see :func:`augmentation.convert.policy_to_yaml`);
+    returns the path."""
+    if not isinstance(policy, Policy):
+        raise TypeError(f"save_policy expects a Policy, got {type(policy).__name__}")
+    from .convert import policy_to_yaml  # the writer lives with the other format code
+
+    atomic_write(path, policy_to_yaml(policy, digits, probs))
+    return Path(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# The transform
+# ---------------------------------------------------------------------------------------------
+
+def _worker_seed():
+    """The DataLoader worker's per-epoch seed if we run in one (torch only if already loaded)."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return None
+    try:
+        info = torch.utils.data.get_worker_info()
+    except Exception:  # noqa: BLE001 - torch half-imported or without the data package
+        return None
+    return None if info is None else int(info.seed)
+
+
+class DeepAAPolicy:
+    """Callable PIL transform applying a policy (SPEC §3): for each layer, sample one
+    candidate from the layer's distribution and apply it with :func:`augmentation.ops.apply_op`.
+
+    ``mirror=True`` (default) is the evaluation semantics: signed ops flip sign with p = 0.5.
+    ``seed=None`` draws fresh OS entropy on every call, so DataLoader workers never repeat one
+    another. With a seed the stream is reproducible; a process other than the one that made the
+    transform (a DataLoader worker) derives its own stream from (seed, the worker's seed), so
+    workers and epochs still differ while a seeded run stays reproducible.
+
+    On ImageNet the transform does not centre-crop; the trainer does (SPEC §3).
+    """
+
+    def __init__(self, policy: Policy, mirror: bool = True, seed: int | None = None):
+        if not isinstance(policy, Policy):
+            raise TypeError(f"DeepAAPolicy expects a Policy, got {type(policy).__name__}")
+        self.policy = policy
+        self.mirror = bool(mirror)
+        self.seed = seed
+        self._cdf = np.cumsum(policy.probs, axis=1)
+        self._rng = np.random.default_rng(seed) if seed is not None else None
+        self._pid = os.getpid()
+        self._stream_key = None
+
+    @classmethod
+    def from_yaml(cls, path_or_name, mirror: bool = True, seed: int | None = None) -> "DeepAAPolicy":
+        return cls(load_policy(path_or_name), mirror=mirror, seed=seed)
+
+    def _generator(self) -> np.random.Generator:
+        if self.seed is None:
+            return np.random.default_rng()
+        if os.getpid() != self._pid:
+            key = (os.getpid(), _worker_seed())
+            if key != self._stream_key:
+                wseed = key[1] if key[1] is not None else key[0]
+                self._rng = np.random.default_rng([int(self.seed), wseed % (2**63)])
+                self._stream_key = key
+        return self._rng
+
+    def sample(self, n: int, rng: np.random.Generator | None = None) -> np.ndarray:
+        """Candidate indices (n, n_layers): row j is the candidate of each layer for image j."""
+        rng = self._generator() if rng is None else rng
+        u = rng.random((n, self.policy.n_layers))
+        idx = np.empty((n, self.policy.n_layers), dtype=np.int64)
+        for k in range(self.policy.n_layers):
+            # Inverse CDF; the clip guards u beyond a last cumulative value of 1 - ulp.
+            idx[:, k] = np.searchsorted(self._cdf[k], u[:, k], side="right")
+        return np.minimum(idx, self.policy.n_candidates - 1)
+
+    def __call__(self, img, rng: np.random.Generator | None = None):
+        if not isinstance(img, Image.Image):
+            raise TypeError(f"DeepAAPolicy takes a PIL image, got {type(img).__name__}; "
+                            "use .batch() for tensors")
+        rng = self._generator() if rng is None else rng
+        if img.mode != "RGB":
+            img = img.convert("RGB")
+        for i in self.sample(1, rng)[0]:
+            name, level = self.policy.candidates[i]
+            img = apply_op(img, name, level, self.policy.l_mags, mirror=self.mirror, rng=rng)
+        return img
+
+    def batch(self, x, rng=None):
+        """Apply the policy to a uint8 N x C x H x W tensor on its device (one candidate per
+        image per layer); ``rng`` is a ``torch.Generator``. Imports torch lazily."""
+        from .batched import apply_policy_batch
+
+        return apply_policy_batch(self.policy, x, mirror=self.mirror, generator=rng)
+
+    def __repr__(self) -> str:
+        src = self.policy.meta.get("source") or self.policy.meta.get("name")
+        src = f", source={src!r}" if src else ""
+        return (
+            f"{type(self).__name__}(space={self.policy.space!r}, l_mags={self.policy.l_mags}, "
+            f"layers={self.policy.n_layers}, candidates={self.policy.n_candidates}, "
+            f"mirror={self.mirror}, seed={self.seed}{src})"
+        )

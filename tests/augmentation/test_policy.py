@@ -1,0 +1,302 @@
+"""Policy objects, the YAML format and its validation, and the DeepAAPolicy transform."""
+import pickle
+import sys
+import types
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+from torchvision import transforms as T
+from torchvision.transforms import v2
+
+from augmentation import space
+from augmentation.convert import policy_to_yaml
+from augmentation.policy import (
+    FORMAT, DeepAAPolicy, Policy, PolicyError, load_policy, save_policy,
+)
+
+
+def small_policy(l_mags=3, n_layers=2, seed=0, sp="cifar"):
+    d = space.n_candidates(l_mags)
+    logits = np.random.default_rng(seed).normal(0, 2, (n_layers, d))
+    return Policy.from_logits(logits, sp, l_mags, meta={"seed": seed})
+
+
+def image(seed=0, size=(32, 32)):
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+
+
+# --- Policy -------------------------------------------------------------------------------------
+
+def test_round_trip_is_exact(tmp_path):
+    d = space.n_candidates(5)
+    logits = np.random.default_rng(1).normal(0, 3, (3, d))
+    logits[1, :5] = -720.0  # probabilities near 1e-310: denormals survive too
+    pol = Policy.from_logits(logits, "imagenet", 5,
+                             meta={"dataset": "cifar10", "seed": 1, "nested": {"a": [1, 2.5]}})
+    path = save_policy(pol, tmp_path / "p.yaml")
+    back = load_policy(path)
+    assert back == pol
+    assert np.array_equal(back.probs, pol.probs) and back.probs.dtype == np.float64
+    assert back.candidates == space.candidates("imagenet", 5)
+    assert [p for p in tmp_path.iterdir()] == [path]  # no temporary file left
+
+
+def test_yaml_is_self_describing():
+    doc = yaml.safe_load(policy_to_yaml(small_policy()))
+    assert doc["format"] == FORMAT and doc["space"] == "cifar" and doc["l_mags"] == 3
+    assert doc["ops"]["ShearX"] == [-0.3, 0.3] and doc["ops"]["RandCrop"] is None
+    assert [tuple(c) for c in doc["candidates"]] == space.candidates("cifar", 3)
+    assert len(doc["layers"]) == 2 and doc["meta"] == {"seed": 0}
+
+
+def test_constructors():
+    pol = small_policy(n_layers=3)
+    assert pol.n_layers == 3 and pol.n_candidates == 29
+    assert np.allclose(pol.probs.sum(axis=1), 1, atol=1e-15)
+    ident = Policy.identity(4, "cifar", 13)
+    assert ident.probs.shape == (4, 139)
+    assert np.all(ident.probs[:, space.identity_index("cifar", 13)] == 1)
+    uni = Policy.uniform(2, "imagenet", 3)
+    assert np.allclose(uni.probs, 1 / 29)
+    z = np.array([[0.0, 1.0, 2.0] + [-np.inf] * 26])
+    soft = Policy.from_logits(np.where(np.isinf(z), -1e3, z), "cifar", 3)
+    assert np.allclose(soft.probs[0, :3], np.exp([0, 1, 2]) / np.exp([0, 1, 2]).sum())
+    with pytest.raises(PolicyError):
+        Policy(np.ones((1, 29)) / 29, space.candidates("cifar", 3)[::-1], 3, "cifar")
+
+
+def test_renormalises_rows_within_tolerance(tmp_path):
+    doc = yaml.safe_load(policy_to_yaml(small_policy()))
+    doc["layers"][0] = [p * (1 + 5e-5) for p in doc["layers"][0]]
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(doc))
+    pol = load_policy(tmp_path / "p.yaml")
+    assert abs(pol.probs[0].sum() - 1) < 1e-15
+
+
+def _mutate(doc, key, fn):
+    doc = yaml.safe_load(yaml.safe_dump(doc))
+    fn(doc)
+    return doc
+
+
+def _set(key, val):
+    return lambda d: d.__setitem__(key, val)
+
+
+def _layer(fn):
+    def f(d):
+        fn(d["layers"][0])
+    return f
+
+
+MALFORMED = {
+    "missing key": (lambda d: d.pop("layers"), "missing key"),
+    "unknown key": (_set("extra", 1), "unknown key"),
+    "bad version": (_set("format", "deepaa-policy/2"), "unsupported format"),
+    "unknown space": (_set("space", "svhn"), "unknown space"),
+    "even l_mags": (_set("l_mags", 4), "odd integer"),
+    "l_mags 1": (_set("l_mags", 1), "odd integer"),
+    "l_mags string": (_set("l_mags", "3"), "integer"),
+    "ops not mapping": (_set("ops", [1, 2]), "'ops' must be a mapping"),
+    "unknown op in ops": (lambda d: d["ops"].__setitem__("Blur", None), "unknown op 'Blur'"),
+    "op range differs": (lambda d: d["ops"].__setitem__("ShearX", [-0.4, 0.4]), "disagrees"),
+    "op missing": (lambda d: d["ops"].pop("Equalize"), "lacks Equalize"),
+    "candidates not list": (_set("candidates", "Identity"), "'candidates' must be a list"),
+    "unknown op candidate": (lambda d: d["candidates"].__setitem__(3, ["Blur", 0]), "unknown op 'Blur'"),
+    "candidate level type": (lambda d: d["candidates"].__setitem__(1, ["ShearX", "0"]), "integer level"),
+    "wrong candidate": (lambda d: d["candidates"].__setitem__(1, ["ShearX", 1]), "candidate 1 is"),
+    "swapped candidates": (lambda d: d["candidates"].reverse(), "candidate 0 is"),
+    "too few candidates": (lambda d: d["candidates"].pop(), "28 candidates, but space 'cifar'"),
+    "layers empty": (_set("layers", []), "non-empty list"),
+    "layer not list": (lambda d: d["layers"].__setitem__(0, 0.5), "must be a list"),
+    "short layer": (_layer(lambda r: r.pop()), "28 probabilities for 29 candidates"),
+    "string prob": (_layer(lambda r: r.__setitem__(2, "x")), "non-number"),
+    "bool prob": (_layer(lambda r: r.__setitem__(2, True)), "non-number"),
+    "negative prob": (_layer(lambda r: r.__setitem__(2, -0.01)), "negative probability"),
+    "nan prob": (_layer(lambda r: r.__setitem__(2, float("nan"))), "non-finite"),
+    "inf prob": (_layer(lambda r: r.__setitem__(2, float("inf"))), "non-finite"),
+    "not summing to 1": (_layer(lambda r: r.__setitem__(0, r[0] + 0.01)), "sum to"),
+    "meta not mapping": (_set("meta", [1]), "meta must be a mapping"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_malformed_documents_raise_one_line(tmp_path, case):
+    fn, words = MALFORMED[case]
+    doc = _mutate(yaml.safe_load(policy_to_yaml(small_policy())), None, fn)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    with pytest.raises(PolicyError) as err:
+        load_policy(path)
+    msg = str(err.value)
+    assert "\n" not in msg and words in msg and "bad.yaml" in msg, msg
+
+
+@pytest.mark.parametrize("case,text,words", [
+    ("bad yaml", "format: [deepaa\nspace: : :\n", "not valid YAML"),
+    ("top-level list", "- 1\n- 2\n", "mapping at the top level"),
+    ("empty file", "", "mapping at the top level"),
+    ("binary", b"\xff\xfe\x00garbage", "cannot read"),
+])
+def test_unparseable_files_raise_one_line(tmp_path, case, text, words):
+    path = tmp_path / "bad.yaml"
+    (path.write_bytes if isinstance(text, bytes) else path.write_text)(text)
+    with pytest.raises(PolicyError) as err:
+        load_policy(path)
+    assert "\n" not in str(err.value) and words in str(err.value), str(err.value)
+
+
+def test_missing_file_directory_and_unknown_name(tmp_path):
+    for target, words in [(tmp_path / "nope.yaml", "no such file"), (tmp_path, "directory"),
+                          ("cifar_9", "no policy file or shipped policy named 'cifar_9'")]:
+        with pytest.raises(PolicyError) as err:
+            load_policy(target)
+        assert words in str(err.value) and "\n" not in str(err.value)
+    assert issubclass(PolicyError, ValueError)
+
+
+# --- the shipped policies -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name,sp,layers", [
+    ("cifar_1", "cifar", 6), ("deepaa_cifar_2", "cifar", 6),
+    ("imagenet_1", "imagenet", 5), ("deepaa_imagenet_2", "imagenet", 5)])
+def test_shipped_policies_load_by_name(name, sp, layers):
+    pol = load_policy(name)
+    assert pol.space == sp and pol.l_mags == 13 and pol.probs.shape == (layers, 139)
+    assert np.allclose(pol.probs.sum(axis=1), 1, atol=1e-12)
+    assert pol.meta["source"] == f"policy_DeepAA_{name.replace('deepaa_', '')}.npz"
+
+
+def test_cifar_1_matches_its_published_description():
+    """SPEC §5: layer entropies and the near-deterministic layers of the released cifar_1."""
+    pol = load_policy("cifar_1")
+    assert np.allclose(pol.entropy(), [3.64, 0.42, 0.54, 0.98, 1.48, 0.21], atol=0.006)
+    top = [pol.candidates[i][0] for i in pol.probs.argmax(axis=1)]
+    assert top[1:4] == ["RandCutout", "RandCrop", "RandFlip"] and top[5] == "Identity"
+    per_op = pol.op_probs()
+    assert per_op["RandCutout"][1] == pytest.approx(0.92, abs=0.006)
+    assert per_op["Identity"][5] == pytest.approx(0.97, abs=0.006)
+
+
+# --- the transform --------------------------------------------------------------------------------
+
+def test_sample_frequencies_match_probabilities():
+    pol = small_policy(n_layers=2, seed=3)
+    t = DeepAAPolicy(pol)
+    n = 40000
+    idx = t.sample(n, rng=np.random.default_rng(0))
+    assert idx.shape == (n, 2) and idx.dtype.kind == "i"
+    for k in range(2):
+        counts = np.bincount(idx[:, k], minlength=29)
+        expected = n * pol.probs[k]
+        keep = expected >= 5  # chi-square over the well-populated cells, the rest pooled
+        obs = np.append(counts[keep], counts[~keep].sum())
+        exp = np.append(expected[keep], expected[~keep].sum())
+        chi2 = ((obs - exp) ** 2 / np.maximum(exp, 1e-12)).sum()
+        dof = len(obs) - 1
+        assert chi2 < dof + 5 * np.sqrt(2 * dof), (k, chi2, dof)
+
+
+def test_sample_never_picks_zero_probability_candidates():
+    probs = np.zeros((1, 29))
+    probs[0, [0, 28]] = 0.5
+    t = DeepAAPolicy(Policy(probs, None, 3, "cifar"))
+    assert set(np.unique(t.sample(2000, np.random.default_rng(1)))) == {0, 28}
+
+
+def test_identity_policy_leaves_images_unchanged():
+    img = image(1)
+    t = DeepAAPolicy(Policy.identity(3, "cifar", 13))
+    assert np.array_equal(np.asarray(t(img)), np.asarray(img))
+
+
+def test_seeded_transform_is_reproducible_and_unseeded_is_not():
+    pol = Policy.uniform(3, "cifar", 3)
+    imgs = [image(s) for s in range(6)]
+    a, b = DeepAAPolicy(pol, seed=3), DeepAAPolicy(pol, seed=3)
+    out_a = [np.asarray(a(i)) for i in imgs]
+    out_b = [np.asarray(b(i)) for i in imgs]
+    assert all(np.array_equal(x, y) for x, y in zip(out_a, out_b))
+    c = DeepAAPolicy(pol, seed=4)
+    assert not all(np.array_equal(x, np.asarray(c(i))) for x, i in zip(out_a, imgs))
+    free = DeepAAPolicy(pol)
+    assert not np.array_equal(free.sample(50), free.sample(50))
+
+
+def test_grey_input_is_converted_and_repr():
+    t = DeepAAPolicy.from_yaml("cifar_1", seed=0)
+    out = t(image(2).convert("L"))
+    assert out.mode == "RGB" and out.size == (32, 32)
+    with pytest.raises(TypeError):
+        t(np.zeros((32, 32, 3), np.uint8))
+    r = repr(t)
+    assert r.startswith("DeepAAPolicy(") and "cifar" in r and "layers=6" in r and "mirror=True" in r
+
+
+def test_composes_with_torchvision_v1_and_v2():
+    t = DeepAAPolicy.from_yaml("cifar_1", seed=1)
+    x = T.Compose([t, T.ToTensor()])(image(3))
+    assert isinstance(x, torch.Tensor) and x.shape == (3, 32, 32) and x.dtype == torch.float32
+    y = v2.Compose([t, v2.PILToTensor()])(image(4))
+    assert y.shape == (3, 32, 32) and y.dtype == torch.uint8
+
+
+def test_picklable_and_state_preserved():
+    t = DeepAAPolicy(small_policy(), seed=5)
+    t(image(0))
+    u = pickle.loads(pickle.dumps(t))
+    assert u.policy == t.policy and u.mirror and u.seed == 5
+    img = image(9)
+    assert np.array_equal(np.asarray(u(img)), np.asarray(t(img)))
+
+
+class _Images(torch.utils.data.Dataset):
+    def __init__(self, transform, n=8):
+        self.img, self.transform, self.n = image(7), transform, n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        return self.transform(self.img)
+
+
+def _load(transform):
+    loader = torch.utils.data.DataLoader(_Images(transform), batch_size=1, num_workers=2)
+    return [b[0] for b in loader]
+
+
+def test_dataloader_workers_draw_different_augmentations():
+    pol = Policy.uniform(2, "cifar", 3)
+    for seed in (None, 11):
+        tf = T.Compose([DeepAAPolicy(pol, seed=seed), T.PILToTensor()])
+        outs = _load(tf)
+        assert len(outs) == 8 and outs[0].shape == (3, 32, 32)
+        w0, w1 = torch.stack(outs[0::2]), torch.stack(outs[1::2])  # workers alternate
+        assert not torch.equal(w0, w1), seed
+    # seeded: each worker's stream comes from (seed, the worker's torch seed), so a run is
+    # reproducible under torch.manual_seed and a new epoch (new worker seeds) differs
+    tf = T.Compose([DeepAAPolicy(pol, seed=11), T.PILToTensor()])
+    runs = []
+    for torch_seed in (0, 0, 1):
+        torch.manual_seed(torch_seed)
+        runs.append(torch.stack(_load(tf)))
+    assert torch.equal(runs[0], runs[1]) and not torch.equal(runs[0], runs[2])
+
+
+def test_batch_delegates_lazily(monkeypatch):
+    calls = []
+    fake = types.ModuleType("augmentation.batched")
+    fake.apply_policy_batch = lambda policy, x, mirror=True, generator=None: calls.append(
+        (policy, x, mirror, generator)) or x
+    monkeypatch.setitem(sys.modules, "augmentation.batched", fake)
+    pol = small_policy()
+    t = DeepAAPolicy(pol, mirror=False)
+    x = torch.zeros(2, 3, 32, 32, dtype=torch.uint8)
+    g = torch.Generator().manual_seed(0)
+    assert t.batch(x, g) is x
+    assert calls == [(pol, x, False, g)]
