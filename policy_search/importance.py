@@ -1,0 +1,202 @@
+"""Gradient matching: validation gradient, training gradient, tangent and importances (SPEC §2).
+
+With θ the model weights, ℓ the per-example cross-entropy (the model outputs logits), g_val the
+gradient of the mean validation loss and g_tr a training gradient, the importance of an augmented
+image a is
+
+    r(a) = (∇θ ℓ(a) · t) / (‖g_tr‖ ‖g_val‖),    t = g_val − g_tr (g_val·g_tr) / ‖g_tr‖²   (tangent)
+
+which is ∂ cos(g_val, g_tr) / ∂p_i when g_tr = Σ_i p_i ∇θ ℓ(aug_i(x)). r is computed as a
+forward-mode Jacobian-vector product of ℓ along t, so no per-example gradient is ever formed.
+
+Choices, all following the released search code:
+
+* Only the data loss is differentiated: the model's regularisation terms (``model.losses``, the
+  L2 weight decay used in pretraining) are left out of every gradient and JVP.
+* θ is ``model.trainable_variables``. The search freezes batch normalisation by making those
+  layers non-trainable, so their γ/β take no part in the matching (SPEC §2 "Pretraining").
+* The model runs in inference mode unless ``bn_training`` (``--policy_bn_training``) is set.
+  Then batch norm normalises with the statistics of each chunk (so importances depend on the
+  chunking), and the moving statistics, which Keras updates in training mode, are put back
+  after every pass so the search leaves the model as it found it. A Keras 3 batch-norm layer
+  that is not trainable stays in inference mode whatever the flag.
+
+Every pass over many images goes through bounded chunks of ``chunk_size`` images inside a
+``tf.while_loop`` with one iteration in flight, so memory is bounded by one chunk whatever the
+number of images (the released code used 256 images for WRN-40-2, 128 for WRN-28-10, 16 for
+ResNet-50). The loops are plain TensorFlow ops, so the same code runs eagerly, inside a
+``tf.function`` and inside ``strategy.run`` on each replica (see ``layers.Searcher``).
+"""
+from __future__ import annotations
+
+import contextlib
+
+import tensorflow as tf
+
+
+class GradientMatcher:
+    """Gradients and importances of one Keras model (the search model, batch norm frozen).
+
+    Inputs are normalised float NHWC tensors; they are cast to the dtype of the model's
+    weights. Gradients are lists of tensors aligned with ``self.variables``, which are the
+    model's trainable variables when the matcher is built: build it after pretraining and
+    after batch norm has been frozen.
+    """
+
+    def __init__(self, model, strategy=None, chunk_size: int = 256, bn_training: bool = False):
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        self.model = model
+        self.strategy = strategy if strategy is not None else tf.distribute.get_strategy()
+        self.chunk_size = int(chunk_size)
+        self.bn_training = bool(bn_training)
+        self.variables = list(model.trainable_variables)
+        if not self.variables:
+            raise ValueError("the model has no trainable variables to match gradients on")
+        self.dtype = tf.as_dtype(self.variables[0].dtype)
+        # Host-side entry points; shapes vary between callers so retracing is kept down by
+        # relaxing the shapes instead of fixing one signature.
+        self._weighted_grad_fn = tf.function(self.weighted_grad_ops, reduce_retracing=True)
+        self._importance_fn = tf.function(self.importance_ops, reduce_retracing=True)
+
+    # ----- per-chunk primitives -------------------------------------------------------------
+    def per_example_loss(self, images, labels):
+        """ℓ(x_i): sparse cross-entropy of the model's logits, one value per image."""
+        logits = self.model(images, training=self.bn_training)
+        logits = tf.cast(logits, self.dtype)
+        return tf.nn.sparse_softmax_cross_entropy_with_logits(
+            labels=tf.cast(labels, tf.int32), logits=logits)
+
+    def _chunk_grad(self, images, labels, weights):
+        """Σ_i w_i ∇θ ℓ(x_i) over one chunk."""
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(weights * self.per_example_loss(images, labels))
+        grads = tape.gradient(loss, self.variables,
+                              unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        return [tf.convert_to_tensor(g) for g in grads]
+
+    def _chunk_jvp(self, images, labels, tangent):
+        """∇θ ℓ(x_i) · tangent for every image of one chunk, in forward mode."""
+        primals = [v.value for v in self.variables]
+        with tf.autodiff.ForwardAccumulator(primals=primals, tangents=list(tangent)) as acc:
+            loss = self.per_example_loss(images, labels)
+        jvp = acc.jvp(loss, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        return tf.convert_to_tensor(jvp)
+
+    # ----- chunked passes (plain ops: usable eagerly, in tf.function and per replica) --------
+    def _prepare(self, images, labels):
+        images = tf.cast(tf.convert_to_tensor(images), self.dtype)
+        labels = tf.cast(tf.convert_to_tensor(labels), tf.int32)
+        return images, labels
+
+    def _n_chunks(self, n):
+        return (n + self.chunk_size - 1) // self.chunk_size
+
+    def weighted_grad_ops(self, images, labels, weights):
+        """Σ_i w_i ∇θ ℓ(x_i), accumulated over chunks of ``chunk_size`` images."""
+        images, labels = self._prepare(images, labels)
+        weights = tf.cast(tf.convert_to_tensor(weights), self.dtype)
+        n = tf.shape(images)[0]
+        size = self.chunk_size
+
+        def body(k, acc):
+            start = k * size
+            end = tf.minimum(start + size, n)
+            chunk = self._chunk_grad(images[start:end], labels[start:end], weights[start:end])
+            return k + 1, [a + g for a, g in zip(acc, chunk)]
+
+        zeros = [tf.zeros(v.shape, self.dtype) for v in self.variables]
+        _, grads = tf.while_loop(lambda k, acc: k < self._n_chunks(n), body,
+                                 (tf.constant(0), zeros), parallel_iterations=1)
+        return list(grads)
+
+    def tangent_ops(self, g_val, g_tr):
+        """(t, ‖g_tr‖, ‖g_val‖, g_val·g_tr) with t = g_val − g_tr (g_val·g_tr)/‖g_tr‖²."""
+        dot = _dot(g_val, g_tr)
+        norm_tr = tf.sqrt(_dot(g_tr, g_tr))
+        norm_val = tf.sqrt(_dot(g_val, g_val))
+        scale = dot / tf.square(norm_tr)
+        tangent = [gv - gt * scale for gv, gt in zip(g_val, g_tr)]
+        return tangent, norm_tr, norm_val, dot
+
+    def jvp_ops(self, images, labels, tangent):
+        """∇θ ℓ(x_i) · tangent for all images, chunked; shape [N]."""
+        images, labels = self._prepare(images, labels)
+        n = tf.shape(images)[0]
+        size = self.chunk_size
+        tangent = [tf.cast(t, self.dtype) for t in tangent]
+
+        def body(k, out):
+            start = k * size
+            end = tf.minimum(start + size, n)
+            return k + 1, out.write(k, self._chunk_jvp(images[start:end], labels[start:end],
+                                                       tangent))
+
+        out = tf.TensorArray(self.dtype, size=self._n_chunks(n), infer_shape=False,
+                             element_shape=tf.TensorShape([None]))
+        _, out = tf.while_loop(lambda k, o: k < self._n_chunks(n), body, (tf.constant(0), out),
+                               parallel_iterations=1)
+        return tf.reshape(out.concat(), [n])
+
+    def importance_ops(self, images, labels, g_val, g_tr):
+        """r(x_i) = (∇θ ℓ(x_i) · t) / (‖g_tr‖ ‖g_val‖) for every image; shape [N]."""
+        g_val = [tf.cast(g, self.dtype) for g in g_val]
+        g_tr = [tf.cast(g, self.dtype) for g in g_tr]
+        tangent, norm_tr, norm_val, _ = self.tangent_ops(g_val, g_tr)
+        return self.jvp_ops(images, labels, tangent) / (norm_tr * norm_val)
+
+    @contextlib.contextmanager
+    def keep_statistics(self):
+        """Put back, on exit, the moving statistics that training-mode batch norm moves."""
+        saved = ([(v, v.numpy()) for v in self.model.non_trainable_variables]
+                 if self.bn_training else [])
+        try:
+            yield
+        finally:
+            for var, value in saved:
+                var.assign(value)
+
+    # ----- host-side API (compiled) --------------------------------------------------------
+    def weighted_grad(self, images, labels, weights) -> list:
+        """Σ_i w_i ∇θ ℓ(x_i): the training gradient of a weighted set of augmented images."""
+        images, labels = self._prepare(images, labels)
+        weights = tf.cast(tf.convert_to_tensor(weights), self.dtype)
+        if images.shape[0] != weights.shape[0] or images.shape[0] != labels.shape[0]:
+            raise ValueError("images, labels and weights must have the same length")
+        with self.keep_statistics():
+            return list(self._weighted_grad_fn(images, labels, weights))
+
+    def mean_grad(self, images, labels) -> list:
+        """∇θ of the mean loss, accumulated over chunks."""
+        images, labels = self._prepare(images, labels)
+        n = int(images.shape[0])
+        if n == 0:
+            raise ValueError("mean_grad needs at least one image")
+        return self.weighted_grad(images, labels, tf.fill([n], tf.constant(1.0 / n, self.dtype)))
+
+    def val_grad(self, images, labels) -> list:
+        """g_val: ∇θ of the mean loss over a validation batch (chunked like every pass)."""
+        return self.mean_grad(images, labels)
+
+    def importance(self, images, labels, g_val, g_tr) -> tf.Tensor:
+        """r(x_i) for every image ([N]), by JVP along the tangent of (g_val, g_tr)."""
+        images, labels = self._prepare(images, labels)
+        g_val = [tf.cast(g, self.dtype) for g in g_val]
+        g_tr = [tf.cast(g, self.dtype) for g in g_tr]
+        with self.keep_statistics():
+            return self._importance_fn(images, labels, g_val, g_tr)
+
+    def jvp(self, images, labels, tangent) -> tf.Tensor:
+        """∇θ ℓ(x_i) · tangent for every image ([N]), chunked (eager; for checks)."""
+        with self.keep_statistics():
+            return self.jvp_ops(images, labels, tangent)
+
+    @staticmethod
+    def cosine(g_a, g_b) -> tf.Tensor:
+        """cos(g_a, g_b) of two gradients given as lists of tensors."""
+        return _dot(g_a, g_b) / tf.sqrt(_dot(g_a, g_a) * _dot(g_b, g_b))
+
+
+def _dot(g_a, g_b):
+    """Inner product of two gradients (lists of same-shaped tensors)."""
+    return tf.add_n([tf.reduce_sum(a * b) for a, b in zip(g_a, g_b)])

@@ -1,0 +1,94 @@
+"""A tiny search model and seeded search batches for the policy-search tests.
+
+Imported by the tests, and run as a script so that a fresh process can configure its devices
+(logical CPUs, TF_CONFIG workers) before TensorFlow starts:
+
+    python policy_search_helper.py OUT.npz [--cpu_replicas N]
+
+runs one stage-1 and one stage-k step and saves the cosines, importances and logits.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import numpy as np
+
+SIZE, CHANNELS, N_CLASSES = 8, 3, 5
+
+
+def tiny_model(keras, seed: int = 0):
+    """conv(4) + frozen BN + ReLU + GAP + dense, weights drawn from a seeded numpy RNG."""
+    inp = keras.Input((SIZE, SIZE, CHANNELS))
+    x = keras.layers.Conv2D(4, 3, padding="same")(inp)
+    x = keras.layers.BatchNormalization()(x)
+    x = keras.layers.ReLU()(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    out = keras.layers.Dense(N_CLASSES)(x)
+    model = keras.Model(inp, out)
+    rng = np.random.default_rng(seed)
+    for w in model.weights:
+        values = rng.normal(0.0, 0.5, size=tuple(w.shape))
+        if "variance" in w.path:
+            values = 0.5 + np.abs(values)
+        w.assign(values.astype(w.dtype))
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False  # the search freezes batch norm (SPEC §2)
+    return model
+
+
+def search_batch(n_points, n_dense, n_val, n_gtr=0, n_copies=0, seed=1):
+    """Random normalised images standing in for the augmented search points."""
+    rng = np.random.default_rng(seed)
+    img = (SIZE, SIZE, CHANNELS)
+    batch = {"aug": rng.normal(size=(n_points, n_dense, *img)),
+             "labels": rng.integers(0, N_CLASSES, n_points),
+             "val": rng.normal(size=(n_points, n_val, *img)),
+             "val_labels": rng.integers(0, N_CLASSES, (n_points, n_val))}
+    if n_gtr:
+        batch["gtr"] = rng.normal(size=(n_points, n_gtr, *img))
+        batch["dense"] = rng.normal(size=(n_points, n_copies, n_dense, *img))
+    return batch
+
+
+def run_steps(strategy, chunk_size=3):
+    """One stage-1 and one stage-k step of a 2-layer policy over 4 points; a dict of arrays."""
+    import keras
+    from policy_search.importance import GradientMatcher
+    from policy_search.layers import PolicyLogits, Searcher
+
+    with strategy.scope():
+        model = tiny_model(keras)
+    matcher = GradientMatcher(model, strategy, chunk_size=chunk_size)
+    policy = PolicyLogits(2, 6, 0, 0.025, strategy)
+    searcher = Searcher(matcher, policy)
+    batch = search_batch(4, 6, 5, n_gtr=7, n_copies=2)
+    s1 = searcher.stage1_step(batch)
+    s2 = searcher.stagek_step(1, batch)
+    return {"cos1": s1["cos_sim"], "imp1": s1["importance"], "loss1": s1["loss"],
+            "cos2": s2["cos_sim"], "imp2": s2["importance"], "loss2": s2["loss"],
+            "logits": policy.get_state()["logits"]}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out")
+    parser.add_argument("--cpu_replicas", type=int, default=0)
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
+    from policy_search.devices import make_strategy, n_replicas
+    strategy = make_strategy(cpu_replicas=args.cpu_replicas)
+    import keras
+    keras.backend.set_floatx("float64")
+    result = run_steps(strategy)
+    result["replicas"] = n_replicas(strategy)
+    tmp = args.out + ".tmp.npz"
+    np.savez(tmp, **result)
+    os.replace(tmp, args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,160 @@
+"""Gradient matching (SPEC §2): importances against explicit per-example gradients."""
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import keras
+
+from policy_search.importance import GradientMatcher
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helper, in any import mode
+from policy_search_helper import N_CLASSES, search_batch, tiny_model  # noqa: E402
+
+
+@pytest.fixture
+def float64():
+    old = keras.backend.floatx()
+    keras.backend.set_floatx("float64")
+    yield
+    keras.backend.set_floatx(old)
+
+
+def per_example_grads(model, images, labels):
+    """[N, n_params] flattened ∇θ ℓ(x_i), one tape per image (independent of the matcher)."""
+    rows = []
+    for x, y in zip(images, labels):
+        with tf.GradientTape() as tape:
+            logits = model(x[None], training=False)
+            loss = keras.losses.sparse_categorical_crossentropy(
+                np.array([y]), logits, from_logits=True)[0]
+        grads = tape.gradient(loss, model.trainable_variables)
+        rows.append(np.concatenate([np.ravel(g) for g in grads]))
+    return np.stack(rows)
+
+
+def flat(grads):
+    return np.concatenate([np.ravel(np.asarray(g)) for g in grads])
+
+
+def rel_err(a, b):
+    return np.max(np.abs(np.asarray(a) - np.asarray(b))) / np.max(np.abs(np.asarray(b)))
+
+
+@pytest.fixture
+def setup(float64):
+    model = tiny_model(keras)
+    batch = search_batch(1, 7, 6)
+    aug, val = batch["aug"][0], batch["val"][0]
+    labels = np.full(7, batch["labels"][0])
+    p = np.random.default_rng(3).dirichlet(np.ones(7))
+    return model, aug, labels, val, batch["val_labels"][0], p
+
+
+def cosine_of_p(G, g_val, p):
+    g_tr = p @ G
+    return g_val @ g_tr / (np.linalg.norm(g_val) * np.linalg.norm(g_tr))
+
+
+def test_importance_is_derivative_of_cosine(setup):
+    model, aug, labels, val, val_labels, p = setup
+    matcher = GradientMatcher(model, chunk_size=3)
+    g_val = matcher.val_grad(val, val_labels)
+    g_tr = matcher.weighted_grad(aug, labels, p)
+    r = matcher.importance(aug, labels, g_val, g_tr).numpy()
+
+    G = per_example_grads(model, aug, labels)
+    g_val_ref = per_example_grads(model, val, val_labels).mean(axis=0)
+    assert rel_err(flat(g_val), g_val_ref) < 1e-10
+    assert rel_err(flat(g_tr), p @ G) < 1e-10
+    h = 1e-5
+    fd = np.array([(cosine_of_p(G, g_val_ref, p + h * e) - cosine_of_p(G, g_val_ref, p - h * e))
+                   / (2 * h) for e in np.eye(len(p))])
+    assert rel_err(r, fd) <= 1e-6
+    # the cosine itself
+    cos = GradientMatcher.cosine(g_val, g_tr).numpy()
+    assert abs(cos - cosine_of_p(G, g_val_ref, p)) < 1e-12
+    # the tangent is orthogonal to g_tr, so Σ p_i r_i = g_tr·t / (...) = 0
+    assert abs(p @ r) < 1e-12 * np.max(np.abs(r)) * len(r)
+
+
+def test_jvp_equals_per_example_gradient_dot_tangent(setup):
+    model, aug, labels, *_ = setup
+    matcher = GradientMatcher(model, chunk_size=2)
+    rng = np.random.default_rng(5)
+    tangent = [rng.normal(size=tuple(v.shape)) for v in matcher.variables]
+    jvp = matcher.jvp(aug, labels, tangent).numpy()
+    G = per_example_grads(model, aug, labels)
+    assert rel_err(jvp, G @ flat(tangent)) < 1e-10
+
+
+@pytest.mark.parametrize("chunk_size", [1, 3, 7])
+def test_chunked_passes_equal_one_shot(setup, chunk_size):
+    model, aug, labels, val, val_labels, p = setup
+    one_shot = GradientMatcher(model, chunk_size=10_000)
+    chunked = GradientMatcher(model, chunk_size=chunk_size)
+    for fn in ("val_grad", "mean_grad"):
+        assert rel_err(flat(getattr(chunked, fn)(val, val_labels)),
+                       flat(getattr(one_shot, fn)(val, val_labels))) < 1e-12
+    g_tr = chunked.weighted_grad(aug, labels, p)
+    assert rel_err(flat(g_tr), flat(one_shot.weighted_grad(aug, labels, p))) < 1e-12
+    g_val = one_shot.val_grad(val, val_labels)
+    assert rel_err(chunked.importance(aug, labels, g_val, g_tr),
+                   one_shot.importance(aug, labels, g_val, g_tr)) < 1e-12
+
+
+def test_gradient_is_of_the_data_loss_only(float64):
+    """The released search differentiated the cross-entropy alone, not model.losses (L2)."""
+    inp = keras.Input((8, 8, 3))
+    x = keras.layers.GlobalAveragePooling2D()(inp)
+    out = keras.layers.Dense(N_CLASSES, kernel_regularizer=keras.regularizers.L2(0.5))(x)
+    model = keras.Model(inp, out)
+    batch = search_batch(1, 4, 4)
+    model(batch["val"][0])
+    assert model.losses, "the model must carry a regulariser for this check"
+    matcher = GradientMatcher(model)
+    g = matcher.mean_grad(batch["val"][0], batch["val_labels"][0])
+    ref = per_example_grads(model, batch["val"][0], batch["val_labels"][0]).mean(axis=0)
+    assert rel_err(flat(g), ref) < 1e-10
+
+
+def test_frozen_batch_norm_weights_are_not_matched(float64):
+    model = tiny_model(keras)
+    matcher = GradientMatcher(model)
+    assert not any("gamma" in v.path or "beta" in v.path for v in matcher.variables)
+    assert len(matcher.variables) == 4  # conv kernel/bias, dense kernel/bias
+
+
+def test_bad_input_is_refused(setup):
+    model, aug, labels, *_ = setup
+    with pytest.raises(ValueError, match="chunk_size"):
+        GradientMatcher(model, chunk_size=0)
+    with pytest.raises(ValueError, match="same length"):
+        GradientMatcher(model).weighted_grad(aug, labels, np.ones(3))
+
+
+def test_bn_training_uses_chunk_statistics_and_leaves_the_model_unchanged(setup):
+    model, aug, labels, val, val_labels, p = setup
+    for layer in model.layers:
+        layer.trainable = True  # training-mode batch norm needs a trainable layer in Keras 3
+    before = [v.numpy() for v in model.weights]
+    inference = GradientMatcher(model, chunk_size=7)
+    training = GradientMatcher(model, chunk_size=7, bn_training=True)
+    assert len(training.variables) == 6  # γ and β join θ when batch norm is trainable
+    g_val = training.val_grad(val, val_labels)
+    g_tr = training.weighted_grad(aug, labels, p)
+    r = training.importance(aug, labels, g_val, g_tr).numpy()
+    # reference: batch statistics of the whole (single) chunk, via training-mode calls
+    with tf.GradientTape() as tape:
+        logits = model(aug, training=True)
+        loss = tf.reduce_sum(p * keras.losses.sparse_categorical_crossentropy(
+            labels, logits, from_logits=True))
+    ref = tape.gradient(loss, model.trainable_variables)
+    for var, value in zip(model.weights, before):
+        var.assign(value)
+    assert rel_err(flat(g_tr), flat(ref)) < 1e-10
+    r_inf = inference.importance(aug, labels, inference.val_grad(val, val_labels),
+                                 inference.weighted_grad(aug, labels, p)).numpy()
+    assert rel_err(r, r_inf) > 1e-3  # batch statistics change the importances
+    for var, value in zip(model.weights, before):
+        np.testing.assert_array_equal(var.numpy(), value, err_msg=var.path)
