@@ -1,0 +1,310 @@
+"""Geometric ops of the batched path: Pillow's nearest-neighbour affine maps as gather indices,
+plus the pixel moves of the random ops (flip, cutout, padded crop, resized crop).
+
+Pillow (src/libImaging/Geometry.c) resamples an affine transform with nearest neighbour along
+one of two integer-exact routes, and this module reproduces each one per (op, value, size):
+
+* translation only (``a1 == a3 == 0``, TranslateX/Y): ``ImagingScaleAffine`` tabulates the
+  source column of every output column by adding ``a0`` to ``a2 + a0 * 0.5`` one column at a
+  time in double precision and truncating (negative -> outside); rows likewise.
+* anything else (ShearX/Y, Rotate): ``affine_fixed`` rounds the six coefficients to 16.16
+  fixed point (the offsets after adding the half-pixel shift) and steps through the image in
+  integers; the source index is the fixed-point value shifted right by 16.
+
+Both are computed once per distinct (op, value, width, height) on the host with numpy (the
+same IEEE double arithmetic as the C code, and exact integer arithmetic for the fixed-point
+route), cached, and applied to a whole batch as one ``torch.gather``. The result is therefore
+bit-exact with ``Image.transform``/``Image.rotate`` (SPEC §1, ops 1-5); the tests check it.
+"""
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+from .space import FILL_GREY
+
+# Pillow's affine_fixed is used while every corner maps inside +-32768 (check_fixed).
+_FIXED_LIMIT = 32768.0
+
+
+def affine_coefficients(name: str, value: float, width: int, height: int):
+    """The inverse-affine coefficients (a0..a5) Pillow receives for one op, or ``None`` when
+    Pillow returns the image unchanged (Rotate by a multiple of 360 degrees).
+
+    Mirrors ``ops.py`` (Image.transform data) and ``Image.rotate`` (matrix about (w/2, h/2),
+    entries rounded to 15 decimals, angle first reduced modulo 360)."""
+    if name == "ShearX":
+        return (1.0, value, 0.0, 0.0, 1.0, 0.0)
+    if name == "ShearY":
+        return (1.0, 0.0, 0.0, value, 1.0, 0.0)
+    if name == "TranslateX":
+        return (1.0, 0.0, value * width, 0.0, 1.0, 0.0)
+    if name == "TranslateY":
+        return (1.0, 0.0, 0.0, 0.0, 1.0, value * height)
+    if name != "Rotate":
+        raise ValueError(f"{name!r} is not an affine op")
+    angle = value % 360.0
+    if angle == 0:
+        return None
+    if angle == 180 or (angle in (90, 270) and width == height):
+        # Pillow transposes instead; no level of the search space reaches these angles.
+        raise ValueError(f"Rotate by {value} degrees is outside the batched path's range")
+    cx, cy = width / 2, height / 2
+    rad = -math.radians(angle)
+    a, b = round(math.cos(rad), 15), round(math.sin(rad), 15)
+    d, e = round(-math.sin(rad), 15), round(math.cos(rad), 15)
+    c = a * -cx + b * -cy + 0.0 + cx
+    f = d * -cx + e * -cy + 0.0 + cy
+    return (a, b, c, d, e, f)
+
+
+def _coord(v: np.ndarray) -> np.ndarray:
+    """Geometry.c COORD: negative -> -1, else truncate."""
+    return np.where(v < 0.0, -1, np.trunc(v)).astype(np.int64)
+
+
+def _scale_map(a, width, height) -> np.ndarray:
+    """ImagingScaleAffine: positions accumulated by repeated double additions (np.cumsum is a
+    sequential accumulate, so the rounding sequence is the C loop's)."""
+    xs = np.cumsum(np.concatenate(([a[2] + a[0] * 0.5], np.full(width - 1, a[0]))))
+    ys = np.cumsum(np.concatenate(([a[5] + a[4] * 0.5], np.full(height - 1, a[4]))))
+    xin, yin = _coord(xs), _coord(ys)
+    src = yin[:, None] * width + xin[None, :]
+    ok = ((xin >= 0) & (xin < width))[None, :] & ((yin >= 0) & (yin < height))[:, None]
+    return np.where(ok, src, -1)
+
+
+def _fix(v: float) -> int:
+    """16.16 fixed point as Geometry.c FIX: floor(v * 65536 + 0.5)."""
+    return int(math.floor(v * 65536.0 + 0.5))
+
+
+def _fixed_map(a, width, height) -> np.ndarray:
+    """affine_fixed: integer stepping, so the closed form equals the C loop exactly."""
+    a0, a1, a3, a4 = _fix(a[0]), _fix(a[1]), _fix(a[3]), _fix(a[4])
+    a2 = _fix(a[2] + a[0] * 0.5 + a[1] * 0.5)
+    a5 = _fix(a[5] + a[3] * 0.5 + a[4] * 0.5)
+    y = np.arange(height, dtype=np.int64)[:, None]
+    x = np.arange(width, dtype=np.int64)[None, :]
+    xin = (a2 + y * a1 + x * a0) >> 16
+    yin = (a5 + y * a4 + x * a3) >> 16
+    ok = (xin >= 0) & (xin < width) & (yin >= 0) & (yin < height)
+    return np.where(ok, yin * width + xin, -1)
+
+
+def _float_map(a, width, height) -> np.ndarray:
+    """ImagingTransformAffine's double-precision loop (used beyond the fixed-point range):
+    row starts accumulate a1/a4, positions along a row accumulate a0/a3."""
+    def accumulate(start, row_step, col_step):
+        starts = np.cumsum(np.concatenate(([start], np.full(height - 1, row_step))))
+        steps = np.full((height, width - 1), col_step)
+        return np.cumsum(np.concatenate((starts[:, None], steps), axis=1), axis=1)
+
+    xin = _coord(accumulate(a[2] + a[1] * 0.5 + a[0] * 0.5, a[1], a[0]))
+    yin = _coord(accumulate(a[5] + a[4] * 0.5 + a[3] * 0.5, a[4], a[3]))
+    ok = (xin >= 0) & (xin < width) & (yin >= 0) & (yin < height)
+    return np.where(ok, yin * width + xin, -1)
+
+
+@lru_cache(maxsize=4096)
+def source_index(name: str, value: float, width: int, height: int) -> np.ndarray:
+    """Flat source index (h*w,) of every output pixel of op ``name`` at ``value``; -1 = fill
+    black. Follows ImagingTransformAffine's choice of route."""
+    a = affine_coefficients(name, value, width, height)
+    if a is None:
+        out = np.arange(width * height, dtype=np.int64)
+    elif a[1] == 0 and a[3] == 0:
+        out = _scale_map(a, width, height)
+    else:
+        corners = [(0, 0), (width, height), (0, height), (width, 0)]
+        if all(abs(x * a[0] + y * a[1] + a[2]) < _FIXED_LIMIT
+               and abs(x * a[3] + y * a[4] + a[5]) < _FIXED_LIMIT for x, y in corners):
+            out = _fixed_map(a, width, height)
+        else:
+            out = _float_map(a, width, height)
+    out = out.reshape(-1).astype(np.int64)
+    out.setflags(write=False)
+    return out
+
+
+@lru_cache(maxsize=1024)
+def _device_index(name: str, value: float, width: int, height: int, device: str):
+    """source_index as a device tensor, with 'outside' pointing at an appended zero pixel."""
+    idx = source_index(name, value, width, height)
+    return torch.from_numpy(np.where(idx < 0, width * height, idx)).to(device)
+
+
+def affine(x: torch.Tensor, name: str, values: list[float]) -> torch.Tensor:
+    """Apply op ``name`` with one value per image (N values): one gather per distinct value
+    (at most 2 * (L - 1) of them); pixels whose source is outside become black."""
+    n, c, h, w = x.shape
+    flat = torch.cat([x.reshape(n, c, h * w), x.new_zeros(n, c, 1)], dim=2)
+    dev = str(x.device)
+    distinct = sorted(set(values))
+    if len(distinct) == 1:
+        idx = _device_index(name, distinct[0], w, h, dev)
+        return flat.gather(2, idx.view(1, 1, -1).expand(n, c, h * w)).reshape(n, c, h, w)
+    out = torch.empty_like(x).reshape(n, c, h * w)
+    for v in distinct:
+        sel = torch.tensor([i for i, u in enumerate(values) if u == v], device=x.device)
+        idx = _device_index(name, v, w, h, dev).view(1, 1, -1).expand(len(sel), c, h * w)
+        out[sel] = flat[sel].gather(2, idx)
+    return out.reshape(n, c, h, w)
+
+
+def flip(x: torch.Tensor, do_flip: torch.Tensor) -> torch.Tensor:
+    """Horizontal mirror (ImageOps.mirror) of the images where ``do_flip`` is true."""
+    return torch.where(do_flip.view(-1, 1, 1, 1).to(x.device), x.flip(-1), x)
+
+
+def _grey(x: torch.Tensor) -> torch.Tensor:
+    return torch.tensor(FILL_GREY, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+
+
+def cutout_boxes(width: int, height: int, side: int, cx: torch.Tensor, cy: torch.Tensor):
+    """ops.cutout_box for a batch of float64 centres: corners (inclusive) clipped to the image,
+    then truncated. Returns int64 tensors x0, y0, x1, y1."""
+    half = side // 2
+    x0 = (cx - half).clamp(0, width).floor().long()
+    y0 = (cy - half).clamp(0, height).floor().long()
+    x1 = (cx + half).clamp(0, width).floor().long()
+    y1 = (cy + half).clamp(0, height).floor().long()
+    return x0, y0, x1, y1
+
+
+def cutout(x: torch.Tensor, boxes) -> torch.Tensor:
+    """Fill each image's inclusive box (x0, y0, x1, y1) with FILL_GREY (ImageDraw.rectangle)."""
+    n, c, h, w = x.shape
+    x0, y0, x1, y1 = (b.to(x.device).view(-1, 1, 1) for b in boxes)
+    cols = torch.arange(w, device=x.device).view(1, 1, w)
+    rows = torch.arange(h, device=x.device).view(1, h, 1)
+    inside = (cols >= x0) & (cols <= x1) & (rows >= y0) & (rows <= y1)
+    return torch.where(inside[:, None], _grey(x), x)
+
+
+def padded_crop(x: torch.Tensor, top: torch.Tensor, left: torch.Tensor, pad: int) -> torch.Tensor:
+    """Pad ``pad`` px of FILL_GREY on each side and crop the original size at (top, left) per
+    image (ops.rand_crop)."""
+    n, c, h, w = x.shape
+    canvas = _grey(x).expand(n, c, h + 2 * pad, w + 2 * pad).clone()
+    canvas[:, :, pad:pad + h, pad:pad + w] = x
+    pw = w + 2 * pad
+    rows = top.to(x.device).view(-1, 1, 1) + torch.arange(h, device=x.device).view(1, h, 1)
+    cols = left.to(x.device).view(-1, 1, 1) + torch.arange(w, device=x.device).view(1, 1, w)
+    idx = (rows * pw + cols).reshape(n, 1, h * w).expand(n, c, h * w)
+    return canvas.reshape(n, c, -1).gather(2, idx).reshape(n, c, h, w)
+
+
+# Resample.c: 8-bit resampling keeps coefficients in fixed point with 22 fractional bits.
+_PRECISION_BITS = 22
+
+
+def _bicubic(x: np.ndarray) -> np.ndarray:
+    """Resample.c bicubic_filter (a = -0.5), same operation order."""
+    x = np.abs(x)
+    near = ((1.5 * x - 2.5) * x) * x + 1
+    far = (((x - 5) * x + 8) * x - 4) * -0.5
+    return np.where(x < 1.0, near, np.where(x < 2.0, far, 0.0))
+
+
+@lru_cache(maxsize=4096)
+def bicubic_taps(in_size: int, in0: int, in1: int, out_size: int):
+    """Resample.c precompute_coeffs + normalize_coeffs_8bpc for BICUBIC over the box
+    [in0, in1) of an axis of length ``in_size``: the first source index of every output
+    sample (N_out,) and its fixed-point weights (N_out, ksize) as int64. The filter reaches
+    past the box into the rest of the image, as Pillow's does."""
+    scale = float(in1 - in0) / out_size
+    filterscale = max(scale, 1.0)
+    support = 2.0 * filterscale
+    ksize = int(math.ceil(support)) * 2 + 1
+    center = in0 + (np.arange(out_size) + 0.5) * scale
+    xmin = np.maximum(np.trunc(center - support + 0.5).astype(np.int64), 0)
+    xmax = np.minimum(np.trunc(center + support + 0.5).astype(np.int64), in_size) - xmin
+    j = np.arange(ksize)
+    w = _bicubic(((j[None, :] + xmin[:, None]) - center[:, None] + 0.5) * (1.0 / filterscale))
+    w = np.where(j[None, :] < xmax[:, None], w, 0.0)
+    ww = np.zeros(out_size)
+    for col in range(ksize):  # sequential sum, as the C loop
+        ww = ww + w[:, col]
+    w = np.where(ww[:, None] != 0.0, w / np.where(ww == 0.0, 1.0, ww)[:, None], w)
+    scaled = w * float(1 << _PRECISION_BITS)
+    fixed = np.where(w < 0, np.trunc(-0.5 + scaled), np.trunc(0.5 + scaled)).astype(np.int64)
+    fixed.setflags(write=False)
+    xmin.setflags(write=False)
+    return xmin, fixed
+
+
+def _resample_rows(img: torch.Tensor, start, weights) -> torch.Tensor:
+    """One pass of Resample.c along dim 1 of an int32 (C, S, M) image, giving (C, out, M):
+    per output sample the sum of source * weight from 2**21 (int32, as the C accumulator),
+    arithmetic shift by 22, clip to 0..255. Selecting whole rows keeps the copies contiguous."""
+    taps = np.minimum(start[:, None] + np.arange(weights.shape[1]), img.shape[1] - 1)
+    taps_t = torch.from_numpy(np.ascontiguousarray(taps.T)).to(img.device)
+    k = torch.from_numpy(weights.T.astype(np.int32)).to(img.device)
+    acc = None
+    for j in range(weights.shape[1]):
+        term = img.index_select(1, taps_t[j]) * k[j].view(1, -1, 1)
+        acc = term if acc is None else acc + term
+    return ((acc + (1 << (_PRECISION_BITS - 1))) >> _PRECISION_BITS).clamp_(0, 255)
+
+
+def resized_crop(x: torch.Tensor, boxes, size: int) -> torch.Tensor:
+    """Pillow's ``img.resize((size, size), BICUBIC, box=(left, top, left + w, top + h))`` per
+    image, bit-exact: Resample.c's fixed-point bicubic, horizontal pass (only over the rows the
+    vertical pass reads) then vertical pass, each rounded to 8 bits."""
+    n, c, h, w = x.shape
+    left, top, cw, ch = (b.tolist() for b in boxes)
+    out = x.new_empty(n, c, size, size)
+    for i in range(n):
+        ys, ky = bicubic_taps(h, top[i], top[i] + ch[i], size)
+        xs, kx = bicubic_taps(w, left[i], left[i] + cw[i], size)
+        first, last = int(ys.min()), min(h, int(ys.max()) + ky.shape[1])
+        cols = x[i, :, first:last].transpose(1, 2).to(torch.int32).contiguous()  # (C, W, rows)
+        tmp = _resample_rows(cols, xs, kx)  # (C, size, rows)
+        tmp = tmp.transpose(1, 2).contiguous()  # (C, rows, size)
+        out[i] = _resample_rows(tmp, ys - first, ky).to(torch.uint8)
+    return out
+
+
+def resized_crop_boxes(width: int, height: int, u_area, u_aspect, u_top, u_left,
+                       scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
+    """ops.resized_crop_box for N images from uniform draws: ``u_*`` are float64 (N, 10) in
+    [0, 1), one column per try. The first try whose box fits wins; with none, the central crop
+    of the clamped aspect. Returns int64 (left, top, w, h), each (N,)."""
+    area = float(width * height)
+    target = area * (scale[0] + (scale[1] - scale[0]) * u_area)
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    aspect = torch.exp(log_lo + (log_hi - log_lo) * u_aspect)
+    cw = torch.round(torch.sqrt(target * aspect))  # round half to even, as Python's round
+    ch = torch.round(torch.sqrt(target / aspect))
+    fits = (cw > 0) & (cw <= width) & (ch > 0) & (ch <= height)
+    top = torch.floor(u_top * (height - ch + 1))
+    left = torch.floor(u_left * (width - cw + 1))
+    first = torch.argmax(fits.to(torch.int8), dim=1, keepdim=True)
+    any_fit = fits.any(dim=1)
+    pick = [t.gather(1, first).squeeze(1).long() for t in (left, top, cw, ch)]
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        fw, fh = width, round(width / ratio[0])
+    elif in_ratio > ratio[1]:
+        fw, fh = round(height * ratio[1]), height
+    else:
+        fw, fh = width, height
+    fallback = ((width - fw) // 2, (height - fh) // 2, fw, fh)
+    return tuple(torch.where(any_fit, p, torch.full_like(p, f)) for p, f in zip(pick, fallback))
+
+
+def center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
+    """ops.center_crop for a batch: pad with black (centred) when smaller, then crop the
+    size x size centre at (round((h - size) / 2), round((w - size) / 2))."""
+    n, c, h, w = x.shape
+    if w < size or h < size:
+        pad_l, pad_t = max(0, (size - w) // 2), max(0, (size - h) // 2)
+        canvas = x.new_zeros(n, c, max(h, size), max(w, size))
+        canvas[:, :, pad_t:pad_t + h, pad_l:pad_l + w] = x
+        x, (h, w) = canvas, canvas.shape[2:]
+    top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
+    return x[:, :, top:top + size, left:left + size]

@@ -1,0 +1,173 @@
+"""Images per second of the augmentation paths, measured side by side in one run.
+
+Pillow per image on one core (``augmentation.ops.apply_op``) against the batched tensor path
+(``augmentation.batched``) on the CPU and, when there is one, on the GPU; at 32x32 (CIFAR
+space) and 224x224 (ImageNet space); one candidate at a time (every candidate of the space in
+turn, as the search's dense augmentation does) and a full 6-layer policy (uniform over the
+candidates, the hardest mix, and the released CIFAR policy 1 when it can be loaded).
+
+    python benchmarks/augment.py [--n32 1024] [--n224 64] [--threads 1] [--json out.json]
+
+The images are generated (smooth colour fields with edges and noise), so the run needs no
+dataset. Ratios are against the Pillow column of the same run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import torch  # before anything that might load TensorFlow
+
+import numpy as np
+from PIL import Image
+
+from augmentation import batched, ops, space
+from augmentation.policy import Policy, load_policy
+
+
+def photo_like(n: int, h: int, w: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
+    base = np.zeros((n, h, w, 3))
+    for c in range(3):
+        a, b, f = rng.uniform(-2, 2, (3, n, 1, 1))
+        base[..., c] = 128 + 90 * np.sin(3 * f * xx + a) * np.cos(2 * b * yy + f)
+    base += rng.normal(0, 8, base.shape)
+    return np.clip(base, 0, 255).astype(np.uint8)
+
+
+def _timed(fn, min_time: float = 0.3):
+    """Seconds per call of fn(), repeated until min_time has passed (after one warm-up)."""
+    fn()
+    calls, start = 0, time.perf_counter()
+    while True:
+        fn()
+        calls += 1
+        elapsed = time.perf_counter() - start
+        if elapsed >= min_time:
+            return elapsed / calls
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def pillow_candidates(pils, cands, l_mags, rng):
+    start = time.perf_counter()
+    for name, level in cands:
+        for img in pils:
+            ops.apply_op(img, name, level, l_mags, rng=rng)
+    return len(cands) * len(pils) / (time.perf_counter() - start)
+
+
+def pillow_policy(pils, policy, rng):
+    start = time.perf_counter()
+    for img in pils:
+        for layer in policy.probs:
+            name, level = policy.candidates[rng.choice(len(layer), p=layer)]
+            img = ops.apply_op(img, name, level, policy.l_mags, mirror=True, rng=rng)
+    return len(pils) / (time.perf_counter() - start)
+
+
+def batched_candidates(x, cands, l_mags, gen):
+    def run():
+        for name, level in cands:
+            batched.apply_candidate(x, name, level, l_mags, generator=gen)
+        _sync(x.device)
+    return len(cands) * x.shape[0] / _timed(run, 0.0)
+
+
+def batched_policy(x, policy, gen):
+    def run():
+        batched.apply_policy_batch(policy, x, mirror=True, generator=gen)
+        _sync(x.device)
+    return x.shape[0] / _timed(run)
+
+
+def per_op(pils, x, cands, l_mags, gen):
+    """images/s of Pillow and the batched path per op (all its candidate levels)."""
+    rows = []
+    for op in dict.fromkeys(name for name, _ in cands):
+        mine = [c for c in cands if c[0] == op]
+        rows.append((op, pillow_candidates(pils, mine, l_mags, np.random.default_rng(0)),
+                     batched_candidates(x, mine, l_mags, gen)))
+    return rows
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--n32", type=int, default=1024, help="batch size at 32x32")
+    p.add_argument("--n224", type=int, default=64, help="batch size at 224x224")
+    p.add_argument("--pil32", type=int, default=100, help="Pillow images per candidate, 32x32")
+    p.add_argument("--pil224", type=int, default=8, help="Pillow images per candidate, 224")
+    p.add_argument("--gpu-factor", type=int, default=8,
+                   help="the GPU gets batches this many times larger")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (Pillow uses one)")
+    p.add_argument("--per-op", action="store_true", help="also print a per-op table at 32x32")
+    p.add_argument("--json", help="write the measurements to this JSON file")
+    args = p.parse_args(argv)
+    if min(args.n32, args.n224, args.pil32, args.pil224, args.threads, args.gpu_factor) < 1:
+        print("augment.py: sizes and thread counts must be positive", file=sys.stderr)
+        return 2
+    torch.set_num_threads(args.threads)
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    print(f"torch {torch.__version__}, CPU threads {args.threads}, devices "
+          f"{', '.join(str(d) for d in devices)}"
+          + (f" ({torch.cuda.get_device_name()})" if len(devices) > 1 else ""))
+    results = []
+    header = f"{'size':>7} {'workload':<22} {'Pillow 1 core':>14}" + "".join(
+        f" {('batched ' + d.type):>14} {'ratio':>7}" for d in devices)
+    print(header)
+    for size, sp, n_batch, n_pil in ((32, "cifar", args.n32, args.pil32),
+                                     (224, "imagenet", args.n224, args.pil224)):
+        n_gpu = n_batch * args.gpu_factor if len(devices) > 1 else n_batch
+        arr = photo_like(max(n_gpu, n_pil), size, size, seed=size)
+        pils = [Image.fromarray(a) for a in arr[:n_pil]]
+        cands = space.candidates(sp, 13)
+        policies = [("policy uniform x6", Policy.uniform(6, sp, 13))]
+        if sp == "cifar":
+            try:
+                policies.append(("policy cifar_1", load_policy("cifar_1")))
+            except (OSError, ValueError):
+                pass
+        workloads = [(f"{len(cands)} candidates", lambda: pillow_candidates(
+            pils, cands, 13, np.random.default_rng(0)),
+            lambda x, g: batched_candidates(x, cands, 13, g))]
+        for label, pol in policies:
+            workloads.append((label, lambda pol=pol: pillow_policy(pils * 4, pol,
+                                                                   np.random.default_rng(0)),
+                              lambda x, g, pol=pol: batched_policy(x, pol, g)))
+        for label, pil_fn, batch_fn in workloads:
+            pil_rate = pil_fn()
+            row = {"size": size, "workload": label, "pillow": pil_rate}
+            line = f"{size:>4}px  {label:<22} {pil_rate:>14.0f}"
+            for dev in devices:
+                n_dev = n_gpu if dev.type == "cuda" else n_batch
+                x = torch.from_numpy(arr[:n_dev]).permute(0, 3, 1, 2).contiguous().to(dev)
+                gen = torch.Generator(device=dev).manual_seed(0)
+                rate = batch_fn(x, gen)
+                row[f"batched_{dev.type}"] = rate
+                line += f" {rate:>14.0f} {rate / pil_rate:>6.1f}x"
+            print(line, flush=True)
+            results.append(row)
+        if args.per_op and size == 32:
+            x = torch.from_numpy(arr[:n_batch]).permute(0, 3, 1, 2).contiguous()
+            print(f"  per op at 32x32 (CPU, batch {n_batch}): Pillow img/s, batched img/s, ratio")
+            for op, pil_rate, rate in per_op(pils, x, cands, 13, torch.Generator()):
+                print(f"    {op:<14} {pil_rate:>9.0f} {rate:>10.0f} {rate / pil_rate:>6.1f}x")
+                results.append({"size": 32, "workload": f"op {op}", "pillow": pil_rate,
+                                "batched_cpu": rate})
+    if args.json:
+        tmp = args.json + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(results, f, indent=1)
+        os.replace(tmp, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
