@@ -1,0 +1,240 @@
+"""Trainer configuration: the released YAML keys (SPEC §3) plus ours, validated on load.
+
+A config is a plain nested dict. :func:`load_config` reads a YAML file with ``yaml.safe_load``,
+applies command-line overrides given with dotted names (``--lr_schedule.warmup.epoch 0``),
+fills defaults and checks every key against :data:`SCHEMA`: an unknown key, a value of the
+wrong type or a missing required key raises :class:`ConfigError` with a one-line message that
+names the key. Defaults are those of the released trainer (gradient clip 5, momentum 0.9,
+test every 20 epochs, cosine schedule), so the released files mean what they meant.
+
+Keys of ours (CONTRACTS): ``train_size``/``test_size`` (seeded class-balanced subsets),
+``seed``, ``num_workers``, ``aug_backend``, ``amp``, ``channels_last``, ``compile``,
+``randaug.{N,M}`` for the RandAugment baseline and ``early_finish_epoch`` (the released
+trainer's key: stop after that epoch, keeping the schedule of the full run).
+"""
+from __future__ import annotations
+
+import copy
+
+import yaml
+
+AUGS = ("DeepAA", "default", "randaugment", "trivialaugment", "none")
+SCHEDULES = ("cosine", "resnet", "constant")
+REQUIRED = object()  # marks a key without a default
+
+# key -> (types, default, allowed values or None). A nested dict is a sub-schema; its default is
+# built from its own defaults. ``None`` in types means the key may be null.
+SCHEMA = {
+    "model": {
+        "type": ((str,), REQUIRED, None),
+        "dropout": ((float,), 0.0, None),
+    },
+    "dataset": ((str,), REQUIRED, None),
+    "aug": ((str,), REQUIRED, AUGS),
+    "deepaa": {"EXP": ((str, None), None, None)},
+    "randaug": {"N": ((int,), 2, None), "M": ((int,), 9, None)},
+    "cutout": ((int,), -1, None),
+    "batch": ((int,), REQUIRED, None),
+    "gpus": ((int,), 1, None),
+    "augmentation_search_space": ((str, None), None, None),  # released key, not used
+    "epoch": ((int,), REQUIRED, None),
+    "lr": ((float,), REQUIRED, None),
+    "lr_schedule": {
+        "type": ((str,), "cosine", SCHEDULES),
+        "warmup": {"multiplier": ((float,), 1.0, None), "epoch": ((int,), 0, None)},
+    },
+    "optimizer": {
+        "type": ((str,), "sgd", ("sgd",)),
+        "nesterov": ((bool,), True, None),
+        "momentum": ((float,), 0.9, None),
+        "decay": ((float,), REQUIRED, None),
+        "clip": ((float,), 5.0, None),
+    },
+    "test_interval": ((int,), 20, None),
+    "all_workers_use_the_same_batches": ((bool,), False, None),
+    "save_model": ((bool,), True, None),
+    "early_finish_epoch": ((int, None), None, None),
+    # ours
+    "seed": ((int, None), None, None),
+    "num_workers": ((int, None), None, None),
+    "train_size": ((int, None), None, None),
+    "test_size": ((int, None), None, None),
+    "aug_backend": ((str,), "pil", ("pil", "tensor")),
+    "amp": ((str, None), None, ("bf16", "fp16", None)),
+    "channels_last": ((bool,), False, None),
+    "compile": ((bool,), False, None),
+}
+
+# Keys that may differ between a checkpoint's config and the resuming run's.
+RESUME_FREE_KEYS = ("early_finish_epoch", "num_workers", "test_interval", "save_model", "compile")
+
+
+class ConfigError(ValueError):
+    """A bad config or override; the message is one line naming the key."""
+
+
+def _type_name(types) -> str:
+    names = {str: "a string", int: "an integer", float: "a number", bool: "true/false"}
+    out = [names[t] for t in types if t is not None]
+    if None in types:
+        out.append("null")
+    return " or ".join(out)
+
+
+def _coerce(key: str, value, spec):
+    types, _, choices = spec
+    if value is None:
+        if None not in types:
+            raise ConfigError(f"config key {key!r} must be {_type_name(types)}, got null")
+        return None
+    ok = None
+    if isinstance(value, bool):
+        ok = value if bool in types else None
+    elif isinstance(value, int):
+        ok = value if int in types else float(value) if float in types else None
+    elif isinstance(value, float):
+        ok = value if float in types else None
+    elif isinstance(value, str):
+        ok = value if str in types else None
+    if ok is None:
+        raise ConfigError(f"config key {key!r} must be {_type_name(types)}, got {value!r}")
+    if choices is not None and ok not in choices:
+        allowed = ", ".join(str(c) for c in choices if c is not None)
+        raise ConfigError(f"config key {key!r} must be one of {allowed}, got {ok!r}")
+    return ok
+
+
+def _validate(data, schema, prefix="") -> dict:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config key {prefix.rstrip('.') or '<top>'!r} must be a mapping")
+    for k in data:
+        if k not in schema:
+            raise ConfigError(f"unknown config key {prefix + str(k)!r}")
+    out = {}
+    for k, spec in schema.items():
+        key = prefix + k
+        if isinstance(spec, dict):
+            out[k] = _validate(data.get(k), spec, key + ".")
+        elif k in data:
+            out[k] = _coerce(key, data[k], spec)
+        elif spec[1] is REQUIRED:
+            raise ConfigError(f"missing required config key {key!r}")
+        else:
+            out[k] = spec[1]
+    return out
+
+
+def _check_values(cfg: dict) -> None:
+    positive = {"batch": cfg["batch"], "gpus": cfg["gpus"], "epoch": cfg["epoch"],
+                "test_interval": cfg["test_interval"]}
+    for key, value in positive.items():
+        if value < 1:
+            raise ConfigError(f"config key {key!r} must be >= 1, got {value}")
+    for key in ("train_size", "test_size"):
+        if cfg[key] is not None and cfg[key] < 1:
+            raise ConfigError(f"config key {key!r} must be >= 1, got {cfg[key]}")
+    if cfg["num_workers"] is not None and cfg["num_workers"] < 0:
+        raise ConfigError(f"config key 'num_workers' must be >= 0, got {cfg['num_workers']}")
+    if cfg["lr"] <= 0:
+        raise ConfigError(f"config key 'lr' must be > 0, got {cfg['lr']}")
+    if cfg["optimizer"]["decay"] < 0 or cfg["optimizer"]["clip"] < 0:
+        raise ConfigError("config keys 'optimizer.decay' and 'optimizer.clip' must be >= 0")
+    if not 0.0 <= cfg["model"]["dropout"] < 1.0:
+        raise ConfigError(f"config key 'model.dropout' must be in [0, 1), got {cfg['model']['dropout']}")
+    warm = cfg["lr_schedule"]["warmup"]
+    if warm["epoch"] < 0 or warm["epoch"] >= cfg["epoch"]:
+        raise ConfigError(f"config key 'lr_schedule.warmup.epoch' must be in [0, epoch), got {warm['epoch']}")
+    if warm["multiplier"] < 1.0:
+        raise ConfigError(f"config key 'lr_schedule.warmup.multiplier' must be >= 1, got {warm['multiplier']}")
+    if cfg["aug"] == "DeepAA" and not cfg["deepaa"]["EXP"]:
+        raise ConfigError("missing required config key 'deepaa.EXP' (aug is DeepAA)")
+    if cfg["aug_backend"] == "tensor" and cfg["aug"] != "DeepAA":
+        raise ConfigError("config key 'aug_backend' may be 'tensor' only with aug DeepAA")
+    from networks.torch_models import is_model_name
+
+    if not is_model_name(cfg["model"]["type"]):
+        raise ConfigError(f"config key 'model.type': unknown model {cfg['model']['type']!r}; "
+                          "expected wresnet<depth>_<width> or resnet50")
+
+
+def parse_overrides(tokens: list[str]) -> dict:
+    """``['--a.b', '1', '--c=x']`` -> ``{'a.b': 1, 'c': 'x'}`` (values parsed as YAML scalars)."""
+    out, i = {}, 0
+    while i < len(tokens):
+        tok = tokens[i]
+        if not tok.startswith("--") or len(tok) <= 2:
+            raise ConfigError(f"unexpected argument {tok!r}; overrides look like --key.sub value")
+        name, eq, value = tok[2:].partition("=")
+        if not eq:
+            if i + 1 >= len(tokens) or tokens[i + 1].startswith("--"):
+                raise ConfigError(f"override --{name} needs a value")
+            value = tokens[i + 1]
+            i += 1
+        try:
+            out[name] = yaml.safe_load(value) if value.strip() else ""
+        except yaml.YAMLError:
+            out[name] = value
+        i += 1
+    return out
+
+
+def apply_overrides(raw: dict, overrides: dict) -> dict:
+    """Set dotted keys in a copy of the raw config; a key must exist in the schema."""
+    raw = copy.deepcopy(raw)
+    for dotted, value in overrides.items():
+        parts = dotted.split(".")
+        spec, node = SCHEMA, raw
+        for j, part in enumerate(parts):
+            if not isinstance(spec, dict) or part not in spec:
+                raise ConfigError(f"unknown config key {dotted!r}")
+            spec = spec[part]
+            if j == len(parts) - 1:
+                if isinstance(spec, dict):
+                    raise ConfigError(f"config key {dotted!r} is a section; set one of its keys")
+                if isinstance(spec[0], tuple) and str in spec[0] and value is not None \
+                        and not isinstance(value, (str, bool)):
+                    value = str(value)  # --deepaa.EXP 1 means the string "1"
+                node[part] = value
+            else:
+                if not isinstance(node.get(part), dict):
+                    node[part] = {}
+                node = node[part]
+    return raw
+
+
+def validate(raw: dict) -> dict:
+    cfg = _validate(raw, SCHEMA)
+    _check_values(cfg)
+    return cfg
+
+
+def load_config(path: str, overrides: dict | None = None) -> dict:
+    """Read, override and validate a config file (raises :class:`ConfigError`)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = yaml.safe_load(f)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path!r}: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"config {path!r} is not valid YAML{where}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config {path!r} must be a mapping at the top level")
+    return validate(apply_overrides(raw, overrides or {}))
+
+
+def config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two validated configs."""
+    out = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += config_diff(va, vb, prefix + k + ".")
+        elif va != vb:
+            out.append(prefix + k)
+    return out

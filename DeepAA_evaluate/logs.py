@@ -1,0 +1,69 @@
+"""Run logs: TensorBoard scalars under ``logs/<tag>/{train,test}`` (as the released trainer),
+a JSON-lines file ``logs/<tag>/metrics.jsonl`` when TensorBoard is not installed, and atomic
+JSON results files."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import types
+
+
+def write_json(path: str, obj) -> None:
+    """Write ``obj`` as indented JSON via a temporary file and ``os.replace``."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=1, default=float)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+class MetricWriter:
+    """Per-epoch scalars of the main process; no-op without a tag (as the released trainer)."""
+
+    def __init__(self, tag: str, enabled: bool = True, root: str = "logs"):
+        self.writers, self.jsonl = {}, None
+        if not tag or not enabled:
+            return
+        base = os.path.join(root, tag)
+        if "tensorflow" not in sys.modules:
+            # TensorBoard's writer imports TensorFlow when it is installed (seconds of start-up
+            # and the trainer must not load it); this marker makes it use its own stub.
+            sys.modules.setdefault("tensorboard.compat.notf",
+                                   types.ModuleType("tensorboard.compat.notf"))
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            os.makedirs(base, exist_ok=True)
+            self.jsonl = open(os.path.join(base, "metrics.jsonl"), "a", encoding="utf-8")
+            return
+        self.writers = {name: SummaryWriter(log_dir=os.path.join(base, name))
+                        for name in ("train", "test")}
+
+    def epoch(self, entry: dict) -> None:
+        if self.jsonl is not None:
+            self.jsonl.write(json.dumps(entry, default=float) + "\n")
+            self.jsonl.flush()
+        if not self.writers:
+            return
+        e = entry["epoch"]
+        self.writers["train"].add_scalar("lr", entry["lr_start"], e)
+        for split in ("train", "test"):
+            for key in ("loss", "top1", "top5"):
+                if split in entry:
+                    self.writers[split].add_scalar(key, entry[split][key], e)
+            self.writers[split].flush()
+
+    def close(self) -> None:
+        if self.jsonl is not None:
+            self.jsonl.close()
+        for w in self.writers.values():
+            w.close()

@@ -1,0 +1,101 @@
+"""The released configs load with SPEC §3's values; bad configs and flags stop with exit 2."""
+import glob
+import os
+
+import pytest
+import yaml
+
+from DeepAA_evaluate.config import ConfigError, load_config, parse_overrides
+from DeepAA_evaluate.train import main
+
+CONFS = os.path.join(os.path.dirname(__file__), "..", "..", "confs")
+NAMES = [f"wresnet28x10_cifar{c}_DeepAA_{k}{v}.yaml" for c in (10, 100) for k in (1, 2)
+         for v in ("", "_wd1e-3")]
+NAMES += [f"wresnet28x10_cifar{c}_DeepAA_BatchAug8x_{k}.yaml" for c in (10, 100) for k in (1, 2)]
+NAMES += [f"resnet50_imagenet_DeepAA_8x256_{k}.yaml" for k in (1, 2)]
+
+
+def test_all_fourteen_released_configs_are_shipped():
+    shipped = {os.path.basename(p) for p in glob.glob(os.path.join(CONFS, "*.yaml"))}
+    assert shipped >= set(NAMES) and len(NAMES) == 14
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_released_config_values(name):
+    cfg = load_config(os.path.join(CONFS, name))
+    opt, sched = cfg["optimizer"], cfg["lr_schedule"]
+    assert opt["type"] == "sgd" and opt["nesterov"] and opt["momentum"] == 0.9
+    assert cfg["aug"] == "DeepAA" and sched["warmup"]["epoch"] == 5
+    if name.startswith("resnet50"):
+        assert cfg["model"]["type"] == "resnet50" and cfg["dataset"] == "imagenet"
+        assert (cfg["batch"], cfg["gpus"], cfg["epoch"], cfg["lr"]) == (256, 8, 270, 0.1)
+        assert opt["decay"] == 1e-4 and opt["clip"] == 0 and cfg["test_interval"] == 20
+        assert sched == {"type": "resnet", "warmup": {"epoch": 5, "multiplier": 8.0}}
+        assert cfg["deepaa"]["EXP"] == f"imagenet_{name[-6]}"
+        return
+    assert cfg["model"]["type"] == "wresnet28_10" and cfg["batch"] == 128
+    assert sched == {"type": "cosine", "warmup": {"epoch": 5, "multiplier": 1.0}}
+    assert opt["clip"] == 5.0 and cfg["test_interval"] == 20
+    assert cfg["deepaa"]["EXP"] == f"cifar_{name.split('_')[-1][0] if 'wd1e' not in name else name.split('_')[-2]}"
+    if "BatchAug8x" in name:
+        assert cfg["all_workers_use_the_same_batches"] and cfg["gpus"] == 8
+        # The released CIFAR-100 files use 35 epochs at lr 0.4, CIFAR-10 100 epochs at 0.2.
+        want = (35, 0.4) if "cifar100" in name else (100, 0.2)
+        assert (cfg["epoch"], cfg["lr"], opt["decay"]) == want + (5e-4,)
+    else:
+        assert not cfg["all_workers_use_the_same_batches"] and cfg["gpus"] == 1
+        assert (cfg["epoch"], cfg["lr"]) == (200, 0.1)
+        assert opt["decay"] == (1e-3 if "wd1e-3" in name else 5e-4)
+
+
+def test_dotted_overrides_reach_nested_keys():
+    over = parse_overrides(["--epoch", "2", "--lr_schedule.warmup.epoch", "0", "--batch=64",
+                            "--deepaa.EXP", "1"])
+    cfg = load_config(os.path.join(CONFS, NAMES[0]), over)
+    assert (cfg["epoch"], cfg["lr_schedule"]["warmup"]["epoch"], cfg["batch"]) == (2, 0, 64)
+    assert cfg["deepaa"]["EXP"] == "1"
+
+
+@pytest.mark.parametrize("patch, key", [
+    ({"unknown_key": 1}, "unknown_key"),
+    ({"optimizer": {"type": "sgd", "nesterov": True, "decay": "lots"}}, "optimizer.decay"),
+    ({"batch": 1.5}, "batch"),
+    ({"aug": "magic"}, "aug"),
+    ({"lr_schedule": {"type": "cosine", "warmup": {"epoch": 1, "multiplier": 1, "x": 2}}},
+     "lr_schedule.warmup.x"),
+])
+def test_bad_config_names_the_key(tmp_path, patch, key):
+    raw = yaml.safe_load(open(os.path.join(CONFS, NAMES[0])))
+    raw.update(patch)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(str(path))
+
+
+def test_missing_required_key(tmp_path):
+    raw = yaml.safe_load(open(os.path.join(CONFS, NAMES[0])))
+    del raw["lr"]
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match="missing required config key 'lr'"):
+        load_config(str(path))
+
+
+@pytest.mark.parametrize("extra", [
+    ["--no_such.key", "3"],
+    ["--epoch", "two"],
+    ["--aug", "DeepAA", "--deepaa.EXP", "no_such_policy"],
+    ["--dataset", "npz:/nonexistent/dir"],
+    ["--resume"],
+    ["--bogus-flag"],
+])
+def test_bad_flags_exit_2_with_one_line_and_write_nothing(tiny, capsys, extra):
+    path, work = tiny
+    before = sorted(p for p in os.listdir(work))
+    with pytest.raises(SystemExit) as exc:
+        main(["-c", str(path), "--save", str(work / "ck" / "x.pth"), "--tag", "t"] + extra)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ")
+    assert sorted(os.listdir(work)) == before

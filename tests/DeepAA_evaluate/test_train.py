@@ -1,0 +1,102 @@
+"""End-to-end CPU runs of the trainer on a generated npz dataset (tiny WRN-10-1)."""
+import json
+import os
+
+import pytest
+import torch
+
+from DeepAA_evaluate.train import main
+
+
+def _weights(path):
+    return torch.load(path, map_location="cpu", weights_only=True)["model"]
+
+
+def test_one_epoch_writes_checkpoint_results_and_logs(tiny, capsys):
+    path, work = tiny
+    save = work / "ck" / "run.pth"
+    one = ["--epoch", "1", "--lr_schedule.warmup.epoch", "0"]
+    res = main(["-c", str(path), "--save", str(save), "--tag", "exp"] + one)
+    on_disk = json.loads((work / "ck" / "run.json").read_text())
+    for key in ("top1_test", "top5_test", "top1_train", "top5_train", "history", "config",
+                "wall_time_s"):
+        assert key in on_disk
+    assert on_disk["top1_test"] == res["top1_test"] and 0.0 <= res["top1_test"] <= 1.0
+    assert res["history"][0]["train"]["n"] == 24 and res["history"][0]["test"]["n"] == 8
+    assert res["config"]["epoch"] == 1 and res["finished"] and res["steps_per_epoch"] == 6
+    ckpt = torch.load(save, map_location="cpu", weights_only=True)
+    assert ckpt["epoch"] == 1 and {"optimizer", "scheduler", "rng", "config"} <= set(ckpt)
+    assert os.listdir(work / "logs" / "exp")
+    assert not [f for f in os.listdir(work / "ck") if f.endswith(".tmp")]
+
+    # An existing --save is never resumed silently.
+    with pytest.raises(SystemExit) as exc:
+        main(["-c", str(path), "--save", str(save)] + one)
+    assert exc.value.code == 2 and "--resume" in capsys.readouterr().err
+    assert ckpt["epoch"] == _weights_epoch(save)
+
+    # --only-eval evaluates the stored weights.
+    ev = main(["-c", str(path), "--save", str(save), "--only-eval"] + one)
+    assert ev["top1_test"] == pytest.approx(res["top1_test"])
+    assert (work / "ck" / "run_eval.json").exists()
+
+
+def _weights_epoch(path):
+    return torch.load(path, map_location="cpu", weights_only=True)["epoch"]
+
+
+def test_resume_equals_uninterrupted_run(tiny):
+    path, work = tiny
+    full, part = work / "full.pth", work / "part.pth"
+    small = ["--train_size", "12"]  # 3 steps per epoch
+    a = main(["-c", str(path), "--save", str(full)] + small)
+    main(["-c", str(path), "--save", str(part), "--early_finish_epoch", "1"] + small)
+    assert _weights_epoch(part) == 1
+    with pytest.raises(SystemExit):  # a changed config cannot be resumed
+        main(["-c", str(path), "--save", str(part), "--resume", "--lr", "0.2"] + small)
+    b = main(["-c", str(path), "--save", str(part), "--resume"] + small)
+    wa, wb = _weights(full), _weights(part)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+    assert a["top1_test"] == b["top1_test"] and len(b["history"]) == 2
+    assert [h["train"]["loss"] for h in a["history"]] == [h["train"]["loss"] for h in b["history"]]
+
+
+@pytest.mark.parametrize("aug", ["default", "trivialaugment", "none"])
+def test_baselines_run_in_the_same_trainer(tiny, aug):
+    path, work = tiny
+    res = main(["-c", str(path), "--aug", aug, "--epoch", "1", "--lr_schedule.warmup.epoch", "0",
+                "--train_size", "8", "--batch", "8"])
+    assert res["n_train"] == 8 and res["history"][0]["train"]["n"] == 8
+    assert res["config"]["aug"] == aug
+
+
+def test_batch_augmentation_on_one_process(tiny):
+    path, work = tiny
+    res = main(["-c", str(path), "--epoch", "1", "--lr_schedule.warmup.epoch", "0",
+                "--all_workers_use_the_same_batches", "true", "--gpus", "3", "--batch", "4",
+                "--train_size", "8"])
+    assert res["steps_per_epoch"] == 2  # 8 images / 4 unique per step
+    assert res["global_batch"] == {"unique_images": 4, "copies": 3, "per_process": 12,
+                                   "virtual_worker_batch": 4}
+    assert res["history"][0]["train"]["n"] == 24  # each image 3 times
+
+
+def test_tensor_backend_applies_the_policy_on_the_device(tiny, monkeypatch):
+    import augmentation.batched as batched
+
+    calls = []
+    real = batched.apply_policy_batch
+
+    def spy(policy, x, mirror=True, generator=None):
+        out = real(policy, x, mirror=mirror, generator=generator)
+        calls.append((x.dtype, tuple(x.shape), out.dtype, tuple(out.shape), mirror))
+        return out
+
+    monkeypatch.setattr(batched, "apply_policy_batch", spy)
+    path, work = tiny
+    res = main(["-c", str(path), "--aug_backend", "tensor", "--epoch", "1",
+                "--lr_schedule.warmup.epoch", "0", "--batch", "8"])
+    assert res["history"][0]["train"]["n"] == 24
+    assert calls == [(torch.uint8, (8, 3, 16, 16), torch.uint8, (8, 3, 16, 16), True)] * 3

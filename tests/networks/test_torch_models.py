@@ -1,0 +1,42 @@
+"""PyTorch models: Wide ResNet sizes and shapes, ResNet-50 from torchvision."""
+import pytest
+import torch
+
+from networks.torch_models import batchnorm_parameters, get_model, is_model_name
+
+
+def _n_params(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name, millions", [("wresnet28_10", 36.48), ("wresnet40_2", 2.24)])
+def test_wide_resnet_parameter_counts(name, millions):
+    # The published sizes of WRN-28-10 (36.5M) and WRN-40-2 (2.2M) on 10 classes.
+    assert _n_params(get_model(name, 10)) / 1e6 == pytest.approx(millions, abs=0.02)
+
+
+def test_wide_resnet_forward_shapes_and_structure():
+    torch.manual_seed(0)
+    model = get_model("wresnet10_2", 7).eval()
+    for size in (16, 32):
+        assert model(torch.randn(3, 3, size, size)).shape == (3, 7)
+    assert model.layer1[0].conv1.out_channels == 32 and model.layer3[0].conv2.stride == (2, 2)
+    assert len(model.layer1) == 1 and model.layer1[0].bn1.momentum == 0.1
+    bn = batchnorm_parameters(model)
+    assert len(bn) == 2 * sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+
+
+def test_resnet50_is_torchvisions():
+    import torchvision
+
+    model = get_model("resnet50", 1000)
+    assert isinstance(model, torchvision.models.ResNet)
+    assert _n_params(model) == 25_557_032
+
+
+def test_unknown_models_are_rejected():
+    assert is_model_name("wresnet16_4") and not is_model_name("vgg16")
+    with pytest.raises(ValueError, match="vgg16"):
+        get_model("vgg16", 10)
+    with pytest.raises(ValueError, match="6n"):
+        get_model("wresnet12_1", 10)
