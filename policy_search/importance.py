@@ -111,13 +111,29 @@ class GradientMatcher:
         return list(grads)
 
     def tangent_ops(self, g_val, g_tr):
-        """(t, ‖g_tr‖, ‖g_val‖, g_val·g_tr) with t = g_val − g_tr (g_val·g_tr)/‖g_tr‖²."""
+        """(t̂, cos(g_val, g_tr), ‖g_tr‖) for the importances.
+
+        t = g_val − g_tr (g_val·g_tr)/‖g_tr‖² is returned scaled by 1/‖g_val‖ (t̂), so that
+        r(a) = (∇θ ℓ(a) · t̂) / ‖g_tr‖ — the same value as (∇θ ℓ(a) · t)/(‖g_tr‖ ‖g_val‖)
+        without ever forming products of two tiny gradients. Inner products and norms are
+        accumulated in float64: with a well-fitted model the gradients can be so small that
+        their float32 squares underflow (which once gave a cosine above 1).
+        """
         dot = _dot(g_val, g_tr)
         norm_tr = tf.sqrt(_dot(g_tr, g_tr))
         norm_val = tf.sqrt(_dot(g_val, g_val))
-        scale = dot / tf.square(norm_tr)
-        tangent = [gv - gt * scale for gv, gt in zip(g_val, g_tr)]
-        return tangent, norm_tr, norm_val, dot
+        along = dot / tf.square(norm_tr)
+        tangent = [(tf.cast(gv, tf.float64) - tf.cast(gt, tf.float64) * along) / norm_val
+                   for gv, gt in zip(g_val, g_tr)]
+        tangent = [tf.cast(t, gv.dtype) for t, gv in zip(tangent, g_val)]
+        return tangent, dot / (norm_tr * norm_val), norm_tr
+
+    def match_ops(self, images, labels, g_val, g_tr):
+        """(cos(g_val, g_tr), r over ``images``): the cosine similarity of a point and the
+        importances r(x_i) = (∇θ ℓ(x_i) · t) / (‖g_tr‖ ‖g_val‖) of its augmented images."""
+        tangent, cos, norm_tr = self.tangent_ops(g_val, g_tr)
+        jvp = tf.cast(self.jvp_ops(images, labels, tangent), tf.float64)
+        return tf.cast(cos, self.dtype), tf.cast(jvp / norm_tr, self.dtype)
 
     def jvp_ops(self, images, labels, tangent):
         """∇θ ℓ(x_i) · tangent for all images, chunked; shape [N]."""
@@ -142,8 +158,7 @@ class GradientMatcher:
         """r(x_i) = (∇θ ℓ(x_i) · t) / (‖g_tr‖ ‖g_val‖) for every image; shape [N]."""
         g_val = [tf.cast(g, self.dtype) for g in g_val]
         g_tr = [tf.cast(g, self.dtype) for g in g_tr]
-        tangent, norm_tr, norm_val, _ = self.tangent_ops(g_val, g_tr)
-        return self.jvp_ops(images, labels, tangent) / (norm_tr * norm_val)
+        return self.match_ops(images, labels, g_val, g_tr)[1]
 
     @contextlib.contextmanager
     def keep_statistics(self):
@@ -194,9 +209,10 @@ class GradientMatcher:
     @staticmethod
     def cosine(g_a, g_b) -> tf.Tensor:
         """cos(g_a, g_b) of two gradients given as lists of tensors."""
-        return _dot(g_a, g_b) / tf.sqrt(_dot(g_a, g_a) * _dot(g_b, g_b))
+        return _dot(g_a, g_b) / (tf.sqrt(_dot(g_a, g_a)) * tf.sqrt(_dot(g_b, g_b)))
 
 
 def _dot(g_a, g_b):
-    """Inner product of two gradients (lists of same-shaped tensors)."""
-    return tf.add_n([tf.reduce_sum(a * b) for a, b in zip(g_a, g_b)])
+    """Inner product of two gradients (lists of same-shaped tensors), in float64."""
+    return tf.add_n([tf.reduce_sum(tf.cast(a, tf.float64) * tf.cast(b, tf.float64))
+                     for a, b in zip(g_a, g_b)])

@@ -269,10 +269,9 @@ class Searcher:
                     tf.fill([n_val], 1.0 / tf.cast(n_val, m.dtype)))
                 g_tr = m.weighted_grad_ops(
                     train[i], tf.fill([tf.shape(train[i])[0]], labels[i]), weights)
-                tangent, norm_tr, norm_val, dot = m.tangent_ops(g_val, g_tr)
-                jvp = m.jvp_ops(dense[i], tf.fill([tf.shape(dense[i])[0]], labels[i]), tangent)
-                scale = norm_tr * norm_val
-                return i + 1, cos_out.write(i, dot / scale), r_out.write(i, jvp / scale)
+                cos, r = m.match_ops(dense[i], tf.fill([tf.shape(dense[i])[0]], labels[i]),
+                                     g_val, g_tr)
+                return i + 1, cos_out.write(i, cos), r_out.write(i, r)
 
             cos_out = tf.TensorArray(m.dtype, size=n)
             r_out = tf.TensorArray(m.dtype, size=n, element_shape=[dense.shape[1]])

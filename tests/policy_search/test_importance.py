@@ -158,3 +158,25 @@ def test_bn_training_uses_chunk_statistics_and_leaves_the_model_unchanged(setup)
     assert rel_err(r, r_inf) > 1e-3  # batch statistics change the importances
     for var, value in zip(model.weights, before):
         np.testing.assert_array_equal(var.numpy(), value, err_msg=var.path)
+
+
+def test_tiny_float32_gradients_do_not_underflow():
+    """A well-fitted model has gradients whose float32 squares underflow. The cosine is
+    scale-free and r = (∇ℓ(a)·t)/(‖g_tr‖‖g_val‖) scales as 1/s when g_val and g_tr scale by s:
+    both must hold at s = 1e-24 in float32."""
+    model = tiny_model(keras)  # float32
+    batch = search_batch(1, 7, 6)
+    aug, val = batch["aug"][0], batch["val"][0]
+    labels = np.full(7, batch["labels"][0])
+    matcher = GradientMatcher(model, chunk_size=4)
+    g_val = matcher.val_grad(val, batch["val_labels"][0])
+    g_tr = matcher.weighted_grad(aug, labels, np.full(7, 1 / 7, np.float32))
+    tiny_val = [g * 1e-24 for g in g_val]
+    tiny_tr = [g * 1e-24 for g in g_tr]
+    cos = float(GradientMatcher.cosine(g_val, g_tr))
+    cos_tiny = float(GradientMatcher.cosine(tiny_val, tiny_tr))
+    assert abs(cos_tiny - cos) < 1e-6 and cos_tiny <= 1.0
+    r = matcher.importance(aug, labels, g_val, g_tr).numpy()
+    r_tiny = matcher.importance(aug, labels, tiny_val, tiny_tr).numpy()
+    assert np.all(np.isfinite(r_tiny))
+    assert rel_err(r_tiny * 1e-24, r) < 1e-4

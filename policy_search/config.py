@@ -1,0 +1,226 @@
+"""Command-line flags, presets and input checks of the search (SPEC §0, §2).
+
+Every flag of the released README commands is accepted verbatim with the released default, so
+those commands run unchanged. New flags are documented in ``--help``. Presets fill in values
+that the user did not pass explicitly. This module imports neither TensorFlow nor the data, so
+bad flags are reported in a fraction of a second and before anything is written.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+
+DATASET_HELP = "cifar10, cifar100, imagenet, npz:DIR or folder:DIR"
+
+# SPEC §0: the README's CIFAR command. `use_model` is filled in per dataset (below).
+PAPER = dict(n_policies=6, search_bno=1024, pretrain_lr=0.1, seed=1, batch_size=128,
+             test_batch_size=512, policy_lr=0.025, l_mags=13, use_pool=True, pretrain_size=5000,
+             nb_epochs=45, EXP_G=16, EXP_gT_factor=4, train_same_labels=16)
+# SPEC §2 "Cost": the author's advice, halving five flags (about 1 hour on 8 GPUs).
+FAST = dict(PAPER, search_bno=512, test_batch_size=256, EXP_G=8, EXP_gT_factor=2,
+            train_same_labels=8)
+# Small enough for a laptop: WRN_10_1 on 32x32 images, one layer in about a minute on 2 cores.
+# l_mags stays 13 (139 candidates) unless given; the sizes below are the knobs that scale.
+CPU = dict(n_policies=2, search_bno=24, pretrain_lr=0.1, batch_size=64, test_batch_size=256,
+           val_batch_size=256, policy_lr=0.025, use_pool=False, pretrain_size=1500, nb_epochs=8,
+           EXP_G=2, EXP_gT_factor=1, train_same_labels=2, chunk_size=128, n_val_per_point=16,
+           checkpoint_every=8)
+PRESETS = {"paper": PAPER, "fast": FAST, "cpu": CPU}
+PRESET_MODELS = {"paper": ("WRN_40_2", "resnet50"), "fast": ("WRN_40_2", "resnet50"),
+                 "cpu": ("WRN_10_1", "resnet50")}
+
+_WRN_RE = re.compile(r"^WRN_(\d+)_(\d+)$")
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+class UsageError(ValueError):
+    """Bad input: reported as one line naming the flag, exit code 2, nothing written."""
+
+    def __init__(self, flag: str, message: str):
+        super().__init__(f"{flag}: {message}")
+        self.flag = flag
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line instead of argparse's usage block
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
+    """The flag parser. With ``suppress_defaults`` the namespace holds only the flags given on
+    the command line (used to let explicit flags override a preset)."""
+    kw = {"argument_default": argparse.SUPPRESS} if suppress_defaults else {}
+    p = _Parser(prog="DeepAA_search.py", description="Deep AutoAugment policy search "
+                "(gradient matching, layer by layer). Writes a policy YAML.", **kw)
+
+    r = p.add_argument_group("released flags (SPEC §0)")
+    r.add_argument("--use_model", **_d(suppress_defaults, "WRN_28_10"), help="search model: "
+                   "WRN_<depth>_<width> (e.g. WRN_40_2, WRN_28_10, WRN_10_1) or resnet50")
+    r.add_argument("--dataset", **_d(suppress_defaults, "cifar10"), help=DATASET_HELP)
+    r.add_argument("--n_classes", type=int, **_d(suppress_defaults, 100),
+                   help="number of classes; must match the data")
+    r.add_argument("--nb_epochs", type=int, **_d(suppress_defaults, 45),
+                   help="pretraining epochs")
+    r.add_argument("--pretrain_size", type=int, **_d(suppress_defaults, 5000),
+                   help="images of the pretraining split (capped at half of the non-validation "
+                   "images of small datasets)")
+    r.add_argument("--l_mags", type=int, **_d(suppress_defaults, 13),
+                   help="magnitude levels per op, odd and >= 3 (13 gives 139 candidates)")
+    r.add_argument("--policy_lr", type=float, **_d(suppress_defaults, 0.025),
+                   help="Adam learning rate of each layer's logits")
+    r.add_argument("--pretrain_lr", type=float, **_d(suppress_defaults, 0.1),
+                   help="initial pretraining learning rate (cosine to 0)")
+    r.add_argument("--batch_size", type=int, **_d(suppress_defaults, 128),
+                   help="pretraining batch size (last partial batch dropped)")
+    r.add_argument("--val_batch_size", type=int, **_d(suppress_defaults, 1024),
+                   help="batch size when the pretrained model is scored on the validation split")
+    r.add_argument("--test_batch_size", type=int, **_d(suppress_defaults, 512),
+                   help="batch size when the pretrained model is scored on the test split")
+    r.add_argument("--clip_policy_gradient_norm", type=float, **_d(suppress_defaults, 5.0),
+                   help="parsed for compatibility; unused, as in the released code (SPEC §2)")
+    r.add_argument("--debug", action="store_true", **_d(suppress_defaults, False),
+                   help="log every step's timings and importances at debug level")
+    r.add_argument("--seed", type=int, **_d(suppress_defaults, 1), help="random seed")
+    r.add_argument("--policy_bn_training", action="store_true", **_d(suppress_defaults, False),
+                   help="run batch norm in training mode during the search (default: frozen)")
+    r.add_argument("--n_policies", type=int, **_d(suppress_defaults, 4),
+                   help="policy layers to search")
+    r.add_argument("--search_bno", type=int, **_d(suppress_defaults, 256),
+                   help="search steps per layer")
+    r.add_argument("--repeat_random_ops", action="store_true", **_d(suppress_defaults, False),
+                   help="apply each random candidate (flip, cutout, crop) N_repeat_random times "
+                   "in the dense set and average its importance")
+    r.add_argument("--N_repeat_random", type=int, **_d(suppress_defaults, 1),
+                   help="copies of each random candidate with --repeat_random_ops")
+    r.add_argument("--use_pool", action="store_true", **_d(suppress_defaults, False),
+                   help="augment in a process pool (one process per CPU core)")
+    r.add_argument("--chunk_size", type=int, **_d(suppress_defaults, None),
+                   help="images per gradient/JVP chunk (default: 256 for WRN-40-2, 128 for "
+                   "WRN-28-10, 16 for ResNet-50)")
+    r.add_argument("--EXP_gT_factor", type=int, **_d(suppress_defaults, 4),
+                   help="stage k: g_tr averages D * EXP_gT_factor sampled copies of each point")
+    r.add_argument("--EXP_G", type=int, **_d(suppress_defaults, 16),
+                   help="stage k: sampled copies per point, each augmented by every candidate")
+    r.add_argument("--train_same_labels", type=int, **_d(suppress_defaults, 16),
+                   help="search points per step (a multiple of the number of replicas)")
+    for dummy, val in (("--mode", "client"), ("--port", 38277)):
+        r.add_argument(dummy, **_d(suppress_defaults, val), help=argparse.SUPPRESS)
+
+    n = p.add_argument_group("new flags")
+    n.add_argument("--preset", choices=sorted(PRESETS), **_d(suppress_defaults, None),
+                   help="paper: SPEC §0's command; fast: its halved variant; cpu: a small search "
+                   "for 2 CPU cores. Flags given explicitly override the preset")
+    n.add_argument("--dataroot", **_d(suppress_defaults, "./data"),
+                   help="dataset root (cifar downloads here, imagenet is read from here)")
+    n.add_argument("--results_dir", **_d(suppress_defaults, None),
+                   help="folder for weights, checkpoint, log, tensorboard and the policy "
+                   "(default: results/search_<dataset>_<model>_seed<seed>)")
+    n.add_argument("--out", **_d(suppress_defaults, None),
+                   help="policy YAML to write (default: <results_dir>/policy.yaml)")
+    n.add_argument("--pretrained", **_d(suppress_defaults, None),
+                   help="restore the search model from this .weights.h5 instead of pretraining "
+                   "(imagenet default: pretrained_imagenet/imagenet_resnet50.weights.h5)")
+    n.add_argument("--pretrain_only", action="store_true", **_d(suppress_defaults, False),
+                   help="pretrain, save the weights in the results folder and stop")
+    n.add_argument("--resume", action="store_true", **_d(suppress_defaults, False),
+                   help="continue from <results_dir>/checkpoint.npz")
+    n.add_argument("--checkpoint_every", type=int, **_d(suppress_defaults, 50),
+                   help="write a checkpoint every N search steps (and on Ctrl-C)")
+    n.add_argument("--export_npz", action="store_true", **_d(suppress_defaults, False),
+                   help="also write the policy in the released npz format next to the YAML")
+    n.add_argument("--cpu_replicas", type=int, **_d(suppress_defaults, 0),
+                   help="without GPUs, spread the points over N logical CPU devices")
+    n.add_argument("--aug_backend", choices=("pil", "tensor"), **_d(suppress_defaults, "pil"),
+                   help="pil: Pillow ops (the reference); tensor: batched torch ops")
+    n.add_argument("--n_val_per_point", type=int, **_d(suppress_defaults, 64),
+                   help="validation images per search point (64 in SPEC §2)")
+    n.add_argument("--stop_after_steps", type=int, **_d(suppress_defaults, 0),
+                   help=argparse.SUPPRESS)  # testing: checkpoint and stop after N steps
+    return p
+
+
+def _d(suppress: bool, value) -> dict:
+    return {} if suppress else {"default": value}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """Parse flags, then fill in the preset's values for the flags not given explicitly."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    explicit = set(vars(build_parser(suppress_defaults=True).parse_args(argv)))
+    if args.preset:
+        for key, value in PRESETS[args.preset].items():
+            if key not in explicit:
+                setattr(args, key, value)
+        if "use_model" not in explicit:
+            cifar_model, imagenet_model = PRESET_MODELS[args.preset]
+            args.use_model = imagenet_model if args.dataset == "imagenet" else cifar_model
+    args.explicit = sorted(explicit)
+    if args.results_dir is None:
+        slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", os.path.basename(
+            args.dataset.split(":", 1)[-1].rstrip("/")) or args.dataset)
+        args.results_dir = os.path.join("results", f"search_{slug}_{args.use_model}_seed{args.seed}")
+    if args.out is None:
+        args.out = os.path.join(args.results_dir, "policy.yaml")
+    if args.pretrained is None and args.dataset == "imagenet" and not args.pretrain_only:
+        args.pretrained = os.path.join("pretrained_imagenet", "imagenet_resnet50.weights.h5")
+    return args
+
+
+def is_known_model(name: str) -> bool:
+    """WRN_<d>_<k> with d = 6n + 4 (n >= 1) and k >= 1, or resnet50 (see networks.tf_models)."""
+    if name == "resnet50":
+        return True
+    m = _WRN_RE.match(name)
+    return bool(m) and int(m.group(1)) >= 10 and (int(m.group(1)) - 4) % 6 == 0 \
+        and int(m.group(2)) >= 1
+
+
+def validate(args) -> None:
+    """Checks that need neither the data nor TensorFlow; raises UsageError."""
+    if not is_known_model(args.use_model):
+        raise UsageError("--use_model", f"unknown model {args.use_model!r}; expected "
+                         "WRN_<depth>_<width> with depth = 6n + 4 (e.g. WRN_40_2) or resnet50")
+    ds = args.dataset
+    if not (ds in ("cifar10", "cifar100", "imagenet")
+            or (ds.startswith(("npz:", "folder:")) and ds.split(":", 1)[1])):
+        raise UsageError("--dataset", f"unknown dataset {ds!r}; expected {DATASET_HELP}")
+    if args.l_mags < 3 or args.l_mags % 2 == 0:
+        raise UsageError("--l_mags", f"must be an odd integer >= 3, got {args.l_mags}")
+    positive = ("n_classes", "n_policies", "search_bno", "train_same_labels", "EXP_G",
+                "EXP_gT_factor", "N_repeat_random", "batch_size", "val_batch_size",
+                "test_batch_size", "checkpoint_every", "n_val_per_point")
+    for name in positive:
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name}", f"must be >= 1, got {getattr(args, name)}")
+    for name in ("nb_epochs", "pretrain_size", "cpu_replicas", "stop_after_steps"):
+        if getattr(args, name) < 0:
+            raise UsageError(f"--{name}", f"must be >= 0, got {getattr(args, name)}")
+    if args.chunk_size is not None and args.chunk_size < 1:
+        raise UsageError("--chunk_size", f"must be >= 1, got {args.chunk_size}")
+    if args.policy_lr <= 0:
+        raise UsageError("--policy_lr", f"must be > 0, got {args.policy_lr}")
+    if args.cpu_replicas > 1 and args.train_same_labels % args.cpu_replicas:
+        raise UsageError("--train_same_labels", f"{args.train_same_labels} points cannot be "
+                         f"split over {args.cpu_replicas} replicas (--cpu_replicas)")
+    if args.pretrained is not None:
+        check_weights_file(args.pretrained)
+    if not args.out.endswith((".yaml", ".yml")):
+        raise UsageError("--out", f"the policy file must end in .yaml, got {args.out!r}")
+    if args.resume and not os.path.isfile(os.path.join(args.results_dir, "checkpoint.npz")):
+        raise UsageError("--resume", f"no checkpoint.npz in {args.results_dir!r}")
+
+
+def check_weights_file(path: str) -> None:
+    """A readable HDF5 file (Keras' ``.weights.h5``); raises UsageError naming --pretrained."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(HDF5_SIGNATURE))
+    except OSError as err:
+        hint = " (see pretrained_imagenet/README.md)" if "pretrained_imagenet" in path else ""
+        raise UsageError("--pretrained", f"cannot read {path!r}: "
+                         f"{err.strerror or err}{hint}") from None
+    if head != HDF5_SIGNATURE:
+        raise UsageError("--pretrained", f"{path!r} is not a Keras .weights.h5 file")

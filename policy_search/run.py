@@ -1,0 +1,340 @@
+"""The search run: data and checks, model, the loop over layers and steps, checkpoints, output.
+
+Order matters for bad input (SPEC-independent project rule): every check that can fail on the
+user's input (flags, data, ``--n_classes``, replicas, weights file) runs before the results
+folder is created, so a failed start writes nothing.
+
+Resuming: the checkpoint holds the logits and every layer's Adam state
+(``PolicyLogits.get_state``), the position (next layer, next step), the traces and the path of
+the pretrained weights. All randomness of a step is derived from (seed, layer, step) (see
+``policy_search.data``), so that position *is* the random state: a resumed run draws exactly
+what the uninterrupted run drew and ends with the same policy.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+
+import numpy as np
+
+from augmentation.policy import atomic_write
+from augmentation.space import candidates as space_candidates, identity_index
+from deepaa_data import DatasetError, load_dataset
+from policy_search import data
+from policy_search.augment import Augmenter, make_executor
+from policy_search.config import UsageError
+
+log = logging.getLogger("deepaa.search")
+CHECKPOINT = "checkpoint.npz"
+# Flags that must be equal to resume a run (the others, e.g. --checkpoint_every, may change).
+RESUME_KEYS = ("dataset", "n_classes", "use_model", "n_policies", "search_bno", "seed", "l_mags",
+               "policy_lr", "EXP_G", "EXP_gT_factor", "train_same_labels", "repeat_random_ops",
+               "N_repeat_random", "n_val_per_point", "policy_bn_training", "pretrain_size")
+
+
+class Prepared:
+    """What the search needs from the data, gathered before anything is written."""
+
+    def __init__(self, args):
+        try:
+            self.train = load_dataset(args.dataset, args.dataroot, "train", download=True)
+        except DatasetError as err:
+            raise UsageError("--dataset", str(err)) from None
+        if self.train.n_classes != args.n_classes:
+            raise UsageError("--n_classes", f"{args.n_classes} does not match the "
+                             f"{self.train.n_classes} classes of {args.dataset}")
+        try:
+            self.test = load_dataset(args.dataset, args.dataroot, "test")
+        except DatasetError:
+            self.test = None
+        self.space = "imagenet" if args.dataset == "imagenet" else "cifar"
+        if self.space == "imagenet":
+            self.size = 224
+        elif hasattr(self.train, "images"):
+            self.size = int(self.train.images.shape[1])
+        else:
+            self.size = int(min(self.train.image(0).size))
+        self.input_shape = (self.size, self.size, 3)
+        self.candidates = space_candidates(self.space, args.l_mags)
+        self.splits = data.make_splits(len(self.train), args.pretrain_size, args.seed)
+        if len(self.splits.val) == 0 or len(self.splits.search) == 0:
+            raise UsageError("--dataset", f"{args.dataset} has too few images "
+                             f"({len(self.train)}) for validation and search splits")
+        needs_pretrain = args.pretrained is None and not args.resume
+        if needs_pretrain and len(self.splits.pretrain) < args.batch_size and args.nb_epochs:
+            raise UsageError("--pretrain_size", f"{len(self.splits.pretrain)} pretraining "
+                             f"images are fewer than one batch (--batch_size {args.batch_size})")
+        self.sampler = data.PointSampler(self.train.labels, self.splits, args.n_val_per_point)
+
+
+def _quiet_tensorflow():
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    tf.get_logger().setLevel(logging.ERROR)
+    return tf
+
+
+def _setup_logging(results_dir: str, debug: bool):
+    from tqdm import tqdm
+
+    class TqdmHandler(logging.Handler):
+        def emit(self, record):
+            tqdm.write(self.format(record))
+
+    log.handlers.clear()
+    log.setLevel(logging.DEBUG if debug else logging.INFO)
+    log.propagate = False
+    fh = logging.FileHandler(os.path.join(results_dir, "search.log"))
+    fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    th = TqdmHandler()
+    th.setFormatter(logging.Formatter("%(message)s"))
+    log.addHandler(fh)
+    log.addHandler(th)
+
+
+def _flags(args) -> dict:
+    return {k: v for k, v in sorted(vars(args).items()) if k not in ("explicit",)}
+
+
+def _entropy(p) -> float:
+    p = np.asarray(p, np.float64)
+    return float(-np.sum(p[p > 0] * np.log(p[p > 0])))
+
+
+# ------------------------------------------------------------------ checkpoints
+def save_checkpoint(path, policy_state: dict, layer: int, step: int, traces, meta: dict):
+    arrays = {f"policy/{k}": np.asarray(v) for k, v in policy_state.items()}
+    arrays["position"] = np.array([layer, step], np.int64)
+    for k, trace in enumerate(traces):
+        arrays[f"cos_trace/{k}"] = np.asarray(trace, np.float64)
+    arrays["meta_json"] = np.array(json.dumps(meta))
+    folder, name = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(folder, f".{os.getpid()}.tmp.{name}")
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path):
+    with np.load(path, allow_pickle=False) as z:
+        state = {k[len("policy/"):]: z[k] for k in z.files if k.startswith("policy/")}
+        layer, step = (int(v) for v in z["position"])
+        n = len([k for k in z.files if k.startswith("cos_trace/")])
+        traces = [list(z[f"cos_trace/{k}"]) for k in range(n)]
+        meta = json.loads(str(z["meta_json"]))
+    return state, layer, step, traces, meta
+
+
+def _check_resume(args, meta):
+    for key in RESUME_KEYS:
+        if meta["flags"].get(key) != getattr(args, key):
+            raise UsageError("--resume", f"the checkpoint was made with --{key} "
+                             f"{meta['flags'].get(key)!r}, not {getattr(args, key)!r}")
+
+
+# ------------------------------------------------------------------ the run
+def main(args) -> int:
+    """Run the search described by ``args`` (parsed and validated by ``config``)."""
+    started = time.time()
+    prep = Prepared(args)
+    ckpt_path = os.path.join(args.results_dir, CHECKPOINT)
+    resume = None
+    if args.resume:
+        resume = load_checkpoint(ckpt_path)
+        _check_resume(args, resume[4])
+
+    tf = _quiet_tensorflow()
+    from policy_search import devices
+
+    strategy = devices.make_strategy(args.cpu_replicas)
+    replicas = devices.n_replicas(strategy)
+    if args.train_same_labels % replicas:
+        raise UsageError("--train_same_labels", f"{args.train_same_labels} points cannot be "
+                         f"split over {replicas} replicas")
+
+    search_model = None
+    known = resume[4]["weights"] if resume is not None else args.pretrained
+    if known is not None and not args.pretrain_only:
+        search_model = _search_model(args, strategy, prep, known)
+
+    # Past this point files are written.
+    os.makedirs(args.results_dir, exist_ok=True)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    _setup_logging(args.results_dir, args.debug)
+    from tqdm import tqdm
+
+    from policy_search import pretrain as pre
+
+    log.info("DeepAA search: %s, %s, %d classes, %d candidates, %d replica(s); split "
+             "val/pretrain/search = %d/%d/%d", args.dataset, args.use_model, args.n_classes,
+             len(prep.candidates), replicas, len(prep.splits.val), len(prep.splits.pretrain),
+             len(prep.splits.search))
+    augmenter = Augmenter(prep.candidates, args.l_mags, prep.size)
+    executor = make_executor(augmenter, args.use_pool, args.aug_backend)
+    try:
+        if resume is not None:
+            weights = resume[4]["weights"]
+        elif args.pretrained is not None:
+            weights = args.pretrained
+        else:
+            weights = os.path.join(args.results_dir, f"pretrained_{args.use_model}.weights.h5")
+            model = pre.pretrain(args, prep.train, prep.splits.pretrain, executor, prep.space,
+                                 prep.input_shape, weights, progress=tqdm)
+            _score(pre, model, prep, args, executor)
+        if args.pretrain_only:
+            log.info("--pretrain_only: weights in %s", weights)
+            return 0
+        if search_model is None:
+            search_model = _search_model(args, strategy, prep, weights)
+        return _search(args, tf, search_model, strategy, prep, executor, weights, resume,
+                       started)
+    finally:
+        executor.close()
+
+
+def _score(pre, model, prep, args, executor):
+    val_acc = pre.evaluate(model, pre.eval_batches(prep.train, prep.splits.val,
+                                                   args.val_batch_size, executor, prep.space))
+    log.info("pretrained model: validation accuracy %.4f", val_acc)
+    if prep.test is not None and len(prep.test):
+        test_acc = pre.evaluate(model, pre.eval_batches(prep.test, np.arange(len(prep.test)),
+                                                        args.test_batch_size, executor,
+                                                        prep.space))
+        log.info("pretrained model: test accuracy %.4f", test_acc)
+
+
+def _search_model(args, strategy, prep, weights):
+    """The search model under ``strategy``, restored from ``weights``, batch norm frozen."""
+    from networks.tf_models import build_model
+    from policy_search import pretrain as pre
+
+    with strategy.scope():
+        model = build_model(args.use_model, args.n_classes, prep.input_shape)
+    try:
+        pre.load_weights(model, weights)
+    except ValueError as err:
+        raise UsageError("--pretrained", str(err)) from None
+    pre.freeze_batch_norm(model, keep_training=args.policy_bn_training)
+    return model
+
+
+def _search(args, tf, model, strategy, prep, executor, weights, resume, started) -> int:
+    from tqdm import tqdm
+
+    from networks.tf_models import default_chunk_size
+    from policy_search.importance import GradientMatcher
+    from policy_search.layers import PolicyLogits, Searcher
+
+    matcher = GradientMatcher(model, strategy, args.chunk_size or default_chunk_size(
+        args.use_model), bn_training=args.policy_bn_training)
+    logits = PolicyLogits(args.n_policies, len(prep.candidates),
+                          identity_index(prep.space, args.l_mags), args.policy_lr, strategy)
+    searcher = Searcher(matcher, logits)
+    columns, groups = data.dense_columns(prep.candidates, args.repeat_random_ops,
+                                         args.N_repeat_random)
+    builder = data.StepBuilder(prep.train, prep.sampler, executor, prep.space,
+                               args.train_same_labels, args.EXP_G, args.EXP_gT_factor, columns,
+                               groups, args.seed)
+    traces = [[] for _ in range(args.n_policies)]
+    layer0, step0, elapsed0 = 0, 0, 0.0
+    if resume is not None:
+        state, layer0, step0, old, meta = resume
+        logits.set_state(state)
+        traces = old + [[] for _ in range(args.n_policies - len(old))]
+        elapsed0 = float(meta.get("elapsed_s", 0.0))
+        log.info("resumed at layer %d, step %d", layer0 + 1, step0)
+    ckpt_path = os.path.join(args.results_dir, CHECKPOINT)
+    writer = tf.summary.create_file_writer(os.path.join(args.results_dir, "tensorboard"))
+    run_start = time.time()
+
+    def checkpoint(layer, step):
+        meta = {"flags": _flags(args), "weights": os.path.abspath(weights),
+                "elapsed_s": elapsed0 + time.time() - run_start}
+        save_checkpoint(ckpt_path, logits.get_state(), layer, step, traces, meta)
+        log.debug("checkpoint at layer %d step %d", layer + 1, step)
+
+    done_here = 0
+    layer, step = layer0, step0
+    try:
+        for layer in range(layer0, args.n_policies):
+            first = step0 if layer == layer0 else 0
+            frozen = [logits.probs(j) for j in range(layer)]
+            prefetch = data.Prefetcher(builder, layer, first, args.search_bno, frozen)
+            bar = tqdm(total=args.search_bno, initial=first,
+                       desc=f"layer {layer + 1}/{args.n_policies}")
+            try:
+                for step in range(first, args.search_bno):
+                    t0 = time.time()
+                    batch = builder.finish(prefetch.get(step), layer, step, logits.probs(layer))
+                    t1 = time.time()
+                    out = (searcher.stage1_step(batch) if layer == 0
+                           else searcher.stagek_step(layer, batch))
+                    t2 = time.time()
+                    traces[layer].append(float(out["cos_sim"]))
+                    ent = _entropy(logits.probs(layer))
+                    with writer.as_default():
+                        gstep = layer * args.search_bno + step
+                        tf.summary.scalar("cos_sim", out["cos_sim"], step=gstep)
+                        tf.summary.scalar(f"entropy/layer{layer + 1}", ent, step=gstep)
+                    bar.update(1)
+                    bar.set_postfix(cos=f"{out['cos_sim']:.4f}", H=f"{ent:.2f}",
+                                    s_step=f"{t2 - t0:.2f}")
+                    log.debug("layer %d step %d: cos %.5f entropy %.4f data %.2fs compute %.2fs",
+                              layer + 1, step, out["cos_sim"], ent, t1 - t0, t2 - t1)
+                    done_here += 1
+                    nxt = (layer, step + 1) if step + 1 < args.search_bno else (layer + 1, 0)
+                    if (step + 1) % args.checkpoint_every == 0:
+                        checkpoint(*nxt)
+                    if args.stop_after_steps and done_here >= args.stop_after_steps:
+                        checkpoint(*nxt)
+                        log.info("stopped after %d steps; continue with --resume", done_here)
+                        return 0
+            finally:
+                prefetch.close()
+                bar.close()
+            log.info("layer %d done: entropy %.4f, last cos_sim %.5f", layer + 1,
+                     _entropy(logits.probs(layer)),
+                     traces[layer][-1] if traces[layer] else float("nan"))
+    except KeyboardInterrupt:
+        # The interrupted step did not complete (or completed: its trace entry says which).
+        done = len(traces[layer]) if layer < args.n_policies else 0
+        checkpoint(layer, done)
+        log.info("interrupted: checkpoint written; continue with --resume")
+        return 130
+    writer.flush()
+    checkpoint(args.n_policies, 0)
+    _write_policy(args, prep, logits, traces, weights, elapsed0 + time.time() - run_start,
+                  started)
+    return 0
+
+
+def _write_policy(args, prep, logits, traces, weights, search_s, started):
+    from augmentation.convert import policy_to_npz
+    from augmentation.policy import Policy, save_policy
+
+    probs = logits.all_probs()
+    meta = {
+        "generator": "DeepAA_search.py",
+        "dataset": args.dataset, "model": args.use_model, "seed": args.seed,
+        "flags": _flags(args),
+        "pretrained_weights": os.path.abspath(weights),
+        "wall_time_s": round(time.time() - started, 2),
+        "search_time_s": round(search_s, 2),
+        "entropy": [round(_entropy(p), 6) for p in probs],
+        "cos_sim_trace": [[round(c, 6) for c in t] for t in traces],
+    }
+    policy = Policy(probs=probs, candidates=list(prep.candidates), l_mags=args.l_mags,
+                    space=prep.space, meta=meta)
+    save_policy(policy, args.out)
+    log.info("policy written to %s (entropy per layer: %s)", args.out,
+             ", ".join(f"{e:.3f}" for e in meta["entropy"]))
+    if args.export_npz:
+        npz = os.path.splitext(args.out)[0] + ".npz"
+        policy_to_npz(policy, npz)
+        log.info("npz export written to %s", npz)
+    atomic_write(os.path.join(args.results_dir, "summary.json"), json.dumps(
+        {k: meta[k] for k in ("dataset", "model", "seed", "wall_time_s", "search_time_s",
+                              "entropy")} | {"policy": os.path.abspath(args.out)}, indent=1))

@@ -1,0 +1,117 @@
+"""DeepAA_search.py flags: presets, help, and bad input (one line, exit 2, nothing written)."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from policy_search import config
+
+ROOT = Path(__file__).resolve().parents[2]
+RELEASED = ["--dataset", "--n_classes", "--use_model", "--n_policies", "--search_bno",
+            "--pretrain_lr", "--seed", "--batch_size", "--val_batch_size", "--test_batch_size",
+            "--policy_lr", "--l_mags", "--use_pool", "--chunk_size", "--pretrain_size",
+            "--nb_epochs", "--EXP_G", "--EXP_gT_factor", "--train_same_labels",
+            "--repeat_random_ops", "--N_repeat_random", "--clip_policy_gradient_norm",
+            "--policy_bn_training", "--debug"]
+
+
+def _npz_data(directory, classes=4, n=120, size=8):
+    rng = np.random.default_rng(0)
+    os.makedirs(directory, exist_ok=True)
+    np.savez(os.path.join(directory, "train_0.npz"),
+             x=rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8),
+             y=np.arange(n) % classes)
+    return str(directory)
+
+
+def _cli(args, cwd, **extra_env):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), CUDA_VISIBLE_DEVICES="", **extra_env)
+    return subprocess.run([sys.executable, str(ROOT / "DeepAA_search.py"), *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=120, env=env)
+
+
+def test_paper_command_parses_with_its_values():
+    cmd = ("--dataset cifar10 --n_classes 10 --use_model WRN_40_2 --n_policies 6 --search_bno "
+           "1024 --pretrain_lr 0.1 --seed 1 --batch_size 128 --test_batch_size 512 --policy_lr "
+           "0.025 --l_mags 13 --use_pool --pretrain_size 5000 --nb_epochs 45 --EXP_G 16 "
+           "--EXP_gT_factor=4 --train_same_labels 16").split()
+    args = config.parse_args(cmd)
+    preset = config.parse_args(["--preset", "paper", "--dataset", "cifar10", "--n_classes", "10"])
+    for key, value in config.PAPER.items():
+        assert getattr(args, key) == value == getattr(preset, key)
+    assert preset.use_model == args.use_model == "WRN_40_2"
+    config.validate(args)
+
+
+def test_defaults_are_the_released_ones_and_flags_override_presets():
+    d = config.parse_args([])
+    assert (d.use_model, d.n_classes, d.n_policies, d.search_bno, d.EXP_G, d.chunk_size,
+            d.val_batch_size, d.clip_policy_gradient_norm) == ("WRN_28_10", 100, 4, 256, 16,
+                                                               None, 1024, 5.0)
+    fast = config.parse_args(["--preset", "fast", "--EXP_G", "3"])
+    assert (fast.EXP_G, fast.search_bno, fast.train_same_labels, fast.EXP_gT_factor,
+            fast.test_batch_size) == (3, 512, 8, 2, 256)
+    cpu = config.parse_args(["--preset", "cpu", "--use_model", "WRN_16_1"])
+    assert cpu.use_model == "WRN_16_1" and cpu.l_mags == 13 and cpu.EXP_G == 2
+
+
+def test_help_lists_every_released_flag(tmp_path):
+    res = _cli(["--help"], tmp_path)
+    assert res.returncode == 0
+    for flag in RELEASED + ["--preset", "--resume", "--pretrained", "--export_npz", "--out"]:
+        assert flag in res.stdout
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return _npz_data(tmp_path_factory.mktemp("data") / "tiny")
+
+
+def _bad_cases(dataset, tmp):
+    garbage = tmp / "garbage.weights.h5"
+    garbage.write_bytes(b"not a weights file")
+    base = ["--dataset", f"npz:{dataset}", "--n_classes", "4", "--use_model", "WRN_10_1",
+            "--preset", "cpu"]
+    return [
+        (["--use_model", "WRN_11_2"], "--use_model"),
+        (["--use_model", "vgg16"], "--use_model"),
+        (["--dataset", "mnist"], "--dataset"),
+        (["--n_classes", "10"], "--n_classes"),
+        (["--l_mags", "4"], "--l_mags"),
+        (["--l_mags", "1"], "--l_mags"),
+        (["--train_same_labels", "3", "--cpu_replicas", "2"], "--train_same_labels"),
+        (["--dataset", f"npz:{tmp / 'missing'}"], "--dataset"),
+        (["--pretrained", str(tmp / "nope.weights.h5")], "--pretrained"),
+        (["--pretrained", str(garbage)], "--pretrained"),
+        (["--resume"], "--resume"),
+        (["--n_classes", "x"], "--n_classes"),
+    ], base
+
+
+def test_bad_input_one_line_exit_2_nothing_written(dataset, tmp_path):
+    cases, base = _bad_cases(dataset, tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for extra, flag in cases:
+        res = _cli(base + extra, tmp_path)
+        lines = res.stderr.strip().splitlines()
+        assert res.returncode == 2, (extra, res.stderr)
+        assert len(lines) == 1 and flag in lines[0], (extra, res.stderr)
+        assert sorted(p.name for p in tmp_path.iterdir()) == before, extra
+
+
+def test_missing_cifar_while_offline(tmp_path):
+    # No cifar-10-batches-py/ under the root and no network (every proxy points at a closed
+    # local port, so the test never downloads even where a network exists): a clean failure.
+    root = tmp_path / "empty"
+    root.mkdir()
+    closed = "http://127.0.0.1:9"
+    res = _cli(["--dataset", "cifar10", "--n_classes", "10", "--dataroot", str(root),
+                "--preset", "cpu"], tmp_path, http_proxy=closed, https_proxy=closed,
+               HTTP_PROXY=closed, HTTPS_PROXY=closed, no_proxy="", NO_PROXY="")
+    assert res.returncode == 2 and "--dataset" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "results").exists()
