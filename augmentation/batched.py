@@ -15,8 +15,15 @@ from ``augmentation.space``; the Pillow ops in ``augmentation.ops`` are the grou
 
 Randomness comes from an optional ``torch.Generator`` (on the CPU or on the images' device);
 without one, torch's global generator is used.
+
+Speed: pixels stay uint8 from end to end. Geometry is cached source maps (block copies or one
+gather), colour is cached lookup tables (batched_lut); a mixed batch is grouped by one sort, and
+the affine ops, like the point ops, that meet in one call run as one gather / one lookup.
+benchmarks/README_augment.md has the numbers.
 """
 from __future__ import annotations
+
+from functools import lru_cache
 
 import torch
 
@@ -117,18 +124,26 @@ def _apply_one_op(x, name, values, mirror, generator) -> torch.Tensor:
         values = torch.where(flips, -values, values)
     if name in _AFFINE:
         return geometry.affine(x, name, values.tolist())
-    return _COLOUR[name](x, values.to(x.device))
+    return _COLOUR[name](x, values)
+
+
+_OP_NAMES = tuple(OPS)  # op ids index this (op-table order)
+_OP_ID = {name: k for k, name in enumerate(_OP_NAMES)}
+
+
+@lru_cache(maxsize=256)
+def _value_table(name: str, l_mags: int) -> torch.Tensor:
+    return torch.tensor([level_to_value(name, m, l_mags) if OPS[name].has_magnitude else 0.0
+                         for m in range(l_mags)], dtype=torch.float64)
 
 
 def _values(name: str, levels: torch.Tensor, l_mags: int) -> torch.Tensor:
     """float64 values of ``levels`` for op ``name`` (level_to_value, checked)."""
     if not OPS[name].has_magnitude:
         return torch.zeros(levels.shape[0], dtype=torch.float64)
-    table = torch.tensor([level_to_value(name, m, l_mags) for m in range(l_mags)],
-                         dtype=torch.float64)
     if levels.numel() and (levels.min() < 0 or levels.max() >= l_mags):
         raise ValueError(f"level out of range 0..{l_mags - 1} for {name}")
-    return table[levels]
+    return _value_table(name, l_mags)[levels]
 
 
 def apply_candidate(x, name: str, level: int, l_mags: int = 13, mirror: bool = False,
@@ -142,22 +157,61 @@ def apply_candidate(x, name: str, level: int, l_mags: int = 13, mirror: bool = F
     return _apply_one_op(x, name, _values(name, levels, l_mags), mirror, generator)
 
 
-def _grouped(x, names, levels, l_mags, mirror, generator):
+# Ops applied together when two or more of them meet in one call: the affine ops as one
+# gather with per-image maps, the point ops as one lookup with per-image LUTs.
+_FAMILIES = (_AFFINE, tuple(colour.LUT_BUILDERS))
+
+
+def _apply_family(x, present, slices, levels, l_mags, mirror, generator):
+    """Apply several ops of one family to their images (``slices[name]``) in one pass."""
+    sel = torch.cat([slices[name] for name in present])
+    values = torch.cat([_values(name, levels[slices[name]], l_mags) for name in present])
+    sub = x.index_select(0, sel.to(x.device))
+    if present[0] in _AFFINE:
+        if mirror:  # every affine op is signed
+            flips = _uniform(values.shape[0], generator, torch.device("cpu")) < 0.5
+            values = torch.where(flips, -values, values)
+        names = [name for name in present for _ in range(slices[name].shape[0])]
+        return sel, geometry.affine(sub, names, values.tolist())
+    luts, start = [], 0
+    for name in present:
+        end = start + slices[name].shape[0]
+        luts.append(colour.LUT_BUILDERS[name](sub[start:end], values[start:end]))
+        start = end
+    return sel, colour.apply_lut(sub, torch.cat(luts))
+
+
+def _grouped(x, op_ids, levels, l_mags, mirror, generator):
     """Group images by op (in op-table order, so draws are reproducible), apply, and return
-    {(h, w): (indices, images)}: RandResizeCrop changes the size of the images it touches."""
-    present = set(names)
-    order = [name for name in OPS if name in present]
-    parts = {}
-    for name in order:
-        sel = [i for i, nm in enumerate(names) if nm == name]
-        sel_t = torch.tensor(sel, dtype=torch.long)
-        out = _apply_one_op(x[sel_t.to(x.device)], name, _values(name, levels[sel_t], l_mags),
-                            mirror, generator)
-        parts.setdefault(tuple(out.shape[2:]), []).append((sel_t, out))
+    {(h, w): (indices, images)}: RandResizeCrop changes the size of the images it touches.
+    ``op_ids`` int64 (N,) indexes _OP_NAMES; grouping is one stable sort, no Python loop over
+    images. Families of ops (_FAMILIES) present together are applied in one pass."""
+    order = torch.argsort(op_ids, stable=True)
+    slices, start = {}, 0
+    for op, count in enumerate(torch.bincount(op_ids, minlength=len(_OP_NAMES)).tolist()):
+        if count:
+            slices[_OP_NAMES[op]] = order[start:start + count]
+            start += count
+    parts, done = {}, set()
+    for family in _FAMILIES:
+        present = [name for name in family if name in slices]
+        if len(present) >= 2:
+            sel, out = _apply_family(x, present, slices, levels, l_mags, mirror, generator)
+            parts.setdefault(tuple(out.shape[2:]), []).append((sel, out))
+            done.update(present)
+    for name, sel in slices.items():
+        if name in done:
+            continue
+        whole = sel.shape[0] == x.shape[0]
+        out = _apply_one_op(x if whole else x.index_select(0, sel.to(x.device)), name,
+                            _values(name, levels[sel], l_mags), mirror, generator)
+        parts.setdefault(tuple(out.shape[2:]), []).append((sel, out))
     result = {}
     for size, chunks in parts.items():
-        idx = torch.cat([c[0] for c in chunks])
-        result[size] = (idx, torch.cat([c[1] for c in chunks]))
+        if len(chunks) == 1:
+            result[size] = chunks[0]
+        else:
+            result[size] = (torch.cat([c[0] for c in chunks]), torch.cat([c[1] for c in chunks]))
     return result
 
 
@@ -171,10 +225,11 @@ def _merge(groups, n: int, like: torch.Tensor, crop: bool) -> torch.Tensor:
         size = square
     else:
         size, parts = next(iter(groups)), list(groups.values())
-    out = like.new_empty((n, like.shape[1], *size))
-    for idx, images in parts:
-        out[idx.to(like.device)] = images
-    return out
+    idx = torch.cat([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
+    images = torch.cat([p[1] for p in parts]) if len(parts) > 1 else parts[0][1]
+    # A gather of whole images by the inverse permutation: index_select along dim 0 copies
+    # contiguous images, much faster on the CPU than index_copy_ / index_put.
+    return images.index_select(0, torch.argsort(idx).to(like.device))
 
 
 def apply_ops(x, names, levels, l_mags: int = 13, mirror: bool = False,
@@ -194,7 +249,8 @@ def apply_ops(x, names, levels, l_mags: int = 13, mirror: bool = False,
         _check_name(name)
     if x.shape[0] == 0:
         return x.clone()
-    groups = _grouped(x, names, levels, l_mags, mirror, generator)
+    op_ids = torch.tensor([_OP_ID[name] for name in names], dtype=torch.long)
+    groups = _grouped(x, op_ids, levels, l_mags, mirror, generator)
     return _merge(groups, x.shape[0], x, crop=False)
 
 
@@ -224,17 +280,19 @@ def apply_policy_batch(policy, x, mirror: bool = True,
     if n == 0:
         return x.clone()
     choice = sample_candidates(policy, n, generator)
-    names_all = [name for name, _ in policy.candidates]
+    for name, _ in policy.candidates:
+        _check_name(name)
+    ops_all = torch.tensor([_OP_ID[name] for name, _ in policy.candidates], dtype=torch.long)
     levels_all = torch.tensor([level for _, level in policy.candidates], dtype=torch.long)
     groups = {tuple(x.shape[2:]): (torch.arange(n), x)}
     for layer in range(choice.shape[1]):
         new_groups = {}
         for idx, images in groups.values():
             picked = choice[idx, layer]
-            names = [names_all[i] for i in picked.tolist()]
-            for size, (sub, out) in _grouped(images, names, levels_all[picked], policy.l_mags,
-                                             mirror, generator).items():
+            for size, (sub, out) in _grouped(images, ops_all[picked], levels_all[picked],
+                                             policy.l_mags, mirror, generator).items():
                 new_groups.setdefault(size, []).append((idx[sub], out))
-        groups = {size: (torch.cat([c[0] for c in chunks]), torch.cat([c[1] for c in chunks]))
+        groups = {size: chunks[0] if len(chunks) == 1 else
+                  (torch.cat([c[0] for c in chunks]), torch.cat([c[1] for c in chunks]))
                   for size, chunks in new_groups.items()}
     return _merge(groups, n, x, crop=policy.space == "imagenet")

@@ -13,7 +13,9 @@ one of two integer-exact routes, and this module reproduces each one per (op, va
 
 Both are computed once per distinct (op, value, width, height) on the host with numpy (the
 same IEEE double arithmetic as the C code, and exact integer arithmetic for the fixed-point
-route), cached, and applied to a whole batch as one ``torch.gather``. The result is therefore
+route) and cached. A map that is a few wide shifted blocks (TranslateX/Y, ShearX) is applied as
+block copies of the uint8 data; any other map, and any mix of values, as one ``torch.gather``
+(per-image maps for a mix). No pixel is ever converted to float. The result is therefore
 bit-exact with ``Image.transform``/``Image.rotate`` (SPEC §1, ops 1-5); the tests check it.
 """
 from __future__ import annotations
@@ -137,27 +139,85 @@ def _device_index(name: str, value: float, width: int, height: int, device: str)
     return torch.from_numpy(np.where(idx < 0, width * height, idx)).to(device)
 
 
-def affine(x: torch.Tensor, name: str, values: list[float]) -> torch.Tensor:
-    """Apply op ``name`` with one value per image (N values): one gather per distinct value
-    (at most 2 * (L - 1) of them); pixels whose source is outside become black."""
+# A map is copied as rectangles when it is a few wide shifted blocks (TranslateX/Y, ShearX);
+# narrow or many blocks (ShearY, Rotate) are cheaper as one gather.
+_MAX_BLOCKS, _MIN_BLOCK_WIDTH = 16, 8
+
+
+@lru_cache(maxsize=4096)
+def block_plan(name: str, value: float, width: int, height: int):
+    """The map of source_index as rectangles (r0, r1, c0, c1, dr, dc): output rows r0..r1-1,
+    columns c0..c1-1 copy the source shifted by (dr, dc); everything else is black. ``None``
+    when the map is not a few wide blocks."""
+    src = source_index(name, value, width, height).reshape(height, width)
+    cols = np.arange(width)
+    runs_per_row = []
+    for r in range(height):
+        ok = src[r] >= 0
+        dr = np.where(ok, src[r] // width - r, 0)
+        dc = np.where(ok, src[r] % width - cols, 0)
+        key = np.stack([ok, dr, dc], axis=1)
+        cut = np.flatnonzero((key[1:] != key[:-1]).any(axis=1)) + 1
+        starts, ends = np.concatenate(([0], cut)), np.concatenate((cut, [width]))
+        runs_per_row.append(tuple((int(a), int(b), int(dr[a]), int(dc[a]))
+                                  for a, b in zip(starts, ends) if ok[a]))
+    blocks = []
+    r = 0
+    while r < height:
+        end = r + 1
+        while end < height and runs_per_row[end] == runs_per_row[r]:
+            end += 1
+        blocks.extend((r, end, c0, c1, dr, dc) for c0, c1, dr, dc in runs_per_row[r])
+        r = end
+    narrow = any(c1 - c0 < _MIN_BLOCK_WIDTH for _, _, c0, c1, _, _ in blocks)
+    if len(blocks) > _MAX_BLOCKS or narrow:
+        return None
+    return tuple(blocks)
+
+
+def _copy_blocks(x: torch.Tensor, blocks) -> torch.Tensor:
+    out = torch.zeros_like(x)
+    for r0, r1, c0, c1, dr, dc in blocks:
+        out[:, :, r0:r1, c0:c1] = x[:, :, r0 + dr:r1 + dr, c0 + dc:c1 + dc]
+    return out
+
+
+def _with_black(x: torch.Tensor) -> torch.Tensor:
+    """(N, C, H*W + 1): the pixels and one black pixel that 'outside' indices point at."""
     n, c, h, w = x.shape
-    flat = torch.cat([x.reshape(n, c, h * w), x.new_zeros(n, c, 1)], dim=2)
+    flat = x.new_empty(n, c, h * w + 1)
+    flat[:, :, :h * w] = x.reshape(n, c, h * w)
+    flat[:, :, h * w] = 0
+    return flat
+
+
+def affine(x: torch.Tensor, name, values: list[float]) -> torch.Tensor:
+    """Apply op ``name`` (one name, or one per image) with one value per image. One (op,
+    value): a few block copies or one gather on the uint8 data; a mix: one gather with each
+    image's cached map. Pixels whose source is outside become black."""
+    n, c, h, w = x.shape
     dev = str(x.device)
-    distinct = sorted(set(values))
+    names = [name] * n if isinstance(name, str) else list(name)
+    keys = list(zip(names, values))
+    distinct = sorted(set(keys))
     if len(distinct) == 1:
-        idx = _device_index(name, distinct[0], w, h, dev)
-        return flat.gather(2, idx.view(1, 1, -1).expand(n, c, h * w)).reshape(n, c, h, w)
-    out = torch.empty_like(x).reshape(n, c, h * w)
-    for v in distinct:
-        sel = torch.tensor([i for i, u in enumerate(values) if u == v], device=x.device)
-        idx = _device_index(name, v, w, h, dev).view(1, 1, -1).expand(len(sel), c, h * w)
-        out[sel] = flat[sel].gather(2, idx)
-    return out.reshape(n, c, h, w)
+        blocks = block_plan(*distinct[0], w, h)
+        if blocks is not None:
+            return _copy_blocks(x, blocks)
+        idx = _device_index(*distinct[0], w, h, dev).view(1, 1, -1).expand(n, c, h * w)
+    else:
+        table = torch.stack([_device_index(op, v, w, h, dev) for op, v in distinct])
+        where = {key: k for k, key in enumerate(distinct)}
+        ids = torch.tensor([where[key] for key in keys], device=x.device)
+        idx = table.index_select(0, ids).unsqueeze(1).expand(n, c, h * w)
+    return _with_black(x).gather(2, idx).reshape(n, c, h, w)
 
 
 def flip(x: torch.Tensor, do_flip: torch.Tensor) -> torch.Tensor:
     """Horizontal mirror (ImageOps.mirror) of the images where ``do_flip`` is true."""
-    return torch.where(do_flip.view(-1, 1, 1, 1).to(x.device), x.flip(-1), x)
+    n = x.shape[0]
+    pick = torch.arange(n, device=x.device) + n * do_flip.to(device=x.device, dtype=torch.long)
+    return torch.cat([x, x.flip(-1)]).index_select(0, pick)
 
 
 def _grey(x: torch.Tensor) -> torch.Tensor:
@@ -176,26 +236,31 @@ def cutout_boxes(width: int, height: int, side: int, cx: torch.Tensor, cy: torch
 
 
 def cutout(x: torch.Tensor, boxes) -> torch.Tensor:
-    """Fill each image's inclusive box (x0, y0, x1, y1) with FILL_GREY (ImageDraw.rectangle)."""
+    """Fill each image's inclusive box (x0, y0, x1, y1) with FILL_GREY (ImageDraw.rectangle):
+    x * (1 - inside) + grey * inside in uint8, with no select or float pass."""
     n, c, h, w = x.shape
-    x0, y0, x1, y1 = (b.to(x.device).view(-1, 1, 1) for b in boxes)
-    cols = torch.arange(w, device=x.device).view(1, 1, w)
-    rows = torch.arange(h, device=x.device).view(1, h, 1)
-    inside = (cols >= x0) & (cols <= x1) & (rows >= y0) & (rows <= y1)
-    return torch.where(inside[:, None], _grey(x), x)
+    x0, y0, x1, y1 = (b.to(x.device).view(-1, 1) for b in boxes)
+    cols = torch.arange(w, device=x.device).view(1, w)
+    rows = torch.arange(h, device=x.device).view(1, h)
+    in_cols = ((cols >= x0) & (cols <= x1)).to(torch.uint8).view(n, 1, 1, w)
+    in_rows = ((rows >= y0) & (rows <= y1)).to(torch.uint8).view(n, 1, h, 1)
+    inside = in_rows * in_cols  # (N, 1, H, W), 0 or 1
+    return (x * (1 - inside)).add_(_grey(x) * inside)
 
 
 def padded_crop(x: torch.Tensor, top: torch.Tensor, left: torch.Tensor, pad: int) -> torch.Tensor:
     """Pad ``pad`` px of FILL_GREY on each side and crop the original size at (top, left) per
-    image (ops.rand_crop)."""
+    image (ops.rand_crop): one gather of the source pixels (clamped into the image), then the
+    pixels that fall in the padding set to grey with uint8 arithmetic."""
     n, c, h, w = x.shape
-    canvas = _grey(x).expand(n, c, h + 2 * pad, w + 2 * pad).clone()
-    canvas[:, :, pad:pad + h, pad:pad + w] = x
-    pw = w + 2 * pad
-    rows = top.to(x.device).view(-1, 1, 1) + torch.arange(h, device=x.device).view(1, h, 1)
-    cols = left.to(x.device).view(-1, 1, 1) + torch.arange(w, device=x.device).view(1, 1, w)
-    idx = (rows * pw + cols).reshape(n, 1, h * w).expand(n, c, h * w)
-    return canvas.reshape(n, c, -1).gather(2, idx).reshape(n, c, h, w)
+    rows = top.to(x.device).view(-1, 1) - pad + torch.arange(h, device=x.device).view(1, h)
+    cols = left.to(x.device).view(-1, 1) - pad + torch.arange(w, device=x.device).view(1, w)
+    idx = rows.clamp(0, h - 1).view(n, h, 1) * w + cols.clamp(0, w - 1).view(n, 1, w)
+    out = x.reshape(n, c, h * w).gather(2, idx.view(n, 1, h * w).expand(n, c, h * w))
+    in_rows = ((rows >= 0) & (rows < h)).to(torch.uint8).view(n, 1, h, 1)
+    in_cols = ((cols >= 0) & (cols < w)).to(torch.uint8).view(n, 1, 1, w)
+    inside = in_rows * in_cols
+    return out.view(n, c, h, w).mul_(inside).add_(_grey(x) * (1 - inside))
 
 
 # Resample.c: 8-bit resampling keeps coefficients in fixed point with 22 fractional bits.

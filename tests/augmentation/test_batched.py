@@ -369,3 +369,85 @@ def test_bad_input_is_rejected_with_one_line_errors():
     with pytest.raises(ValueError, match="one op and one level per image"):
         apply_ops(x, ["Invert"], [6])
     assert apply_ops(x[:0], [], []).shape == (0, 3, 8, 8)
+
+
+def test_smooth_integer_rule_equals_pillow_smooth():
+    """SMOOTH as floor((2 S + 13) / 26) (batched_color) is Pillow's float32 filter: the
+    multiply-shift division holds for every reachable S, and noise images with extreme values
+    (every S from 0 to 3315 is reachable) give Pillow's pixels."""
+    from PIL import ImageFilter
+
+    from augmentation import batched_color
+    t = torch.arange(0, 2 * 3315 + 14, dtype=torch.int32)
+    assert torch.equal((t * batched_color._DIV26_MUL) >> batched_color._DIV26_SHIFT, t // 26)
+    rng = np.random.default_rng(21)
+    noise = rng.integers(0, 256, (4, 23, 19, 3)).astype(np.uint8)
+    noise[0] = np.where(rng.random((23, 19, 1)) < 0.5, 0, 255)  # extreme sums
+    got = to_numpy(batched_color.smooth(to_tensor(noise)))
+    for i in range(4):
+        ref = np.asarray(Image.fromarray(noise[i]).filter(ImageFilter.SMOOTH))
+        assert np.array_equal(got[i], ref), i
+
+
+@pytest.mark.parametrize("name", [n for n in DETERMINISTIC if space.OPS[n].has_magnitude])
+def test_per_image_levels_in_one_call_are_bit_exact(name):
+    """Mixed values in one call go through the per-image tables and per-image maps (not the
+    one-value fast paths); each image must still equal Pillow at its own level."""
+    arr = np.concatenate([photo_like(13, 32, 32, seed=30), edge_cases(32, 32)])
+    levels = [i % 13 for i in range(len(arr))]
+    got = to_numpy(apply_ops(to_tensor(arr), [name] * len(arr), levels))
+    for i, level in enumerate(levels):
+        assert np.array_equal(got[i], pillow(arr[i:i + 1], name, level)[0]), (name, level)
+
+
+def test_caches_follow_size_and_layout():
+    """The cached maps, block plans and LUTs are keyed by size: one op at several sizes in a
+    row, an odd number of bytes (no byte-pair lookup) and a non-contiguous view all match
+    Pillow."""
+    shapes = [(32, 32), (17, 31), (3, 5), (32, 32)]
+    for name, level in [("TranslateX", 2), ("ShearX", 11), ("ShearY", 1), ("Rotate", 3),
+                        ("Brightness", 4), ("Solarize", 5), ("Contrast", 9), ("Sharpness", 0),
+                        ("Color", 12)]:
+        for k, (h, w) in enumerate(shapes):
+            arr = photo_like(1 if (h, w) == (3, 5) else 3, h, w, seed=40 + k)
+            got = to_numpy(apply_candidate(to_tensor(arr), name, level))
+            assert np.array_equal(got, pillow(arr, name, level)), (name, level, h, w)
+        wide = photo_like(2, 16, 21, seed=50)
+        view = to_tensor(wide)[:, :, :, 1:]  # odd offset, not contiguous
+        assert np.array_equal(to_numpy(apply_candidate(view, name, level)),
+                              pillow(wide[:, :, 1:], name, level)), name
+
+
+def test_block_plans_and_gather_agree():
+    """TranslateX/Y and ShearX are copied as shifted blocks; the same map as a gather gives
+    the same pixels."""
+    x = to_tensor(photo_like(4, 29, 37, seed=60))
+    planned = 0
+    for name in ("TranslateX", "TranslateY", "ShearX", "ShearY", "Rotate"):
+        for level in range(13):
+            value = space.level_to_value(name, level, 13)
+            blocks = batched_geometry.block_plan(name, value, 37, 29)
+            if blocks is None:
+                continue
+            planned += 1
+            idx = batched_geometry._device_index(name, value, 37, 29, "cpu")
+            flat = batched_geometry._with_black(x)
+            ref = flat.gather(2, idx.view(1, 1, -1).expand(4, 3, -1)).view(x.shape)
+            assert torch.equal(batched_geometry._copy_blocks(x, blocks), ref), (name, level)
+    assert planned >= 3 * 13
+
+
+def test_mixed_affine_ops_mirror_per_image():
+    """Several affine ops in one call share one gather; under the mirror each image still gets
+    its op at +v or -v (Pillow's pixels), and both signs occur."""
+    arr = np.repeat(photo_like(1, 32, 32, seed=70), 60, axis=0)
+    names = ["ShearY", "Rotate", "TranslateX"] * 20
+    got = to_numpy(apply_ops(to_tensor(arr), names, [1] * 60, mirror=True,
+                             generator=torch.Generator().manual_seed(11)))
+    signs = []
+    for i, name in enumerate(names):
+        plus = pillow(arr[:1], name, 1)[0]
+        minus = pillow(arr[:1], name, 11)[0]  # level 11 is the mirror of level 1
+        assert np.array_equal(got[i], plus) or np.array_equal(got[i], minus), (i, name)
+        signs.append(np.array_equal(got[i], minus))
+    assert 10 < sum(signs) < 50
