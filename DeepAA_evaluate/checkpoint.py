@@ -7,12 +7,13 @@ values so the safe loader accepts it.
 """
 from __future__ import annotations
 
-import os
+import io
 import random
-import tempfile
 
 import numpy as np
 import torch
+
+from augmentation.policy import atomic_write
 
 
 def rng_state() -> dict:
@@ -41,18 +42,10 @@ def set_rng_state(state: dict) -> None:
 
 
 def atomic_torch_save(obj, path: str) -> None:
-    """``torch.save`` to a temporary file in the target directory, then ``os.replace``."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """``torch.save`` into memory, then written atomically (temporary file + ``os.replace``)."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write(path, buf.getbuffer())
 
 
 def save_checkpoint(path, *, model, optimizer, scheduler, scaler, epoch, config, history,

@@ -152,6 +152,9 @@ def _check_values(cfg: dict) -> None:
         raise ConfigError("missing required config key 'deepaa.EXP' (aug is DeepAA)")
     if cfg["aug_backend"] == "tensor" and cfg["aug"] != "DeepAA":
         raise ConfigError("config key 'aug_backend' may be 'tensor' only with aug DeepAA")
+    if cfg["aug_backend"] == "tensor" and cfg["cutout"] > 0:
+        # The cutout comes after the policy, which then runs on the device: not supported.
+        raise ConfigError("config key 'cutout' must be <= 0 with aug_backend 'tensor'")
     from networks.torch_models import is_model_name
 
     if not is_model_name(cfg["model"]["type"]):

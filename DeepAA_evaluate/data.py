@@ -26,11 +26,10 @@ import os
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from augmentation import center_crop
-from augmentation.ops import IMAGENET_SIZE, cutout_box, cutout_center
-from augmentation.space import FILL_GREY
+from augmentation.ops import IMAGENET_SIZE
 from deepaa_data import load_dataset
 
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
@@ -91,18 +90,26 @@ def to_uint8_tensor(img: Image.Image) -> torch.Tensor:
 
 
 class Cutout:
-    """A grey square of ``side`` px at a uniform random centre (the baseline's cutout; the
-    same box and fill as the policy's RandCutout, SPEC §1)."""
+    """The baselines' cutout (the released trainer's ``CutoutDefault``, SPEC §3 ``cutout``).
 
-    def __init__(self, side: int):
+    It differs from the policy's RandCutout (SPEC §1) on purpose, as the released code did: the
+    centre (x, y) is a uniform *integer* pixel, the square covers columns x - s//2 .. x + s//2 - 1
+    and rows likewise (16 x 16 inside the image, clipped at its borders), and it is filled with
+    the dataset mean, i.e. 0 after Normalize, where the released code multiplied the normalised
+    tensor by a 0/1 mask. The loader hands uint8 images on, so the mean is rounded to integers:
+    (125, 123, 114) on CIFAR, less than 0.5/255 from the exact mean.
+    """
+
+    def __init__(self, side: int, mean):
         self.side = side
+        self.fill = np.array([round(255 * m) for m in mean], dtype=np.uint8)
 
     def __call__(self, img, rng):
-        w, h = img.size
-        x, y = cutout_center(w, h, self.side, rng)
-        out = img.copy()
-        ImageDraw.Draw(out).rectangle(cutout_box(w, h, self.side, x, y), fill=FILL_GREY)
-        return out
+        arr = np.array(img.convert("RGB"), dtype=np.uint8)
+        h, w = arr.shape[:2]
+        y, x, half = int(rng.integers(h)), int(rng.integers(w)), self.side // 2
+        arr[max(0, y - half):min(h, y + half), max(0, x - half):min(w, x + half)] = self.fill
+        return Image.fromarray(arr)
 
 
 class TorchvisionStep:
@@ -143,16 +150,25 @@ class TrainTransform:
         return to_uint8_tensor(img)
 
 
-def build_train_transform(cfg: dict, kind: str, policy=None, image_size: int = 32):
-    """SPEC §3 for ``aug: DeepAA``; the baselines (``default``, ``randaugment``,
-    ``trivialaugment``: crop and flip, the op, cutout 16 on CIFAR-like data; random-resized crop
-    and flip on ImageNet) and ``none``. ``cutout > 0`` adds a cutout of that side after any aug
-    (the released key; for ``default`` it sets the side instead)."""
+def build_train_transform(cfg: dict, kind: str, policy=None, image_size=32):
+    """The training transform of ``cfg["aug"]`` (``image_size``: int or (h, w) of the images).
+
+    ``DeepAA``: the policy alone (SPEC §3; crop, flip and cutout are in the policy), then on
+    ImageNet a centre crop to 224. The baselines follow the released/TrivialAugment trainer:
+    the op first (``randaugment``: torchvision's RandAugment(N, M); ``trivialaugment``:
+    torchvision's TrivialAugmentWide), then a random crop after padding 4 black pixels and a
+    horizontal flip (ImageNet: bicubic random-resized crop 224 and flip), then on CIFAR-like
+    data the 16-px :class:`Cutout` (the released baseline configs set ``cutout: 16``);
+    ``default`` is crop, flip and cutout. ``none``: nothing (ImageNet: the test transform).
+    ``cutout > 0`` appends a :class:`Cutout` of that side after any aug, as the released key
+    did (for the baselines it replaces the 16-px one). With ``aug_backend: tensor`` the policy
+    runs on the device instead (:class:`DeviceAugment`) and this transform is empty.
+    """
     import torchvision.transforms as T
 
     aug, steps = cfg["aug"], []
     if cfg["aug_backend"] == "tensor":
-        return TrainTransform([])  # the policy runs on the device
+        return TrainTransform([])
     if aug == "DeepAA":
         steps.append(PolicyStep(policy, crop=kind == "imagenet"))
     elif aug == "none":
@@ -160,20 +176,21 @@ def build_train_transform(cfg: dict, kind: str, policy=None, image_size: int = 3
             steps.append(TorchvisionStep(T.Compose([
                 T.Resize(256, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(224)])))
     else:
-        if kind == "imagenet":
-            base = [T.RandomResizedCrop(224, interpolation=T.InterpolationMode.BICUBIC),
-                    T.RandomHorizontalFlip()]
-        else:
-            base = [T.RandomCrop(image_size, padding=4), T.RandomHorizontalFlip()]
+        base = []
         if aug == "randaugment":
             base.append(T.RandAugment(num_ops=cfg["randaug"]["N"], magnitude=cfg["randaug"]["M"]))
         elif aug == "trivialaugment":
             base.append(T.TrivialAugmentWide())
+        if kind == "imagenet":
+            base += [T.RandomResizedCrop(224, interpolation=T.InterpolationMode.BICUBIC),
+                     T.RandomHorizontalFlip()]
+        else:
+            base += [T.RandomCrop(image_size, padding=4), T.RandomHorizontalFlip()]
         steps.append(TorchvisionStep(T.Compose(base)))
         if kind == "cifar" and cfg["cutout"] <= 0:
-            steps.append(Cutout(16))
+            steps.append(Cutout(16, normalization(kind)[0]))
     if cfg["cutout"] > 0:
-        steps.append(Cutout(cfg["cutout"]))
+        steps.append(Cutout(cfg["cutout"], normalization(kind)[0]))
     return TrainTransform(steps)
 
 
@@ -186,6 +203,32 @@ def build_test_transform(kind: str):
     resize = T.Compose([T.Resize(256, interpolation=T.InterpolationMode.BICUBIC),
                         T.CenterCrop(224)])
     return lambda img: to_uint8_tensor(resize(img))
+
+
+class DeviceAugment:
+    """``aug_backend: tensor``: the policy applied on the device to uint8 batches by
+    ``augmentation.batched.apply_policy_batch`` (SPEC §3 evaluation semantics, mirror on).
+
+    Each virtual-worker batch of ``micro`` images (see ``engine.py``) draws from its own
+    generator, seeded by (run seed, epoch, step, the batch's index in the global step); as with
+    the PIL path's per-image seeds, the augmented images then depend neither on the number of
+    processes (when a process's share is whole batches) nor on an interruption and resume.
+    """
+
+    def __init__(self, policy, seed: int, micro: int, first_batch: int = 0):
+        from augmentation.batched import apply_policy_batch
+
+        self.apply = apply_policy_batch
+        self.policy, self.seed, self.micro, self.first_batch = policy, int(seed), micro, first_batch
+
+    def __call__(self, x: torch.Tensor, epoch: int, step: int) -> torch.Tensor:
+        out = []
+        for j, chunk in enumerate(x.split(self.micro)):
+            key = [self.seed, epoch, step, self.first_batch + j, 2]
+            gen = torch.Generator(device=x.device)
+            gen.manual_seed(int(np.random.SeedSequence(key).generate_state(1, np.uint64)[0] >> 1))
+            out.append(self.apply(self.policy, chunk, mirror=True, generator=gen))
+        return torch.cat(out)
 
 
 class TrainSet(torch.utils.data.Dataset):

@@ -33,7 +33,6 @@ class Runtime:
         else:
             self.device = torch.device("cpu")
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg["amp"])
-        self.channels_last = cfg["channels_last"]
 
     @property
     def is_main(self) -> bool:
@@ -76,15 +75,15 @@ def _summary(sums: torch.Tensor) -> dict:
 
 
 def train_epoch(rt: Runtime, model, loader, optimizer, scheduler, scaler, normalize, cfg,
-                epoch: int, micro: int, device_aug=None, clip_params=None) -> dict:
+                epoch: int, micro: int, device_aug=None) -> dict:
     """Train one epoch; returns the epoch's mean loss / top-1 / top-5 over all processes.
 
-    ``micro`` is the virtual-worker batch size; ``device_aug(x_uint8, step) -> x_uint8`` is
-    the on-device policy (``aug_backend: tensor``).
+    ``micro`` is the virtual-worker batch size; ``device_aug(x_uint8, epoch, step) -> x_uint8``
+    is the on-device policy (``aug_backend: tensor``, ``data.DeviceAugment``).
     """
     model.train()
     clip = cfg["optimizer"]["clip"]
-    params = clip_params if clip_params is not None else list(model.parameters())
+    params = list(model.parameters())
     sums = torch.zeros(4, dtype=torch.float64, device=rt.device)
     bar = tqdm(loader, desc=f"[train {epoch:04d}/{cfg['epoch']:04d}]", disable=not rt.is_main,
                mininterval=1.0, leave=False, dynamic_ncols=True)
@@ -93,7 +92,7 @@ def train_epoch(rt: Runtime, model, loader, optimizer, scheduler, scaler, normal
         x = x.to(rt.device, non_blocking=True)
         y = y.to(rt.device, non_blocking=True)
         if device_aug is not None:
-            x = device_aug(x, step)
+            x = device_aug(x, epoch, step)
         x = normalize(x)
         optimizer.zero_grad(set_to_none=True)
         chunks = list(zip(x.split(micro), y.split(micro)))

@@ -6,24 +6,14 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 import types
+
+from augmentation.policy import atomic_write
 
 
 def write_json(path: str, obj) -> None:
-    """Write ``obj`` as indented JSON via a temporary file and ``os.replace``."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=1, default=float)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write ``obj`` as indented JSON atomically (temporary file + ``os.replace``)."""
+    atomic_write(path, json.dumps(obj, indent=1, default=float) + "\n")
 
 
 class MetricWriter:

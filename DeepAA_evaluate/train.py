@@ -106,12 +106,6 @@ class Experiment:
         self.train_set, self.test_set = D.load_splits(cfg, args.dataroot)
         self.kind = D.pipeline_kind(cfg, self.policy)
         self.n_classes = self.train_set.n_classes
-        images = getattr(self.train_set, "images", None)
-        size = images.shape[1] if images is not None else 224
-        if cfg["aug_backend"] == "tensor":
-            self.device_aug = self._device_aug()
-        else:
-            self.device_aug = None
         # The global step (see data.py): unique images x copies, split over the processes.
         batch, gpus, world = cfg["batch"], cfg["gpus"], rt.world_size
         same = cfg["all_workers_use_the_same_batches"]
@@ -125,11 +119,15 @@ class Experiment:
         share = unique * copies // world
         self.micro = batch if share % batch == 0 else share
         self.unique, self.copies = unique, copies
+        self.device_aug = None
+        if cfg["aug_backend"] == "tensor":
+            self.device_aug = self._device_aug(first_batch=rt.rank * (share // self.micro))
         self.sampler = D.StepSampler(len(self.train_set), unique, copies, cfg["seed"], world,
                                      rt.rank)
         workers = D.default_workers() if cfg["num_workers"] is None else cfg["num_workers"]
         pin = rt.device.type == "cuda"
-        transform = D.build_train_transform(cfg, self.kind, self.policy, size)
+        width, height = self.train_set.image(0).size  # the baselines' crop size
+        transform = D.build_train_transform(cfg, self.kind, self.policy, (height, width))
         self.train_loader = D.make_loader(D.TrainSet(self.train_set, transform),
                                           batch_sampler=self.sampler, num_workers=workers, pin=pin)
         shard = range(rt.rank, len(self.test_set), world)
@@ -148,21 +146,13 @@ class Experiment:
         self.scheduler = build_scheduler(self.optimizer, cfg, len(self.sampler))
         self.scaler = torch.amp.GradScaler(rt.device.type, enabled=cfg["amp"] == "fp16")
 
-    def _device_aug(self):
-        try:
-            from augmentation.batched import apply_policy_batch
-        except ImportError as exc:
-            raise ConfigError(f"aug_backend 'tensor' needs augmentation.batched ({exc})") from None
+    def _device_aug(self, first_batch: int):
         if self.kind == "imagenet":
             raise ConfigError("aug_backend 'tensor' supports CIFAR-like datasets only")
-        policy, seed, rt = self.policy.policy, self.cfg["seed"], self.rt
-
-        def apply(x, step):
-            gen = torch.Generator(device=x.device)
-            gen.manual_seed(hash((seed, self.epoch, step, rt.rank)) & 0x7FFFFFFFFFFFFFFF)
-            return apply_policy_batch(policy, x, mirror=True, generator=gen)
-
-        return apply
+        try:
+            return D.DeviceAugment(self.policy.policy, self.cfg["seed"], self.micro, first_batch)
+        except ImportError as exc:
+            raise ConfigError(f"aug_backend 'tensor' needs augmentation.batched ({exc})") from None
 
     def model_for_training(self):
         model = self.net
@@ -194,6 +184,14 @@ def _resume_config(cfg: dict, ckpt: dict) -> dict:
     if changed:
         raise ConfigError(f"cannot resume: config differs from the checkpoint's in {', '.join(changed)}")
     return cfg
+
+
+def evaluates_at(epoch: int, cfg: dict) -> bool:
+    """Test accuracy is computed every ``test_interval`` epochs, in the last 5 epochs and at
+    an early finish (SPEC §3; the last one is the reported result)."""
+    stop = cfg["early_finish_epoch"]
+    return (epoch % cfg["test_interval"] == 0 or epoch > cfg["epoch"] - 5
+            or (stop is not None and epoch >= stop))
 
 
 def _results(cfg, history, last_test, exp, wall, finished) -> dict:
@@ -252,14 +250,12 @@ def run(cfg: dict, args, rt: Runtime) -> dict:
     try:
         for epoch in range(start, epochs + 1):
             t0 = time.time()
-            exp.epoch = epoch
             exp.sampler.set_epoch(epoch)
             lr = exp.optimizer.param_groups[1]["lr"]
             train = train_epoch(rt, model, exp.train_loader, exp.optimizer, exp.scheduler,
                                 exp.scaler, exp.normalize, cfg, epoch, exp.micro, exp.device_aug)
             entry = {"epoch": epoch, "lr_start": lr, "train": train}
-            early = stop is not None and epoch >= stop
-            if epoch % cfg["test_interval"] == 0 or epoch > epochs - 5 or early:
+            if evaluates_at(epoch, cfg):
                 last_test = evaluate(rt, model, exp.test_loader, exp.normalize)
                 entry["test"] = last_test
             entry["time_s"] = time.time() - t0
@@ -276,12 +272,13 @@ def run(cfg: dict, args, rt: Runtime) -> dict:
                                 config=cfg, history=history,
                                 result={"test": last_test,
                                         "wall_time_s": wall_before + time.time() - t_start})
-            if early:
+            if stop is not None and epoch >= stop:
                 break
     finally:
         writer.close()
     result = _results(cfg, history, last_test, exp,
-                      wall_before + time.time() - t_start, history and history[-1]["epoch"] == epochs)
+                      wall_before + time.time() - t_start,
+                      bool(history) and history[-1]["epoch"] == epochs)
     if rt.is_main and args.save:
         write_json(stem + ".json", result)
     return result

@@ -9,7 +9,12 @@ linear classifier. Convolutions carry a bias, batch-norm momentum is 0.1 and wei
 PyTorch's default initialisation, as in the released evaluation code. ``dropout`` defaults to 0
 (the released configs never set it).
 
-``resnet50`` is torchvision's ResNet-50 (random initialisation).
+``resnet50`` is torchvision's ResNet-50 with random initialisation, which is the released
+trainer's ResNet-50 in all but parameter names: a 7x7 stride-2 stem and max-pool, bottlenecks with
+the stride in the 3x3 convolution, 1x1 + BN projection shortcuts, convolutions without bias drawn
+from N(0, 2 / (k * k * out_channels)), every batch norm starting at weight 1 and bias 0 (the
+released blocks zero their last BN weight, but its network-wide init sets it back to 1) and
+PyTorch's default initialisation of the final linear layer.
 """
 from __future__ import annotations
 

@@ -28,6 +28,10 @@ def test_one_epoch_writes_checkpoint_results_and_logs(tiny, capsys):
     assert ckpt["epoch"] == 1 and {"optimizer", "scheduler", "rng", "config"} <= set(ckpt)
     assert os.listdir(work / "logs" / "exp")
     assert not [f for f in os.listdir(work / "ck") if f.endswith(".tmp")]
+    umask = os.umask(0o022)
+    os.umask(umask)
+    for out in (save, work / "ck" / "run.json"):  # usual file modes, not mkstemp's 0600
+        assert os.stat(out).st_mode & 0o777 == 0o666 & ~umask
 
     # An existing --save is never resumed silently.
     with pytest.raises(SystemExit) as exc:
@@ -100,3 +104,13 @@ def test_tensor_backend_applies_the_policy_on_the_device(tiny, monkeypatch):
                 "--lr_schedule.warmup.epoch", "0", "--batch", "8"])
     assert res["history"][0]["train"]["n"] == 24
     assert calls == [(torch.uint8, (8, 3, 16, 16), torch.uint8, (8, 3, 16, 16), True)] * 3
+
+
+def test_test_accuracy_every_interval_and_in_the_last_five_epochs():
+    from DeepAA_evaluate.train import evaluates_at
+
+    cfg = {"epoch": 200, "test_interval": 20, "early_finish_epoch": None}
+    want = set(range(20, 201, 20)) | {196, 197, 198, 199, 200}
+    assert {e for e in range(1, 201) if evaluates_at(e, cfg)} == want
+    cfg["early_finish_epoch"] = 33
+    assert evaluates_at(33, cfg) and not evaluates_at(32, cfg)

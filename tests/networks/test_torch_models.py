@@ -32,6 +32,14 @@ def test_resnet50_is_torchvisions():
     model = get_model("resnet50", 1000)
     assert isinstance(model, torchvision.models.ResNet)
     assert _n_params(model) == 25_557_032
+    # The released ResNet-50's initialisation: every BN (the blocks' last included) at 1 / 0,
+    # bias-free convolutions from N(0, 2 / (k * k * out_channels)).
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert all(torch.all(m.weight == 1) and torch.all(m.bias == 0) for m in bns)
+    conv = model.layer3[0].conv2
+    fan_out = conv.out_channels * conv.kernel_size[0] * conv.kernel_size[1]
+    assert conv.bias is None
+    assert conv.weight.std().item() == pytest.approx((2 / fan_out) ** 0.5, rel=0.02)
 
 
 def test_unknown_models_are_rejected():
