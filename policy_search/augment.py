@@ -140,11 +140,7 @@ class TensorExecutor(Executor):
         x = torch.from_numpy(imgs).permute(0, 3, 1, 2).contiguous()
         depth = max((len(q) for q in seqs), default=0)
         for layer in range(depth):  # sequences: one op per image, grouped by the batched path
-            rows = [i for i, q in enumerate(seqs) if len(q) > layer]
-            names = [self.augmenter.candidates[seqs[i][layer]][0] for i in rows]
-            levels = [self.augmenter.candidates[seqs[i][layer]][1] for i in rows]
-            x[rows] = self.batched.apply_ops(x[rows], names, levels, self.augmenter.l_mags,
-                                             mirror=False, generator=gen)
+            x = self._apply_layer(x, seqs, layer, gen)
         results, start = [], 0
         for sources, _, finals, _, crop in tasks:
             block = x[start:start + len(sources)]
@@ -159,6 +155,25 @@ class TensorExecutor(Executor):
             dense = torch.stack(outs, dim=1).reshape(-1, *block.shape[1:])
             results.append(dense.permute(0, 2, 3, 1).numpy())
         return results
+
+    def _apply_layer(self, x, seqs, layer, gen):
+        """Op ``layer`` of every sequence long enough, applied to its image. When every
+        sequence has the op (the search's tasks always do) the batch goes through whole;
+        otherwise it is rebuilt by gathers (index_select, cat): an indexed assignment
+        (``x[rows] = ...``, index_put) is several times slower on the CPU."""
+        torch = self.torch
+        rows = [i for i, q in enumerate(seqs) if len(q) > layer]
+        cands = [self.augmenter.candidates[seqs[i][layer]] for i in rows]
+        names, levels = [c[0] for c in cands], [c[1] for c in cands]
+        if len(rows) == len(seqs):
+            return self.batched.apply_ops(x, names, levels, self.augmenter.l_mags,
+                                          mirror=False, generator=gen)
+        idx = torch.tensor(rows, dtype=torch.long)
+        done = self.batched.apply_ops(x.index_select(0, idx), names, levels,
+                                      self.augmenter.l_mags, mirror=False, generator=gen)
+        where = torch.arange(len(seqs))  # row of each image in cat([x, done])
+        where[idx] = len(seqs) + torch.arange(len(rows))
+        return torch.cat([x, done]).index_select(0, where)
 
 
 def make_executor(augmenter: Augmenter, use_pool: bool, backend: str = "pil") -> Executor:

@@ -105,8 +105,8 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
                    help="stage k: sampled copies per point, each augmented by every candidate")
     r.add_argument("--train_same_labels", type=int, **_d(suppress_defaults, 16),
                    help="search points per step (a multiple of the number of replicas)")
-    for dummy, val in (("--mode", "client"), ("--port", 38277)):
-        r.add_argument(dummy, **_d(suppress_defaults, val), help=argparse.SUPPRESS)
+    for dummy, kind, val in (("--mode", str, "client"), ("--port", int, 38277)):
+        r.add_argument(dummy, type=kind, **_d(suppress_defaults, val), help=argparse.SUPPRESS)
 
     n = p.add_argument_group("new flags")
     n.add_argument("--preset", choices=sorted(PRESETS), **_d(suppress_defaults, None),

@@ -29,9 +29,11 @@ from policy_search.config import UsageError
 log = logging.getLogger("deepaa.search")
 CHECKPOINT = "checkpoint.npz"
 # Flags that must be equal to resume a run (the others, e.g. --checkpoint_every, may change).
+# --aug_backend is one of them: the tensor ops draw their random ops from another generator.
 RESUME_KEYS = ("dataset", "n_classes", "use_model", "n_policies", "search_bno", "seed", "l_mags",
                "policy_lr", "EXP_G", "EXP_gT_factor", "train_same_labels", "repeat_random_ops",
-               "N_repeat_random", "n_val_per_point", "policy_bn_training", "pretrain_size")
+               "N_repeat_random", "n_val_per_point", "policy_bn_training", "pretrain_size",
+               "aug_backend")
 
 
 class Prepared:

@@ -14,8 +14,20 @@ import os
 import sys
 
 import numpy as np
+import pytest
 
 SIZE, CHANNELS, N_CLASSES = 8, 3, 5
+
+
+@pytest.fixture
+def float64():
+    """Run a test with Keras' float64 default dtype (exact comparisons of the maths)."""
+    import keras
+
+    old = keras.backend.floatx()
+    keras.backend.set_floatx("float64")
+    yield
+    keras.backend.set_floatx(old)
 
 
 def tiny_model(keras, seed: int = 0):

@@ -56,6 +56,20 @@ def test_defaults_are_the_released_ones_and_flags_override_presets():
             fast.test_batch_size) == (3, 512, 8, 2, 256)
     cpu = config.parse_args(["--preset", "cpu", "--use_model", "WRN_16_1"])
     assert cpu.use_model == "WRN_16_1" and cpu.l_mags == 13 and cpu.EXP_G == 2
+    dummies = config.parse_args(["--port", "1234", "--mode", "server"])
+    assert (dummies.port, dummies.mode, d.port) == (1234, "server", 38277)  # released types
+
+
+def test_resume_refuses_a_checkpoint_of_other_search_flags():
+    from policy_search import run
+
+    args = config.parse_args(["--preset", "cpu"])
+    meta = {"flags": {key: getattr(args, key) for key in run.RESUME_KEYS}}
+    run._check_resume(args, meta)  # the same flags resume
+    for key, other in (("aug_backend", "tensor"), ("EXP_G", 5), ("seed", 2)):
+        changed = {"flags": dict(meta["flags"], **{key: other})}
+        with pytest.raises(config.UsageError, match=f"--{key}"):
+            run._check_resume(args, changed)
 
 
 def test_help_lists_every_released_flag(tmp_path):

@@ -160,3 +160,26 @@ def test_normalize(space, mean):
     x = np.full((1, 2, 2, 3), 255, np.uint8)
     std = data.CIFAR_STD if space == "cifar" else data.IMAGENET_STD
     np.testing.assert_allclose(data.normalize(x, space)[0, 0, 0], (1 - mean) / std, rtol=1e-6)
+
+
+def test_tensor_backend_equals_pillow_on_deterministic_ops():
+    """The tensor executor (--aug_backend tensor) regroups tasks by layer: with sequences of
+    different lengths and dense finals it must give the Pillow executor's pixels."""
+    from policy_search.augment import TensorExecutor
+
+    names = [n for n, _ in CANDS]
+    pick = {n: names.index(n) for n in ("Invert", "Equalize", "AutoContrast", "Identity")}
+    shear = CANDS.index(("ShearX", 0))
+    post = CANDS.index(("Posterize", 0))
+    images = _dataset(n=6).images
+    tasks = [([images[0], images[1]], [[pick["Invert"], shear], []], None, 1, True),
+             ([images[2]], [[post]], [pick["Identity"], pick["Equalize"], shear], 2, True),
+             ([images[3], images[4], images[5]],
+              [[shear, pick["AutoContrast"], pick["Invert"]], [pick["Equalize"]], [post, shear]],
+              None, 3, False)]
+    aug = Augmenter(CANDS, L_MAGS, 8)
+    want, got = Executor(aug).map(tasks), TensorExecutor(aug).map(tasks)
+    assert len(got) == len(want) == 3
+    for w, g in zip(want, got):
+        np.testing.assert_array_equal(np.stack(g), np.stack(w))
+    assert not np.array_equal(want[0][1], want[0][0])  # the rows really differ

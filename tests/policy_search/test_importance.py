@@ -9,15 +9,7 @@ import keras
 
 from policy_search.importance import GradientMatcher
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helper, in any import mode
-from policy_search_helper import N_CLASSES, search_batch, tiny_model  # noqa: E402
-
-
-@pytest.fixture
-def float64():
-    old = keras.backend.floatx()
-    keras.backend.set_floatx("float64")
-    yield
-    keras.backend.set_floatx(old)
+from policy_search_helper import N_CLASSES, float64, search_batch, tiny_model  # noqa: E402,F401
 
 
 def per_example_grads(model, images, labels):

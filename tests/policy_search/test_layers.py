@@ -10,15 +10,7 @@ import keras
 from policy_search.importance import GradientMatcher
 from policy_search.layers import PolicyLogits, Searcher
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helper, in any import mode
-from policy_search_helper import search_batch, tiny_model  # noqa: E402
-
-
-@pytest.fixture
-def float64():
-    old = keras.backend.floatx()
-    keras.backend.set_floatx("float64")
-    yield
-    keras.backend.set_floatx(old)
+from policy_search_helper import float64, search_batch, tiny_model  # noqa: E402,F401
 
 
 def test_logits_start_at_identity():
