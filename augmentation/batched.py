@@ -19,7 +19,7 @@ without one, torch's global generator is used.
 Speed: pixels stay uint8 from end to end. Geometry is cached source maps (block copies or one
 gather), colour is cached lookup tables (batched_lut); a mixed batch is grouped by one sort, and
 the affine ops, like the point ops, that meet in one call run as one gather / one lookup.
-benchmarks/README_augment.md has the numbers.
+benchmarks/README.md has the numbers.
 """
 from __future__ import annotations
 
