@@ -13,21 +13,38 @@ import argparse
 import os
 import sys
 
+import contextlib
+
 import numpy as np
 import pytest
 
 SIZE, CHANNELS, N_CLASSES = 8, 3, 5
 
 
+@contextlib.contextmanager
+def keras_float64():
+    """Keras' default dtype set to float64, and put back afterwards.
+
+    Keras 3 caches its global dtype policy the first time any layer is built, after which
+    ``set_floatx`` alone no longer changes the dtype of new layers: the policy is set too.
+    """
+    import keras
+
+    old_floatx, old_policy = keras.backend.floatx(), keras.config.dtype_policy()
+    keras.backend.set_floatx("float64")
+    keras.config.set_dtype_policy("float64")
+    try:
+        yield
+    finally:
+        keras.backend.set_floatx(old_floatx)
+        keras.config.set_dtype_policy(old_policy)
+
+
 @pytest.fixture
 def float64():
     """Run a test with Keras' float64 default dtype (exact comparisons of the maths)."""
-    import keras
-
-    old = keras.backend.floatx()
-    keras.backend.set_floatx("float64")
-    yield
-    keras.backend.set_floatx(old)
+    with keras_float64():
+        yield
 
 
 def tiny_model(keras, seed: int = 0):
@@ -93,9 +110,8 @@ def main(argv=None):
     sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
     from policy_search.devices import make_strategy, n_replicas
     strategy = make_strategy(cpu_replicas=args.cpu_replicas)
-    import keras
-    keras.backend.set_floatx("float64")
-    result = run_steps(strategy)
+    with keras_float64():
+        result = run_steps(strategy)
     result["replicas"] = n_replicas(strategy)
     tmp = args.out + ".tmp.npz"
     np.savez(tmp, **result)

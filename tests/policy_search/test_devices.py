@@ -22,12 +22,8 @@ KEYS = ("cos1", "imp1", "loss1", "cos2", "imp2", "loss2", "logits")
 @pytest.fixture(scope="module")
 def one_replica():
     """The reference: the helper's steps under the default strategy, in this process."""
-    old = keras.backend.floatx()
-    keras.backend.set_floatx("float64")
-    try:
+    with policy_search_helper.keras_float64():
         return policy_search_helper.run_steps(tf.distribute.get_strategy())
-    finally:
-        keras.backend.set_floatx(old)
 
 
 def child_env(**extra):

@@ -1,0 +1,237 @@
+"""Pictures of a policy: the two kinds of figure of the released README, plus examples.
+
+``python -m augmentation.visualize POLICY --out DIR [--images DATASET] [--dataroot ROOT]``
+draws, for any policy (a shipped name such as ``cifar_1`` or a path to a policy YAML):
+
+- ``operations.png``: per layer, the probability of each operation summed over its levels
+  (SPEC §0, the README's first figure), with the layer's entropy (SPEC §5);
+- ``magnitudes_layer{k}.png``: for layer k, the distribution over levels of each magnitude op
+  (SPEC §0, the README's second figure; ops without a magnitude left out). Each panel shows
+  P(level | op) so the shape is readable for rare ops too; the title gives P(op) in the layer.
+  The op's identity level is never a candidate (SPEC §1) and is drawn as an empty slot;
+- ``examples.png``: a grid of images, the original in the first column and independent draws
+  of the policy (evaluation semantics, mirrored signed ops) in the others. Without ``--images``
+  the built-in synthetic shapes (:mod:`deepaa_data.synthetic`) are used.
+
+matplotlib runs on the Agg backend (no display needed). Every PNG is written atomically.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+
+import numpy as np
+from PIL import Image
+
+from .policy import DeepAAPolicy, Policy, PolicyError, load_policy
+from .space import OP_TABLE, identity_level
+
+DISPLAY = 64  # pixels per example tile (32x32 CIFAR images are upscaled, 224 ones downscaled)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: str) -> None:
+    """Write the figure atomically (temp file in the same folder, then rename)."""
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format="png", dpi=100)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _title(policy: Policy) -> str:
+    src = policy.meta.get("name") or policy.meta.get("source") or "policy"
+    return f"{src} ({policy.space} space, {policy.n_layers} layers, L = {policy.l_mags})"
+
+
+def plot_operations(policy: Policy, path: str) -> None:
+    """One panel per layer: horizontal bars of P(op) summed over levels."""
+    plt = _pyplot()
+    names = [op.name for op in OP_TABLE[policy.space]]
+    op_probs = policy.op_probs()
+    entropy = policy.entropy()
+    k = policy.n_layers
+    fig, axes = plt.subplots(1, k, figsize=(2.3 * k + 1.2, 5.2), sharey=True, squeeze=False)
+    ypos = np.arange(len(names))
+    for layer, ax in enumerate(axes[0]):
+        vals = np.array([op_probs[n][layer] for n in names])
+        ax.barh(ypos, vals, color="tab:blue")
+        top = int(np.argmax(vals))
+        ax.barh(ypos[top], vals[top], color="tab:orange")
+        ax.set_xlim(0, 1)
+        ax.set_title(f"layer {layer + 1}\nH = {entropy[layer]:.2f} nats", fontsize=9)
+        ax.tick_params(labelsize=8)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0][0].set_yticks(ypos)
+    axes[0][0].set_yticklabels(names)
+    axes[0][0].invert_yaxis()
+    fig.suptitle(f"Probability of each operation per layer (summed over levels)\n{_title(policy)}",
+                 fontsize=10)
+    fig.supxlabel("probability", fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
+    _save(fig, path)
+    plt.close(fig)
+
+
+def level_table(policy: Policy, layer: int) -> dict[str, np.ndarray]:
+    """Per magnitude op, P(op, level) for each level 0..L-1 in ``layer`` (identity level 0)."""
+    out = {op.name: np.zeros(policy.l_mags) for op in OP_TABLE[policy.space] if op.has_magnitude}
+    for i, (name, level) in enumerate(policy.candidates):
+        if name in out:
+            out[name][level] += policy.probs[layer, i]
+    return out
+
+
+def plot_magnitudes(policy: Policy, layer: int, path: str) -> None:
+    """Panels per magnitude op: P(level | op) over the levels of ``layer`` (0-based)."""
+    plt = _pyplot()
+    table = level_table(policy, layer)
+    specs = {op.name: op for op in OP_TABLE[policy.space]}
+    n = len(table)
+    cols = 4
+    rows = int(np.ceil(n / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols, 2.2 * rows), squeeze=False)
+    levels = np.arange(policy.l_mags)
+    for ax, (name, joint) in zip(axes.flat, table.items()):
+        total = joint.sum()
+        cond = joint / total if total > 0 else joint
+        # Ops the layer almost never picks are greyed: their level shape carries little weight.
+        ax.bar(levels, cond, color="tab:green" if total >= 0.01 else "lightgrey", width=0.8)
+        skip = identity_level(specs[name], policy.l_mags)
+        ax.axvline(skip, color="grey", lw=0.8, ls=":")
+        ax.set_title(f"{name}  (P = {total:.3f})", fontsize=9)
+        ax.set_xticks(levels[:: max(1, policy.l_mags // 7)])
+        ax.set_ylim(0, max(0.05, float(cond.max()) * 1.15))
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    fig.suptitle(f"Layer {layer + 1}: distribution of levels of each magnitude op "
+                 f"(P(level | op); dotted: identity level, not a candidate; grey: P(op) < 0.01)\n{_title(policy)}", fontsize=10)
+    fig.supxlabel("level", fontsize=9)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+
+
+def builtin_images(n: int = 8, seed: int = 0) -> list[Image.Image]:
+    """``n`` synthetic training images (uncluttered ones), when no data set is given."""
+    from deepaa_data.synthetic import generate
+
+    x, _ = generate(max(n, 1), "train", seed)
+    return [Image.fromarray(a) for a in x[:n]]
+
+
+def dataset_images(spec: str, root: str, n: int, seed: int = 0) -> list[Image.Image]:
+    """``n`` images spread over a data set (``npz:DIR``, ``folder:DIR``, ``cifar10`` ...)."""
+    from deepaa_data import load_dataset
+
+    ds = load_dataset(spec, root, "test" if spec.startswith("npz:") else "train")
+    if len(ds) == 0:
+        raise ValueError(f"data set {spec!r} has no images")
+    idx = np.random.default_rng(seed).choice(len(ds), size=min(n, len(ds)), replace=False)
+    return [ds.image(int(i)) for i in sorted(idx)]
+
+
+def plot_examples(policy: Policy, images: list[Image.Image], path: str, n_samples: int = 7,
+                  seed: int = 0) -> None:
+    """Rows: images; column 0 the original, then ``n_samples`` independent policy draws."""
+    plt = _pyplot()
+    transform = DeepAAPolicy(policy, mirror=True, seed=seed)
+    rng = np.random.default_rng(seed)
+
+    def tile(img):
+        return np.asarray(img.convert("RGB").resize((DISPLAY, DISPLAY), Image.NEAREST))
+
+    rows = len(images)
+    fig, axes = plt.subplots(rows, n_samples + 1, figsize=(1.0 * (n_samples + 1), 1.0 * rows + 0.6),
+                             squeeze=False)
+    for r, img in enumerate(images):
+        axes[r][0].imshow(tile(img))
+        for c in range(1, n_samples + 1):
+            axes[r][c].imshow(tile(transform(img.copy(), rng=rng)))
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    axes[0][0].set_title("original", fontsize=8)
+    for c in range(1, n_samples + 1):
+        axes[0][c].set_title(f"draw {c}", fontsize=8)
+    fig.suptitle(f"Images augmented by {_title(policy)}", fontsize=9)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+
+
+def draw_policy(policy: Policy | str, out_dir: str, images: list[Image.Image] | None = None,
+                n_samples: int = 7, seed: int = 0) -> list[str]:
+    """Draw every figure of ``policy`` (a Policy, a path or a shipped name) into ``out_dir``;
+    returns the paths written."""
+    if not isinstance(policy, Policy):
+        policy = load_policy(policy)
+    os.makedirs(out_dir, exist_ok=True)
+    written = [os.path.join(out_dir, "operations.png")]
+    plot_operations(policy, written[0])
+    for layer in range(policy.n_layers):
+        path = os.path.join(out_dir, f"magnitudes_layer{layer + 1}.png")
+        plot_magnitudes(policy, layer, path)
+        written.append(path)
+    images = images if images is not None else builtin_images(8, seed)
+    path = os.path.join(out_dir, "examples.png")
+    plot_examples(policy, images, path, n_samples, seed)
+    written.append(path)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m augmentation.visualize",
+        description="Draw a policy: op probabilities per layer, level distributions, examples.")
+    parser.add_argument("policy", help="policy YAML path or shipped name (cifar_1, imagenet_2, ...)")
+    parser.add_argument("--out", required=True, help="output folder for the PNGs")
+    parser.add_argument("--images", default=None,
+                        help="data set for the examples (npz:DIR, folder:DIR, cifar10, ...); "
+                             "default: built-in synthetic shapes")
+    parser.add_argument("--dataroot", default="./data", help="root for cifar10/cifar100/imagenet")
+    parser.add_argument("--n_images", type=int, default=8)
+    parser.add_argument("--n_samples", type=int, default=7)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    def fail(msg: str) -> int:
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+
+    if args.n_images < 1 or args.n_samples < 1:
+        return fail("--n_images and --n_samples must be >= 1")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        return fail(f"--out {args.out!r} exists and is not a folder")
+    try:
+        policy = load_policy(args.policy)
+    except PolicyError as exc:
+        return fail(str(exc))
+    try:
+        if args.images:
+            images = dataset_images(args.images, args.dataroot, args.n_images, args.seed)
+        else:
+            images = builtin_images(args.n_images, args.seed)
+    except ValueError as exc:  # DatasetError is a ValueError
+        return fail(str(exc))
+    for path in draw_policy(policy, args.out, images, args.n_samples, args.seed):
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""The reproduction harness: Student-t intervals, skipping finished runs, tables from files."""
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from DeepAA_evaluate import reproduce as R
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def test_t_quantiles_match_closed_forms():
+    p = 0.975
+    # df = 1 (Cauchy): tan(pi (p - 1/2)); df = 2: (2p - 1) / sqrt(2 p (1 - p)).
+    assert R.t_quantile(p, 1) == pytest.approx(math.tan(math.pi * (p - 0.5)), rel=1e-9)
+    assert R.t_quantile(p, 2) == pytest.approx((2 * p - 1) / math.sqrt(2 * p * (1 - p)), rel=1e-9)
+    # df = 4: t = 2 sqrt(q - 1), q = cos(arccos(sqrt(a)) / 3) / sqrt(a), a = 4 p (1 - p).
+    a = 4 * p * (1 - p)
+    q = math.cos(math.acos(math.sqrt(a)) / 3) / math.sqrt(a)
+    assert R.t_quantile(p, 4) == pytest.approx(2 * math.sqrt(q - 1), rel=1e-9)
+    # Large df tends to the normal quantile 1.959964.
+    assert R.t_quantile(p, 100000) == pytest.approx(1.959964, abs=1e-4)
+    for df in (3, 7, 30):
+        assert R.t_cdf(R.t_quantile(0.9, df), df) == pytest.approx(0.9, abs=1e-12)
+        assert R.t_cdf(-1.5, df) == pytest.approx(1 - R.t_cdf(1.5, df), abs=1e-14)
+
+
+def test_mean_ci_on_known_data():
+    mean, half = R.mean_ci([90.0, 92.0])  # sd = sqrt(2): half = t_1 * sqrt(2) / sqrt(2)
+    assert mean == 91.0 and half == pytest.approx(math.tan(math.pi * 0.475), rel=1e-9)
+    mean, half = R.mean_ci([1.0, 2.0, 3.0])  # sd = 1: half = t_2 / sqrt(3)
+    t2 = 0.95 / math.sqrt(2 * 0.975 * 0.025)
+    assert mean == 2.0 and half == pytest.approx(t2 / math.sqrt(3), rel=1e-9)
+    assert R.mean_ci([5.0]) == (5.0, None)
+    assert R.mean_ci([3.0, 3.0, 3.0])[1] == 0.0
+
+
+def _fake_result(runs, stem, seed, top1, cfg=None, finished=True, wall=120.0):
+    path = runs / stem / f"seed{seed}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"top1_test": top1, "finished": finished, "wall_time_s": wall,
+                                "config": cfg or {"dataset": "cifar10", "epoch": 100,
+                                                  "train_size": 4000, "aug": "none",
+                                                  "model": {"type": "wresnet10_2"}}}))
+    return path
+
+
+def test_plan_skips_finished_and_resumes_interrupted(tmp_path):
+    runs = tmp_path / "runs"
+    conf = str(tmp_path / "a.yaml")
+    _fake_result(runs, "a", 1, 0.5)
+    _fake_result(runs, "a", 2, 0.5, finished=False)  # interrupted: checkpoint left behind
+    (runs / "a" / "seed2.pth").write_bytes(b"x")
+    todo, done = R.plan([conf], [1, 2, 3], str(runs))
+    assert done == 1
+    assert todo == [(conf, 2, True), (conf, 3, False)]
+    cmd = R.trainer_command(conf, 2, str(runs), "data", ["--epoch", "3"], resume=True)
+    assert "--resume" in cmd and "--overwrite" not in cmd and cmd[-2:] == ["--epoch", "3"]
+    assert cmd[cmd.index("--save") + 1] == str(runs / "a" / "seed2.pth")
+
+
+def test_table_from_result_files(tmp_path):
+    runs = tmp_path / "runs"
+    for seed, top1 in enumerate([0.80, 0.82, 0.84], 1):
+        _fake_result(runs, "cpu_none", seed, top1, wall=600.0)
+    paper_cfg = {"dataset": "cifar10", "epoch": 200, "aug": "DeepAA",
+                 "model": {"type": "wresnet28_10"}}
+    _fake_result(runs, "wresnet28x10_cifar10_DeepAA_1", 1, 0.975, cfg=paper_cfg, wall=7200.0)
+    _fake_result(runs, "cpu_none", 4, 0.10, finished=False)  # unfinished: left out
+    (runs / "broken").mkdir()
+    (runs / "broken" / "seed1.json").write_text("{not json")
+    table = R.build_table(str(runs), order=["wresnet28x10_cifar10_DeepAA_1"])
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line]
+    assert rows[1].startswith("| wresnet28x10_cifar10_DeepAA_1 | 1 | 97.50 (one run) | 97.56")
+    assert rows[1].endswith("| 2.0 h |")
+    half = R.t_quantile(0.975, 2) * 2.0 / math.sqrt(3)  # values 80, 82, 84: sd 2
+    assert rows[2] == f"| cpu_none | 3 | 82.00 ± {half:.2f} | — | 10.0 min |"
+    assert "broken" not in table and len(rows) == 3
+
+
+def test_cli_table_only_and_bad_input(tmp_path):
+    runs = tmp_path / "runs"
+    _fake_result(runs, "x", 1, 0.5)
+    out = tmp_path / "results.md"
+    assert R.main(["--table_only", "--runs_dir", str(runs), "--out", str(out)]) == 0
+    assert re.search(r"\| x \| 1 \| 50\.00 \(one run\)", out.read_text())
+    for args in (["--confs", str(tmp_path / "missing.yaml")], ["--confs", "a.yaml", "--seeds", "0"], []):
+        res = subprocess.run([sys.executable, "-m", "DeepAA_evaluate.reproduce", *args, "--out",
+                              str(tmp_path / "bad.md"), "--runs_dir", str(tmp_path / "r2")],
+                             capture_output=True, text=True, cwd=ROOT)
+        assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
+        assert not (tmp_path / "bad.md").exists() and not (tmp_path / "r2").exists()
+
+
+def test_one_real_tiny_run_then_skip(tmp_path, monkeypatch):
+    """A real trainer run (WRN-10-1, 1 epoch, 40 images) through the harness; a second call
+    finds the result file and starts nothing."""
+    from deepaa_data.synthetic import make_synthetic
+
+    monkeypatch.chdir(tmp_path)  # the trainer writes logs/<tag>/ under the working folder
+    monkeypatch.setenv("PYTHONPATH", ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    make_synthetic(str(tmp_path / "data"), n_train=40, n_test=20)
+    conf = tmp_path / "tiny.yaml"
+    conf.write_text(
+        f"model: {{type: wresnet10_1}}\ndataset: npz:{tmp_path / 'data'}\naug: none\n"
+        "batch: 20\nepoch: 1\nlr: 0.05\nlr_schedule: {type: cosine}\n"
+        "optimizer: {type: sgd, nesterov: true, decay: 0.0005}\ntest_interval: 1\nnum_workers: 0\n")
+    runs, out = tmp_path / "runs", tmp_path / "results.md"
+    argv = ["--confs", str(conf), "--seeds", "1", "--runs_dir", str(runs), "--out", str(out),
+            "--no_progress"]
+    assert R.main(argv) == 0, (runs / "tiny" / "seed1.log").read_text()[-2000:]
+    result = json.loads((runs / "tiny" / "seed1.json").read_text())
+    assert result["finished"] and 0.0 <= result["top1_test"] <= 1.0
+    assert re.search(r"\| tiny \| 1 \| \d+\.\d\d \(one run\) \| — \|", out.read_text())
+    log_size = (runs / "tiny" / "seed1.log").stat().st_size
+    assert R.main(argv) == 0
+    assert (runs / "tiny" / "seed1.log").stat().st_size == log_size  # skipped: nothing ran

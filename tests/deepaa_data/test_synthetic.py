@@ -1,0 +1,89 @@
+"""The embedded demo data set: deterministic, well-formed, and shifted between splits."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from deepaa_data import load_dataset
+from deepaa_data.synthetic import CLASSES, SPLIT_RANGES, generate, main, make_synthetic
+
+
+def test_same_seed_same_images_other_seed_other_images():
+    x1, y1 = generate(30, "train", seed=3)
+    x2, y2 = generate(30, "train", seed=3)
+    x3, _ = generate(30, "train", seed=4)
+    np.testing.assert_array_equal(x1, x2)
+    np.testing.assert_array_equal(y1, y2)
+    assert not np.array_equal(x1, x3)
+    # Train and test streams never coincide for a seed.
+    xt, _ = generate(30, "test", seed=3)
+    assert not np.array_equal(x1, xt)
+
+
+def test_files_shapes_dtypes_and_balanced_classes(tmp_path):
+    info = make_synthetic(str(tmp_path), n_train=50, n_test=30, seed=0)
+    assert info["classes"] == list(CLASSES)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["classes.json", "test_00.npz",
+                                                        "train_00.npz"]
+    assert json.loads((tmp_path / "classes.json").read_text()) == list(CLASSES)
+    with np.load(tmp_path / "train_00.npz") as d:
+        assert d["x"].dtype == np.uint8 and d["x"].shape == (50, 32, 32, 3)
+        assert d["y"].dtype == np.int64
+    train = load_dataset(f"npz:{tmp_path}", split="train")
+    test = load_dataset(f"npz:{tmp_path}", split="test")
+    assert len(train) == 50 and len(test) == 30 and train.n_classes == 10
+    assert np.bincount(train.labels, minlength=10).tolist() == [5] * 10
+    assert np.bincount(test.labels, minlength=10).tolist() == [3] * 10
+    assert train.image(0).size == (32, 32) and train.image(0).mode == "RGB"
+    # Images are not blank: every one has real contrast.
+    assert (train.images.reshape(50, -1).std(axis=1) > 5).all()
+
+
+def test_test_split_is_wider_than_training_split():
+    """Narrow training images (90 %) sit left, are never mirrored and never occluded; test
+    images go anywhere, are all mirrored and occluded half the time (what crop, flip and
+    cutout cover). Rotation, scale and photometry vary alike in both."""
+    n = 300
+    _, _, p_tr = generate(n, "train", seed=1, return_params=True)
+    _, _, p_te = generate(n, "test", seed=1, return_params=True)
+    narrow = ~p_tr["wide"]
+    assert 0.04 < p_tr["wide"].mean() < 0.17 and p_te["wide"].all()
+    assert p_tr["cx"][narrow].max() <= SPLIT_RANGES["train"]["cx"][1]
+    assert not p_tr["mirror"][narrow].any() and not p_tr["occluder"][narrow].any()
+    assert p_te["cx"].max() > 22 and p_te["cx"].min() < 10
+    assert p_te["mirror"].all() and 0.35 < p_te["occluder"].mean() < 0.65
+    assert 0.25 < p_tr["mirror"][~narrow].mean() < 0.75  # the rare wide training images
+    assert p_te["n_clutter"].mean() > p_tr["n_clutter"][narrow].mean() + 1
+    for key in ("angle", "brightness", "radius"):
+        assert abs(np.abs(p_tr[key]).mean() - np.abs(p_te[key]).mean()) < 0.15 * np.abs(
+            p_te[key]).mean()
+
+
+def test_mirror_asymmetric_classes_differ_from_their_mirror_image():
+    """Six classes change under a mirror: a flipped narrow image is not a narrow image."""
+    from deepaa_data.synthetic import _shape_mask
+
+    u, v = np.meshgrid(np.linspace(-1, 1, 41), np.linspace(-1, 1, 41))
+    changed = [c for c in range(len(CLASSES))
+               if (_shape_mask(c, u, v) != _shape_mask(c, -u, v)).mean() > 0.05]
+    assert [CLASSES[c] for c in changed] == ["ell", "semi", "flag", "arrow", "crescent", "key"]
+
+
+def test_bad_sizes_raise_and_write_nothing(tmp_path):
+    out = tmp_path / "nope"
+    with pytest.raises(ValueError):
+        make_synthetic(str(out), n_train=5, n_test=30)
+    assert not out.exists()
+    with pytest.raises(ValueError):
+        generate(10, "validation")
+
+
+def test_cli_writes_and_bad_input_exits_2(tmp_path, capsys):
+    assert main([str(tmp_path / "d"), "--n_train", "20", "--n_test", "10"]) == 0
+    assert (tmp_path / "d" / "train_00.npz").is_file()
+    res = subprocess.run([sys.executable, "-m", "deepaa_data.synthetic", str(tmp_path / "e"),
+                          "--n_train", "3"], capture_output=True, text=True)
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "at least" in res.stderr
+    assert not (tmp_path / "e").exists()
