@@ -29,8 +29,9 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 import time
+
+from augmentation.policy import atomic_write
 
 # SPEC §4: (dataset, model, aug, batch augmentation) -> paper top-1 (%), and a note.
 PAPER = {
@@ -185,20 +186,6 @@ def build_table(runs_dir: str, order: list[str] | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_atomic(path: str, text: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 # ----------------------------------------------------------------------------- running
 def trainer_command(conf: str, seed: int, runs_dir: str, dataroot: str, extra: list[str],
                     resume: bool) -> list[str]:
@@ -270,9 +257,9 @@ def run_all(confs, seeds, runs_dir, dataroot, extra, gpus, out, progress=True) -
                 print(f"{conf} seed {seed}: failed (exit {rc}); see "
                       f"{run_paths(runs_dir, conf, seed)[2]}", file=sys.stderr)
             bar.update(1)
-            write_atomic(out, build_table(runs_dir, order))
+            atomic_write(out, build_table(runs_dir, order))
     bar.close()
-    write_atomic(out, build_table(runs_dir, order))
+    atomic_write(out, build_table(runs_dir, order))
     return failures
 
 
@@ -317,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     order = [os.path.splitext(os.path.basename(c))[0] for c in args.confs]
     if args.table_only:
         table = build_table(args.runs_dir, order)
-        write_atomic(args.out, table)
+        atomic_write(args.out, table)
         print(table)
         return 0
     gpus = [g.strip() for g in args.gpus.split(",") if g.strip()]

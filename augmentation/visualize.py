@@ -18,14 +18,14 @@ matplotlib runs on the Agg backend (no display needed). Every PNG is written ato
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import sys
-import tempfile
 
 import numpy as np
 from PIL import Image
 
-from .policy import DeepAAPolicy, Policy, PolicyError, load_policy
+from .policy import DeepAAPolicy, Policy, PolicyError, atomic_write, load_policy
 from .space import OP_TABLE, identity_level
 
 DISPLAY = 64  # pixels per example tile (32x32 CIFAR images are upscaled, 224 ones downscaled)
@@ -41,15 +41,10 @@ def _pyplot():
 
 
 def _save(fig, path: str) -> None:
-    """Write the figure atomically (temp file in the same folder, then rename)."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png", dpi=100)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """Write the figure atomically (rendered in memory, then written by ``atomic_write``)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    atomic_write(path, buffer.getvalue())
 
 
 def _title(policy: Policy) -> str:

@@ -12,6 +12,7 @@ what the uninterrupted run drew and ends with the same policy.
 """
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -113,11 +114,9 @@ def save_checkpoint(path, policy_state: dict, layer: int, step: int, traces, met
     for k, trace in enumerate(traces):
         arrays[f"cos_trace/{k}"] = np.asarray(trace, np.float64)
     arrays["meta_json"] = np.array(json.dumps(meta))
-    folder, name = os.path.split(os.path.abspath(path))
-    tmp = os.path.join(folder, f".{os.getpid()}.tmp.{name}")
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    atomic_write(path, buffer.getvalue())
 
 
 def load_checkpoint(path):
