@@ -29,7 +29,7 @@ def test_two_gloo_processes_match_one_process(tiny):
            "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
            "-m", "DeepAA_evaluate.train", "-c", str(path), "--save", str(work / "ddp.pth")] + flags
     proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.returncode == 0, proc.stderr[-6000:]
     single = main(["-c", str(path), "--save", str(work / "one.pth")] + flags)
     assert single["global_batch"]["per_process"] == 8 and single["global_batch"]["virtual_worker_batch"] == 4
     a = torch.load(work / "ddp.pth", map_location="cpu", weights_only=True)
