@@ -5,21 +5,22 @@ classes of shapes are rendered with random position, scale, rotation, mirror, co
 background and clutter. The point of the data set is to make augmentation *matter* within a few
 minutes of CPU training, so the two splits are drawn from different ranges on purpose:
 
-- most training images (90 %) are narrow: the object sits in the left part of the image and is
+- half the training images are narrow: the object sits in the left part of the image and is
   never mirrored (ell, semi, flag, arrow, crescent and key always face right), there is little
   clutter and no occluder;
-- the other 10 % of the training images are wide: the object anywhere, mirrored half the time,
+- the other half of the training images are wide: the object anywhere, mirrored half the time,
   with more clutter and, half the time, an occluding patch;
 - every test image is wide and mirrored: the asymmetric shapes face left.
 
 Scale, rotation (+-15 degrees), colours and brightness/contrast/saturation vary alike in both.
 What a wide image has beyond a narrow one is a translation, a mirror or an occlusion: what the
 crop, flip and cutout of the CIFAR search space (SPEC §1) produce. Six of the ten classes are
-mirror-asymmetric, so an unaugmented model, which sees few mirrored examples, generalises poorly
-to the test set; a policy with those ops closes part of the gap. The rare wide training images
-matter for the search: its validation images come from the training split (SPEC §2), so they
-show the search which variations the data holds. The data set is synthetic: it says nothing
-about natural images.
+mirror-asymmetric, so an unaugmented model, which sees a quarter of its examples mirrored,
+generalises poorly to the test set; a policy with those ops closes part of the gap. The wide
+training images matter for the search: its validation images come from the training split
+(SPEC §2), and gradient matching rewards an op only when the augmented images resemble images
+it validates on, so the variations must be common in the training split for the search to see
+them. The data set is synthetic: it says nothing about natural images.
 
 Layout: ``npz:`` (``train_00.npz``, ``test_00.npz`` with ``x`` uint8 N x 32 x 32 x 3 and ``y``
 int64, and ``classes.json``), read by :func:`deepaa_data.load_dataset` as ``npz:DIR``.
@@ -52,7 +53,10 @@ WIDE = dict(NARROW, cx=(6.0, 26.0), cy=(7.0, 25.0), p_mirror=0.5, n_clutter=(2, 
 # Test images are wide and all mirrored: the asymmetric shapes face the other way.
 TEST = dict(WIDE, p_mirror=1.0)
 # Per split: the share of wide images and the two ranges (see the module docstring).
-SPLIT_RANGES = {"train": dict(NARROW, p_wide=0.1, wide=WIDE),
+# Half the training images are wide: the search's validation images come from the training split
+# (SPEC §2), and gradient matching can only reward a flip or a shift that yields images like
+# those it validates on, so those images must be common there.
+SPLIT_RANGES = {"train": dict(NARROW, p_wide=0.5, wide=WIDE),
                 "test": dict(TEST, p_wide=1.0, wide=TEST)}
 
 
@@ -134,7 +138,7 @@ def _render(labels: np.ndarray, rng: np.random.Generator, ranges: dict):
     def pick(key):  # per image: the narrow or the wide scalar
         return np.where(wide, wide_ranges[key], ranges[key])
     # Background: a base colour and two random oriented sinusoid textures.
-    bg_h, bg_s, bg_v = rng.random(n), rng.uniform(0.2, 0.6, n), rng.uniform(0.3, 0.7, n)
+    bg_h, bg_s, bg_v = rng.random(n), rng.uniform(0.2, 0.6, n), rng.uniform(0.2, 0.5, n)
     bg = _hsv_to_rgb(bg_h, bg_s, bg_v)[:, None, None, :]
     tex = np.zeros((n,) + xs.shape)
     for _ in range(2):
@@ -173,9 +177,12 @@ def _render(labels: np.ndarray, rng: np.random.Generator, ranges: dict):
     for c in np.unique(labels):
         idx = labels == c
         obj[idx] = _shape_mask(int(c), u[idx], v[idx])
-    # Object colour: any hue at least 0.25 away from the background's, saturated and bright.
+    # Object colour: pale and bright, always lighter than the darker background. Colour carries
+    # no class information and its polarity never changes, so inverting or solarizing an image
+    # gives one unlike any in the data set: the variation the data holds (and the test split
+    # shifts) is geometric, which is what the search should find useful.
     obj_h = (bg_h + rng.uniform(0.25, 0.75, n)) % 1.0
-    obj_rgb = _hsv_to_rgb(obj_h, rng.uniform(0.6, 1.0, n), rng.uniform(0.7, 1.0, n))
+    obj_rgb = _hsv_to_rgb(obj_h, rng.uniform(0.0, 0.25, n), rng.uniform(0.85, 1.0, n))
     shade = 1.0 - 0.25 * np.clip(u, -1, 1)[..., None]  # lit from the object's -u side
     img = np.where(obj[..., None], np.clip(obj_rgb[:, None, None, :] * shade, 0, 1), img)
     # Occluder (test): a solid patch of random colour, 8-12 px, anywhere.

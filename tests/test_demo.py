@@ -27,7 +27,18 @@ def test_search_flags_are_accepted_by_the_search_cli(profile, tmp_path):
     config.validate(args)
     assert args.preset == "cpu" and args.use_model == "WRN_10_1"
     if profile == "full":
-        assert args.n_policies == 3
+        from policy_search.data import make_splits
+
+        # The search model must learn something before its gradients mean anything: the full
+        # demo pretrains for hundreds of SGD steps (the bare cpu preset on 1,000 images gave 48
+        # steps and a model at chance), and each step averages several search points.
+        prof = demo.PROFILES["full"]
+        splits = make_splits(prof["n_train"], args.pretrain_size, args.seed)
+        assert len(splits.pretrain) // args.batch_size * args.nb_epochs >= 400
+        assert args.train_same_labels >= 4 and 0.05 <= args.policy_lr <= 0.1
+        assert args.n_policies == 2
+        # The trainer sees a subset of what the search sees (same training time as before).
+        assert prof["train_size"] < prof["n_train"]
 
 
 def test_table_shows_mean_spread_and_seeds():
