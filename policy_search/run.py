@@ -200,6 +200,13 @@ def _score(pre, model, prep, args, executor):
     val_acc = pre.evaluate(model, pre.eval_batches(prep.train, prep.splits.val,
                                                    args.val_batch_size, executor, prep.space))
     log.info("pretrained model: validation accuracy %.4f", val_acc)
+    chance = 1.0 / max(1, args.n_classes)
+    if val_acc < 1.5 * chance:
+        # Gradient matching needs a model that has learnt something: at chance level the
+        # gradients are noise and so are the importances (more data or --nb_epochs helps).
+        log.warning("the pretrained model is near chance on validation (%.3f vs %.3f): the "
+                    "search's importances will be noise; pretrain longer (--nb_epochs) or on "
+                    "more images (--pretrain_size)", val_acc, chance)
     if prep.test is not None and len(prep.test):
         test_acc = pre.evaluate(model, pre.eval_batches(prep.test, np.arange(len(prep.test)),
                                                         args.test_batch_size, executor,
