@@ -5,22 +5,25 @@ classes of shapes are rendered with random position, scale, rotation, mirror, co
 background and clutter. The point of the data set is to make augmentation *matter* within a few
 minutes of CPU training, so the two splits are drawn from different ranges on purpose:
 
-- half the training images are narrow: the object sits in the left part of the image and is
-  never mirrored (ell, semi, flag, arrow, crescent and key always face right), there is little
-  clutter and no occluder;
-- the other half of the training images are wide: the object anywhere, mirrored half the time,
-  with more clutter and, half the time, an occluding patch;
+- half the training images are narrow: the object sits in the left part of the image, is
+  rotated by at most 5 degrees and never mirrored (ell, semi, flag, arrow, crescent and key
+  always face right), there is little clutter and no occluder;
+- the other half of the training images are wide: the object anywhere, rotated by up to 40
+  degrees, mirrored half the time, with more clutter and, half the time, an occluding patch;
 - every test image is wide and mirrored: the asymmetric shapes face left.
 
-Scale, rotation (+-15 degrees), colours and brightness/contrast/saturation vary alike in both.
-What a wide image has beyond a narrow one is a translation, a mirror or an occlusion: what the
-crop, flip and cutout of the CIFAR search space (SPEC §1) produce. Six of the ten classes are
-mirror-asymmetric, so an unaugmented model, which sees a quarter of its examples mirrored,
-generalises poorly to the test set; a policy with those ops closes part of the gap. The wide
-training images matter for the search: its validation images come from the training split
-(SPEC §2), and gradient matching rewards an op only when the augmented images resemble images
-it validates on, so the variations must be common in the training split for the search to see
-them. The data set is synthetic: it says nothing about natural images.
+Scale, colours and brightness/contrast/saturation vary alike in both. What a wide image has
+beyond a narrow one is a translation, a mirror or an occlusion, what the crop, flip and cutout
+of the CIFAR search space (SPEC §1) produce, and a rotation, which only Rotate (up to 30
+degrees) produces. The rotation is there for the search: its model is pretrained with crop,
+flip and cutout (SPEC §2), so it is already invariant to the first three and their importances
+look like Identity's; it is not invariant to rotation, so Rotate can earn weight. Six of the
+ten classes are mirror-asymmetric, so an unaugmented model, which sees a quarter of its examples
+mirrored, generalises poorly to the test set; a policy with those ops closes part of the gap.
+The wide training images matter for the search: its validation images come from the training
+split (SPEC §2), and gradient matching rewards an op only when the augmented images resemble
+images it validates on, so the variations must be common in the training split for the search
+to see them. The data set is synthetic: it says nothing about natural images.
 
 Layout: ``npz:`` (``train_00.npz``, ``test_00.npz`` with ``x`` uint8 N x 32 x 32 x 3 and ``y``
 int64, and ``classes.json``), read by :func:`deepaa_data.load_dataset` as ``npz:DIR``.
@@ -45,11 +48,11 @@ _SS = 2  # supersampling factor: shapes are drawn at 64x64 and averaged down (an
 _CHUNK = 256  # images rendered at once (bounds memory at a few hundred MB)
 
 # Ranges of the two splits (see the module docstring for why they differ).
-NARROW = dict(cx=(8.0, 14.0), cy=(9.0, 23.0), radius=(7.0, 10.0), angle=15.0, p_mirror=0.0,
+NARROW = dict(cx=(8.0, 14.0), cy=(9.0, 23.0), radius=(7.0, 10.0), angle=5.0, p_mirror=0.0,
               brightness=(0.8, 1.2), contrast=(0.8, 1.2), saturation=(0.7, 1.3),
               n_clutter=(1, 3), p_occluder=0.0)
-WIDE = dict(NARROW, cx=(6.0, 26.0), cy=(7.0, 25.0), p_mirror=0.5, n_clutter=(2, 5),
-            p_occluder=0.5)
+WIDE = dict(NARROW, cx=(6.0, 26.0), cy=(7.0, 25.0), angle=40.0, p_mirror=0.5,
+            n_clutter=(2, 5), p_occluder=0.5)
 # Test images are wide and all mirrored: the asymmetric shapes face the other way.
 TEST = dict(WIDE, p_mirror=1.0)
 # Per split: the share of wide images and the two ranges (see the module docstring).

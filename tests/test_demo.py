@@ -36,6 +36,10 @@ def test_search_flags_are_accepted_by_the_search_cli(profile, tmp_path):
         splits = make_splits(prof["n_train"], args.pretrain_size, args.seed)
         assert len(splits.pretrain) // args.batch_size * args.nb_epochs >= 400
         assert args.train_same_labels >= 4 and 0.05 <= args.policy_lr <= 0.1
+        # Adam moves a logit by about policy_lr per step and the logits start 8 apart (SPEC §2):
+        # 32 steps at 0.1 left layer 1 at 85 % Identity on the synthetic data, 64 moved 46 % of
+        # it to other ops (Rotate first), which is what lets the searched policy differ from none.
+        assert args.search_bno >= 64 and args.search_bno * args.policy_lr >= 6
         assert args.n_policies == 2
         # The trainer sees a subset of what the search sees (same training time as before).
         assert prof["train_size"] < prof["n_train"]

@@ -42,9 +42,9 @@ def test_files_shapes_dtypes_and_balanced_classes(tmp_path):
 
 
 def test_test_split_is_wider_than_training_split():
-    """Narrow training images (half of them) sit left, are never mirrored and never occluded;
-    test images go anywhere, are all mirrored and occluded half the time (what crop, flip and
-    cutout cover). Rotation, scale and photometry vary alike in both."""
+    """Narrow training images (half of them) sit left, are barely rotated, never mirrored and
+    never occluded; test images go anywhere, are rotated by up to 40 degrees, all mirrored and
+    occluded half the time. Scale and photometry vary alike in both."""
     n = 300
     _, _, p_tr = generate(n, "train", seed=1, return_params=True)
     _, _, p_te = generate(n, "test", seed=1, return_params=True)
@@ -57,7 +57,13 @@ def test_test_split_is_wider_than_training_split():
     assert 0.3 < p_tr["mirror"][~narrow].mean() < 0.7  # the wide training images
     assert p_tr["mirror"].mean() < 0.4  # so most training images face right, every test one left
     assert p_te["n_clutter"].mean() > p_tr["n_clutter"][narrow].mean() + 1
-    for key in ("angle", "brightness", "radius"):
+    # Rotation: at most 5 degrees in narrow images, up to 40 in wide training and test images
+    # (beyond what the search model's pretraining covers, SPEC §2).
+    assert np.abs(p_tr["angle"][narrow]).max() <= SPLIT_RANGES["train"]["angle"] == 5.0
+    assert np.abs(p_tr["angle"][~narrow]).max() > 30 and np.abs(p_te["angle"]).max() > 30
+    assert np.abs(p_te["angle"]).max() <= 40.0
+    assert np.abs(p_te["angle"]).mean() > 3 * np.abs(p_tr["angle"][narrow]).mean()
+    for key in ("brightness", "radius"):
         assert abs(np.abs(p_tr[key]).mean() - np.abs(p_te[key]).mean()) < 0.15 * np.abs(
             p_te[key]).mean()
 
