@@ -266,6 +266,7 @@ def _search(args, tf, model, strategy, prep, executor, weights, resume, started)
 
     done_here = 0
     layer, step = layer0, step0
+    before_step = None  # the policy state before the step in flight (for Ctrl-C)
     try:
         for layer in range(layer0, args.n_policies):
             first = step0 if layer == layer0 else 0
@@ -278,6 +279,7 @@ def _search(args, tf, model, strategy, prep, executor, weights, resume, started)
                     t0 = time.time()
                     batch = builder.finish(prefetch.get(step), layer, step, logits.probs(layer))
                     t1 = time.time()
+                    before_step = logits.get_state()
                     out = (searcher.stage1_step(batch) if layer == 0
                            else searcher.stagek_step(layer, batch))
                     t2 = time.time()
@@ -307,8 +309,12 @@ def _search(args, tf, model, strategy, prep, executor, weights, resume, started)
                      _entropy(logits.probs(layer)),
                      traces[layer][-1] if traces[layer] else float("nan"))
     except KeyboardInterrupt:
-        # The interrupted step did not complete (or completed: its trace entry says which).
+        # The interrupted step completed if its trace entry exists; if not, its Adam update may
+        # already be in the logits, so they go back to their state before the step, which a
+        # resume then repeats exactly once.
         done = len(traces[layer]) if layer < args.n_policies else 0
+        if layer < args.n_policies and done == step and before_step is not None:
+            logits.set_state(before_step)
         checkpoint(layer, done)
         log.info("interrupted: checkpoint written; continue with --resume")
         return 130
