@@ -197,10 +197,14 @@ def trainer_command(conf: str, seed: int, runs_dir: str, dataroot: str, extra: l
 
 
 def plan(confs: list[str], seeds: list[int], runs_dir: str) -> tuple[list, int]:
-    """The (conf, seed, resume) runs still to do, and how many were skipped as done."""
+    """The (conf, seed, resume) runs still to do, and how many were skipped as done.
+
+    Seed-major order (every config's seed 1, then every config's seed 2, ...), so that an
+    interrupted campaign leaves a table whose cells have equal numbers of runs.
+    """
     todo, done = [], 0
-    for conf in confs:
-        for seed in seeds:
+    for seed in seeds:
+        for conf in confs:
             ckpt, result, _ = run_paths(runs_dir, conf, seed)
             if read_result(result) is not None:
                 done += 1
@@ -209,28 +213,36 @@ def plan(confs: list[str], seeds: list[int], runs_dir: str) -> tuple[list, int]:
     return todo, done
 
 
-def _start(job, runs_dir, dataroot, extra, gpu):
+def _start(job, runs_dir, dataroot, extra, gpu, threads=None):
     conf, seed, resume = job
     _, _, log = run_paths(runs_dir, conf, seed)
     os.makedirs(os.path.dirname(log), exist_ok=True)
     env = dict(os.environ)
-    if gpu is not None:
+    if gpu is not None and not gpu.startswith("cpu"):
         env["CUDA_VISIBLE_DEVICES"] = gpu
+    if threads is not None:  # CPU runs side by side: split the cores instead of oversubscribing
+        env["OMP_NUM_THREADS"] = str(threads)
     with open(log, "a", encoding="utf-8") as f:
         f.write(f"\n# {time.strftime('%Y-%m-%d %H:%M:%S')} "
-                f"{'resume' if resume else 'start'} seed {seed} gpu {gpu}\n")
+                f"{'resume' if resume else 'start'} seed {seed} slot {gpu}\n")
         return subprocess.Popen(trainer_command(conf, seed, runs_dir, dataroot, extra, resume),
                                 stdout=f, stderr=subprocess.STDOUT, env=env)
 
 
-def run_all(confs, seeds, runs_dir, dataroot, extra, gpus, out, progress=True) -> int:
-    """Run what is missing, rewriting ``out`` after each finished run; returns failures."""
+def run_all(confs, seeds, runs_dir, dataroot, extra, gpus, out, progress=True, jobs=1) -> int:
+    """Run what is missing, rewriting ``out`` after each finished run; returns failures.
+
+    One run per GPU in ``gpus``; without GPUs, ``jobs`` CPU runs at a time, each with
+    ``cpu_count // jobs`` threads (small models train faster as several single-thread runs than
+    as one run over all cores).
+    """
     from tqdm import tqdm
 
     order = [os.path.splitext(os.path.basename(c))[0] for c in confs]
     todo, done = plan(confs, seeds, runs_dir)
     print(f"{done} run(s) already finished, {len(todo)} to run", file=sys.stderr)
-    slots = gpus or [None]
+    slots = gpus or ([None] if jobs <= 1 else [f"cpu{i}" for i in range(jobs)])
+    threads = max(1, (os.cpu_count() or 1) // jobs) if not gpus and jobs > 1 else None
     running: dict = {}
     failures = 0
     bar = tqdm(total=len(todo), desc="runs", unit="run", disable=not progress)
@@ -239,7 +251,7 @@ def run_all(confs, seeds, runs_dir, dataroot, extra, gpus, out, progress=True) -
         for gpu in slots:
             if gpu not in running and queue:
                 job = queue.pop(0)
-                running[gpu] = (job, _start(job, runs_dir, dataroot, extra, gpu))
+                running[gpu] = (job, _start(job, runs_dir, dataroot, extra, gpu, threads))
         time.sleep(0.2)
         for gpu, (job, proc) in list(running.items()):
             rc = proc.poll()
@@ -279,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="one folder per config with seed<S>.pth/.json/.log")
     parser.add_argument("--dataroot", default="./data")
     parser.add_argument("--gpus", default="", help="comma-separated GPU ids: one run per GPU")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="without --gpus: CPU runs side by side, sharing the cores")
     parser.add_argument("--table_only", action="store_true",
                         help="only rebuild the table from the results present")
     parser.add_argument("--no_progress", action="store_true")
@@ -290,6 +304,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.seeds < 1:
         return fail(f"--seeds must be >= 1, got {args.seeds}")
+    if args.jobs < 1:
+        return fail(f"--jobs must be >= 1, got {args.jobs}")
     if os.path.isdir(args.out):
         return fail(f"--out {args.out!r} is a folder")
     if not args.table_only:
@@ -310,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     gpus = [g.strip() for g in args.gpus.split(",") if g.strip()]
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     failures = run_all(args.confs, seeds, args.runs_dir, args.dataroot, extra, gpus, args.out,
-                       progress=not args.no_progress)
+                       progress=not args.no_progress, jobs=args.jobs)
     print(open(args.out, encoding="utf-8").read())
     return 1 if failures else 0
 

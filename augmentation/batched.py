@@ -16,10 +16,15 @@ from ``augmentation.space``; the Pillow ops in ``augmentation.ops`` are the grou
 Randomness comes from an optional ``torch.Generator`` (on the CPU or on the images' device);
 without one, torch's global generator is used.
 
-Speed: pixels stay uint8 from end to end. Geometry is cached source maps (block copies or one
-gather), colour is cached lookup tables (batched_lut); a mixed batch is grouped by one sort, and
-the affine ops, like the point ops, that meet in one call run as one gather / one lookup.
-benchmarks/README.md has the numbers.
+Two executors apply the ops, with the same parameters (one set of per-image draws, see
+_draw_uniforms), so they give the same pixels:
+
+* on CPU tensors, the compiled kernels of ``batched_native`` (C, built on first use): one
+  pass over the batch, each image with its own op, no grouping; about 30x Pillow at 32x32 on
+  one core (benchmarks/README.md). RandResizeCrop, and any CPU without a C compiler, use:
+* the torch executor (any device): cached source maps (block copies or one gather) for the
+  geometry, cached lookup tables (batched_lut) for the colour ops; a mixed batch is grouped by
+  one sort, and the affine ops, like the point ops, that meet in one call run as one pass.
 """
 from __future__ import annotations
 
@@ -29,6 +34,7 @@ import torch
 
 from . import batched_color as colour
 from . import batched_geometry as geometry
+from . import batched_native as native
 from .ops import CROP_PAD, CUTOUT_SIDE, IMAGENET_SIZE, cutout_center
 from .space import OPS, check_l_mags, level_to_value
 
@@ -64,11 +70,6 @@ def _uniform(shape, generator, device) -> torch.Tensor:
     return torch.rand(shape, generator=generator, device=where, dtype=torch.float64).to(device)
 
 
-def _randint(high: int, shape, generator, device) -> torch.Tensor:
-    where = generator.device if generator is not None else torch.device("cpu")
-    return torch.randint(0, high, shape, generator=generator, device=where).to(device)
-
-
 class _BoundsProbe:
     """Stands in for a numpy Generator to read the uniform ranges ops.cutout_center uses, so
     the centre rule lives in one place."""
@@ -88,47 +89,66 @@ def cutout_centre_bounds(width: int, height: int, side: int):
     return probe.bounds[0], probe.bounds[1]
 
 
-def _random_op(x: torch.Tensor, name: str, generator) -> torch.Tensor:
-    """RandFlip, RandCutout(60), RandCrop, RandResizeCrop with per-image draws (SPEC §1)."""
-    n, _, h, w = x.shape
+# Per-image uniforms of one call (one policy layer), drawn in image order: column 0 decides
+# the sign of a signed op under the mirror, columns 1 and 2 the parameters of a random op (the
+# flip; the cutout centre x, y; the crop's top, left). Parameters therefore do not depend on
+# how images are grouped, and the torch and C executors use the same numbers.
+_N_UNIFORMS = 3
+
+
+def _draw_uniforms(n: int, names, mirror: bool, generator) -> torch.Tensor | None:
+    """float64 (n, 3) on the CPU, or None when no op in ``names`` needs them (nothing is drawn
+    then; RandResizeCrop draws its own, see _params)."""
+    if not any((mirror and OPS[name].signed) or (OPS[name].random and name != "RandResizeCrop")
+               for name in names):
+        return None
+    return _uniform((n, _N_UNIFORMS), generator, torch.device("cpu"))
+
+
+def _params(name: str, values, u, shape, mirror: bool, generator):
+    """The per-image parameters of op ``name`` for images whose uniforms are ``u``: the values
+    (float64 (N,), CPU) of a magnitude op after the mirror (SPEC §3: signed values flip with
+    p = 0.5 per image), or the draws of a random op (SPEC §1), all on the CPU."""
+    n, _, h, w = shape
     if name == "RandFlip":
-        return geometry.flip(x, _uniform(n, generator, x.device) < 0.5)
+        return u[:, 1] < 0.5
     if name in CUTOUT_SIDE:
         side = CUTOUT_SIDE[name]
         (x_lo, x_hi), (y_lo, y_hi) = cutout_centre_bounds(w, h, side)
-        u = _uniform((2, n), generator, x.device)
-        cx, cy = x_lo + (x_hi - x_lo) * u[0], y_lo + (y_hi - y_lo) * u[1]
-        return geometry.cutout(x, geometry.cutout_boxes(w, h, side, cx, cy))
+        cx, cy = x_lo + (x_hi - x_lo) * u[:, 1], y_lo + (y_hi - y_lo) * u[:, 2]
+        return geometry.cutout_boxes(w, h, side, cx, cy)
     if name == "RandCrop":
-        offsets = _randint(2 * CROP_PAD + 1, (2, n), generator, x.device)
-        return geometry.padded_crop(x, offsets[0], offsets[1], CROP_PAD)
+        offsets = (u[:, 1:3] * (2 * CROP_PAD + 1)).floor().long()
+        return offsets[:, 0], offsets[:, 1]
     if name == "RandResizeCrop":
-        u = _uniform((4, n, 10), generator, torch.device("cpu"))
-        boxes = geometry.resized_crop_boxes(w, h, *u)
-        return geometry.resized_crop(x, boxes, IMAGENET_SIZE)
-    raise ValueError(f"unknown random op {name!r}")
+        draws = _uniform((4, n, 10), generator, torch.device("cpu"))
+        return geometry.resized_crop_boxes(w, h, *draws)
+    if mirror and OPS[name].signed:
+        values = torch.where(u[:, 0] < 0.5, -values, values)
+    return values
 
 
-def _apply_one_op(x, name, values, mirror, generator) -> torch.Tensor:
-    """One op on every image of ``x``; ``values`` float64 (N,) on the CPU (ignored for ops
-    without a magnitude). Mirror flips signed values with p = 0.5 per image."""
-    spec = OPS[name]
-    if x.shape[0] == 0:
-        return x
-    if spec.random:
-        return _random_op(x, name, generator)
+def _execute(x: torch.Tensor, name: str, params) -> torch.Tensor:
+    """The torch executor: op ``name`` on every image of ``x`` with its ``params``."""
     if name == "Identity":
         return x.clone()
-    if mirror and spec.signed:
-        flips = _uniform(values.shape[0], generator, torch.device("cpu")) < 0.5
-        values = torch.where(flips, -values, values)
+    if name == "RandFlip":
+        return geometry.flip(x, params)
+    if name in CUTOUT_SIDE:
+        return geometry.cutout(x, params)
+    if name == "RandCrop":
+        return geometry.padded_crop(x, params[0], params[1], CROP_PAD)
+    if name == "RandResizeCrop":
+        return geometry.resized_crop(x, params, IMAGENET_SIZE)
     if name in _AFFINE:
-        return geometry.affine(x, name, values.tolist())
-    return _COLOUR[name](x, values)
+        return geometry.affine(x, name, params.tolist())
+    return _COLOUR[name](x, params)
 
 
 _OP_NAMES = tuple(OPS)  # op ids index this (op-table order)
 _OP_ID = {name: k for k, name in enumerate(_OP_NAMES)}
+_HAS_MAGNITUDE = torch.tensor([OPS[name].has_magnitude for name in _OP_NAMES])
+_SIGNED = torch.tensor([OPS[name].signed for name in _OP_NAMES])
 
 
 @lru_cache(maxsize=256)
@@ -138,12 +158,47 @@ def _value_table(name: str, l_mags: int) -> torch.Tensor:
 
 
 def _values(name: str, levels: torch.Tensor, l_mags: int) -> torch.Tensor:
-    """float64 values of ``levels`` for op ``name`` (level_to_value, checked)."""
+    """float64 values of ``levels`` for op ``name`` (level_to_value)."""
     if not OPS[name].has_magnitude:
         return torch.zeros(levels.shape[0], dtype=torch.float64)
-    if levels.numel() and (levels.min() < 0 or levels.max() >= l_mags):
-        raise ValueError(f"level out of range 0..{l_mags - 1} for {name}")
     return _value_table(name, l_mags)[levels]
+
+
+def _check_levels(op_ids: torch.Tensor, levels: torch.Tensor, l_mags: int) -> torch.Tensor:
+    """Raise on a level outside 0..l_mags-1 for a magnitude op; return the levels with those
+    of ops without a magnitude set to 0 (they are ignored)."""
+    magnitude = _HAS_MAGNITUDE[op_ids]
+    bad = magnitude & ((levels < 0) | (levels >= l_mags))
+    if bool(bad.any()):
+        name = _OP_NAMES[int(op_ids[bad][0])]
+        raise ValueError(f"level out of range 0..{l_mags - 1} for {name}")
+    return torch.where(magnitude, levels, torch.zeros_like(levels))
+
+
+def _native(x, op_ids, levels, u, l_mags, mirror, generator) -> torch.Tensor:
+    """All images of ``x`` through the C kernels (batched_native) in one call: the per-image
+    parameters are rows of a cached candidate table, plus the random ops' draws."""
+    table = native.candidate_table(_OP_NAMES, l_mags, *x.shape[2:])
+    negative = torch.zeros_like(op_ids)
+    if mirror and u is not None:
+        negative = (_SIGNED[op_ids] & (u[:, 0] < 0.5)).long()
+    code, ip, fp = table.rows(op_ids.numpy(), levels.numpy(), negative.numpy())
+    if u is not None:
+        for name in ("RandFlip", "RandCrop", *CUTOUT_SIDE):
+            rows = (op_ids == _OP_ID[name]).nonzero().view(-1) if name in _OP_ID else None
+            if rows is not None and rows.numel():
+                shape = (rows.numel(),) + tuple(x.shape[1:])
+                native.fill_random(ip, rows.numpy(), name,
+                                   _params(name, None, u[rows], shape, mirror, generator))
+    return table.run(x, code, ip, fp)
+
+
+def _apply_one_op(x, name, values, u, mirror, generator) -> torch.Tensor:
+    """One op on every image of ``x`` with the torch executor; ``values`` float64 (N,) on the
+    CPU (ignored for ops without a magnitude), ``u`` the images' uniforms."""
+    if x.shape[0] == 0:
+        return x
+    return _execute(x, name, _params(name, values, u, x.shape, mirror, generator))
 
 
 def apply_candidate(x, name: str, level: int, l_mags: int = 13, mirror: bool = False,
@@ -153,8 +208,13 @@ def apply_candidate(x, name: str, level: int, l_mags: int = 13, mirror: bool = F
     _check_images(x)
     _check_name(name)
     check_l_mags(l_mags)
-    levels = torch.full((x.shape[0],), int(level), dtype=torch.long)
-    return _apply_one_op(x, name, _values(name, levels, l_mags), mirror, generator)
+    n = x.shape[0]
+    op_ids = torch.full((n,), _OP_ID[name], dtype=torch.long)
+    levels = _check_levels(op_ids, torch.full((n,), int(level), dtype=torch.long), l_mags)
+    u = _draw_uniforms(n, (name,), mirror, generator)
+    if n and native.usable(x, (name,)):
+        return _native(x, op_ids, levels, u, l_mags, mirror, generator)
+    return _apply_one_op(x, name, _values(name, levels, l_mags), u, mirror, generator)
 
 
 # Ops applied together when two or more of them meet in one call: the affine ops as one
@@ -162,15 +222,14 @@ def apply_candidate(x, name: str, level: int, l_mags: int = 13, mirror: bool = F
 _FAMILIES = (_AFFINE, tuple(colour.LUT_BUILDERS))
 
 
-def _apply_family(x, present, slices, levels, l_mags, mirror, generator):
+def _apply_family(x, present, slices, levels, u, l_mags, mirror):
     """Apply several ops of one family to their images (``slices[name]``) in one pass."""
     sel = torch.cat([slices[name] for name in present])
     values = torch.cat([_values(name, levels[slices[name]], l_mags) for name in present])
     sub = x.index_select(0, sel.to(x.device))
     if present[0] in _AFFINE:
         if mirror:  # every affine op is signed
-            flips = _uniform(values.shape[0], generator, torch.device("cpu")) < 0.5
-            values = torch.where(flips, -values, values)
+            values = torch.where(u[sel, 0] < 0.5, -values, values)
         names = [name for name in present for _ in range(slices[name].shape[0])]
         return sel, geometry.affine(sub, names, values.tolist())
     luts, start = [], 0
@@ -181,11 +240,10 @@ def _apply_family(x, present, slices, levels, l_mags, mirror, generator):
     return sel, colour.apply_lut(sub, torch.cat(luts))
 
 
-def _grouped(x, op_ids, levels, l_mags, mirror, generator):
-    """Group images by op (in op-table order, so draws are reproducible), apply, and return
-    {(h, w): (indices, images)}: RandResizeCrop changes the size of the images it touches.
-    ``op_ids`` int64 (N,) indexes _OP_NAMES; grouping is one stable sort, no Python loop over
-    images. Families of ops (_FAMILIES) present together are applied in one pass."""
+def _grouped(x, op_ids, levels, u, l_mags, mirror, generator):
+    """Group images by op (one stable sort, no Python loop over images), apply with the torch
+    executor, and return {(h, w): (indices, images)}: RandResizeCrop changes the size of the
+    images it touches. Families of ops (_FAMILIES) present together run in one pass."""
     order = torch.argsort(op_ids, stable=True)
     slices, start = {}, 0
     for op, count in enumerate(torch.bincount(op_ids, minlength=len(_OP_NAMES)).tolist()):
@@ -196,7 +254,7 @@ def _grouped(x, op_ids, levels, l_mags, mirror, generator):
     for family in _FAMILIES:
         present = [name for name in family if name in slices]
         if len(present) >= 2:
-            sel, out = _apply_family(x, present, slices, levels, l_mags, mirror, generator)
+            sel, out = _apply_family(x, present, slices, levels, u, l_mags, mirror)
             parts.setdefault(tuple(out.shape[2:]), []).append((sel, out))
             done.update(present)
     for name, sel in slices.items():
@@ -204,7 +262,8 @@ def _grouped(x, op_ids, levels, l_mags, mirror, generator):
             continue
         whole = sel.shape[0] == x.shape[0]
         out = _apply_one_op(x if whole else x.index_select(0, sel.to(x.device)), name,
-                            _values(name, levels[sel], l_mags), mirror, generator)
+                            _values(name, levels[sel], l_mags),
+                            None if u is None else u[sel], mirror, generator)
         parts.setdefault(tuple(out.shape[2:]), []).append((sel, out))
     result = {}
     for size, chunks in parts.items():
@@ -250,7 +309,11 @@ def apply_ops(x, names, levels, l_mags: int = 13, mirror: bool = False,
     if x.shape[0] == 0:
         return x.clone()
     op_ids = torch.tensor([_OP_ID[name] for name in names], dtype=torch.long)
-    groups = _grouped(x, op_ids, levels, l_mags, mirror, generator)
+    levels = _check_levels(op_ids, levels, l_mags)
+    u = _draw_uniforms(x.shape[0], set(names), mirror, generator)
+    if native.usable(x, set(names)):
+        return _native(x, op_ids, levels, u, l_mags, mirror, generator)
+    groups = _grouped(x, op_ids, levels, u, l_mags, mirror, generator)
     return _merge(groups, x.shape[0], x, crop=False)
 
 
@@ -284,13 +347,24 @@ def apply_policy_batch(policy, x, mirror: bool = True,
         _check_name(name)
     ops_all = torch.tensor([_OP_ID[name] for name, _ in policy.candidates], dtype=torch.long)
     levels_all = torch.tensor([level for _, level in policy.candidates], dtype=torch.long)
+    levels_all = _check_levels(ops_all, levels_all, policy.l_mags)
+    names = {name for name, _ in policy.candidates}
+    if native.usable(x, names):
+        for layer in range(choice.shape[1]):
+            picked = choice[:, layer]
+            u = _draw_uniforms(n, names, mirror, generator)
+            x = _native(x, ops_all[picked], levels_all[picked], u, policy.l_mags, mirror,
+                        generator)
+        return x
     groups = {tuple(x.shape[2:]): (torch.arange(n), x)}
     for layer in range(choice.shape[1]):
+        u = _draw_uniforms(n, names, mirror, generator)
         new_groups = {}
         for idx, images in groups.values():
             picked = choice[idx, layer]
             for size, (sub, out) in _grouped(images, ops_all[picked], levels_all[picked],
-                                             policy.l_mags, mirror, generator).items():
+                                             None if u is None else u[idx], policy.l_mags,
+                                             mirror, generator).items():
                 new_groups.setdefault(size, []).append((idx[sub], out))
         groups = {size: chunks[0] if len(chunks) == 1 else
                   (torch.cat([c[0] for c in chunks]), torch.cat([c[1] for c in chunks]))

@@ -41,10 +41,14 @@ def invert(x: torch.Tensor) -> torch.Tensor:
     return 255 - x
 
 
+def solarize_threshold(threshold: torch.Tensor) -> torch.Tensor:
+    """int32 (N,): Solarize inverts i >= v; for integer i, i < v exactly when i < ceil(v)."""
+    return torch.ceil(threshold.double()).clamp(0, 256).to(torch.int32)
+
+
 def solarize_lut(x: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
-    """Per-image LUTs (N, C, 256): invert i >= v; for integer i, i < v exactly when
-    i < ceil(v)."""
-    t = torch.ceil(threshold.double()).clamp(0, 256).to(torch.int32).view(-1, 1, 1)
+    """Per-image LUTs (N, C, 256) of Solarize."""
+    t = solarize_threshold(threshold).view(-1, 1, 1)
     ramp = torch.arange(256, dtype=torch.int32, device=t.device).view(1, 1, 256)
     lut = torch.where(ramp < t, ramp, 255 - ramp).to(torch.uint8)
     return lut.expand(-1, x.shape[1], -1).to(x.device)
@@ -57,18 +61,18 @@ def solarize(x: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
     return apply_lut(x, solarize_lut(x, threshold))
 
 
-def _posterize_mask(bits: torch.Tensor) -> torch.Tensor:
+def posterize_mask(bits: torch.Tensor) -> torch.Tensor:
     """Keep int(v) high bits (ImageOps.posterize receives int(v)): uint8 masks (N,)."""
     keep = bits.double().trunc().long()
     return (255 - (torch.bitwise_left_shift(torch.ones_like(keep), 8 - keep) - 1)).to(torch.uint8)
 
 
 def posterize(x: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
-    return x & _per_image(_posterize_mask(bits), x, torch.uint8)
+    return x & _per_image(posterize_mask(bits), x, torch.uint8)
 
 
 def posterize_lut(x: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
-    mask = _posterize_mask(bits)
+    mask = posterize_mask(bits)
     ramp = torch.arange(256, dtype=torch.uint8, device=mask.device).view(1, 1, 256)
     lut = ramp & mask.view(-1, 1, 1)
     return lut.expand(-1, x.shape[1], -1).to(x.device)

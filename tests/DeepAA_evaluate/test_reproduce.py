@@ -63,6 +63,38 @@ def test_plan_skips_finished_and_resumes_interrupted(tmp_path):
     assert cmd[cmd.index("--save") + 1] == str(runs / "a" / "seed2.pth")
 
 
+def test_plan_is_seed_major_so_cells_fill_evenly(tmp_path):
+    runs = tmp_path / "runs"
+    a, b = str(tmp_path / "a.yaml"), str(tmp_path / "b.yaml")
+    _fake_result(runs, "a", 1, 0.5)
+    todo, done = R.plan([a, b], [1, 2], str(runs))
+    assert done == 1 and [(c, s) for c, s, _ in todo] == [(b, 1), (a, 2), (b, 2)]
+
+
+def test_cpu_jobs_run_side_by_side_with_split_threads(tmp_path, monkeypatch):
+    """--jobs 2 without GPUs keeps two runs going at once, each told to use half the cores."""
+    started = []
+
+    class Proc:
+        polls = 0
+
+        def __init__(self, cmd, env, **kw):
+            started.append((cmd, env))
+
+        def poll(self):  # finishes once both run (or after a while, if only one was started)
+            Proc.polls += 1
+            return 0 if len(started) >= 2 or Proc.polls > 3 else None
+
+    monkeypatch.setattr(R.subprocess, "Popen", Proc)
+    monkeypatch.setattr(R.os, "cpu_count", lambda: 8)
+    confs = [str(tmp_path / "a.yaml"), str(tmp_path / "b.yaml")]
+    assert R.run_all(confs, [1], str(tmp_path / "runs"), "data", [], [],
+                     str(tmp_path / "out.md"), progress=False, jobs=2) == 0
+    assert len(started) == 2 and all(env["OMP_NUM_THREADS"] == "4" for _, env in started)
+    assert all("CUDA_VISIBLE_DEVICES" not in env or env["CUDA_VISIBLE_DEVICES"] ==
+               os.environ.get("CUDA_VISIBLE_DEVICES") for _, env in started)
+
+
 def test_table_from_result_files(tmp_path):
     runs = tmp_path / "runs"
     for seed, top1 in enumerate([0.80, 0.82, 0.84], 1):
@@ -88,7 +120,8 @@ def test_cli_table_only_and_bad_input(tmp_path):
     out = tmp_path / "results.md"
     assert R.main(["--table_only", "--runs_dir", str(runs), "--out", str(out)]) == 0
     assert re.search(r"\| x \| 1 \| 50\.00 \(one run\)", out.read_text())
-    for args in (["--confs", str(tmp_path / "missing.yaml")], ["--confs", "a.yaml", "--seeds", "0"], []):
+    for args in (["--confs", str(tmp_path / "missing.yaml")], ["--confs", "a.yaml", "--seeds", "0"], [],
+                 ["--confs", "a.yaml", "--jobs", "0"]):
         res = subprocess.run([sys.executable, "-m", "DeepAA_evaluate.reproduce", *args, "--out",
                               str(tmp_path / "bad.md"), "--runs_dir", str(tmp_path / "r2")],
                              capture_output=True, text=True, cwd=ROOT)

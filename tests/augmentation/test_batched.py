@@ -1,6 +1,7 @@
 """The batched tensor path against the Pillow ops (SPEC §1): exact pixels for ops 0-14 at
 every level, the same parameter distributions and geometry for the random ops, per-image
-sampling of policies."""
+sampling of policies. Every test runs twice on the CPU: with the compiled kernels
+(batched_native) and with the torch executor."""
 from __future__ import annotations
 
 import math
@@ -10,11 +11,19 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
-from augmentation import batched, batched_geometry, ops, space
+from augmentation import batched, batched_geometry, batched_native, ops, space
 from augmentation.batched import apply_candidate, apply_ops, apply_policy_batch
 from augmentation.policy import Policy
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.fixture(autouse=True, params=["native", "torch"])
+def executor(request):
+    """Run each test with the C kernels on (the default where they build) and off."""
+    batched_native.set_enabled(request.param == "native")
+    yield request.param
+    batched_native.set_enabled(True)
 
 
 def photo_like(n: int, h: int, w: int, seed: int) -> np.ndarray:

@@ -1,0 +1,269 @@
+"""Compiled CPU kernels for the batched path: one C pass per image, any op per image.
+
+On a CPU core the torch path (batched_color / batched_geometry) pays for every torch call:
+a 32x32 op costs 2-6 µs per image there, while the work itself is a few hundred nanoseconds.
+``batched_native.c`` does the same ops in one loop over the batch, each image with its own op
+and parameters, so a mixed batch needs no grouping, no gather of index tensors and no merge.
+
+* The parameters come from the same code as the torch executor's (geometry maps from
+  ``batched_geometry.source_index``, Solarize thresholds and Posterize masks from
+  ``batched_color``, the random draws of ``batched``), tabulated once per (op, level, sign)
+  in a ``CandidateTable``, so a call is a few numpy lookups and one C call; both executors give
+  the same pixels for the same generator (tests/augmentation/test_batched_native.py).
+* The ImageEnhance blend is evaluated as Blend.c does, in float32 without fused multiply-add.
+  Before a factor is used its whole 256 x 256 table is compared once with Pillow's own
+  ``Image.blend`` table (batched_lut); if they differ anywhere (a Pillow built with FMA, say),
+  that factor is looked up in Pillow's table instead, so the result is exact either way.
+* The library is compiled on first use with the system C compiler (``$CC``, else ``cc``) into
+  a cache folder (``$DEEPAA_CACHE``, else ``~/.cache/deepaa``), named by a hash of the source
+  and flags and written atomically, so concurrent processes share one build. Without a
+  compiler, or with ``DEEPAA_NATIVE=0``, ``available()`` is False and the torch path runs.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+from . import batched_color as colour
+from . import batched_lut as lut_ops
+from .batched_geometry import source_index
+from .ops import CROP_PAD
+from .space import FILL_GREY, OPS, level_to_value
+
+_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "batched_native.c")
+_FLAGS = ("-O3", "-ffp-contract=off", "-fno-fast-math", "-fPIC", "-shared")
+# Tuned for the CPU it is built on (AVX2 / AVX-512 make the blends about 3x faster); the
+# cache key then includes the CPU's feature flags so a shared cache never serves another CPU.
+_NATIVE_ARCH = "-march=native"
+
+
+# Op codes of batched_native.c, by op name.
+CODES = {
+    "Identity": 0, "ShearX": 1, "ShearY": 1, "TranslateX": 1, "TranslateY": 1, "Rotate": 1,
+    "AutoContrast": 2, "Invert": 3, "Equalize": 4, "Solarize": 5, "Posterize": 6,
+    "Contrast": 7, "Color": 8, "Brightness": 9, "Sharpness": 10, "RandFlip": 11,
+    "RandCutout": 12, "RandCutout60": 12, "RandCrop": 13,
+}
+_BLENDS = ("Contrast", "Color", "Brightness", "Sharpness")
+
+_state = {"enabled": os.environ.get("DEEPAA_NATIVE", "1") != "0"}
+
+
+def _cache_dir() -> str:
+    root = os.environ.get("DEEPAA_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
+        "deepaa")
+    os.makedirs(root, exist_ok=True)
+    return root
+
+
+def _cpu_fingerprint() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            return next((line for line in f if line.startswith(("flags", "Features"))), "")
+    except OSError:
+        return platform.processor()
+
+
+def build(compiler: str | None = None) -> str:
+    """Compile batched_native.c (if its build is not cached yet); return the library path.
+    Tries ``-march=native`` first and plain flags if that fails. Raises OSError /
+    subprocess.CalledProcessError when no build works."""
+    compiler = compiler or os.environ.get("CC") or "cc"
+    with open(_SOURCE, "rb") as f:
+        source = f.read()
+    setup = (_FLAGS, _NATIVE_ARCH, compiler, platform.machine(), sys.platform,
+             _cpu_fingerprint())
+    key = hashlib.sha256(source + repr(setup).encode()).hexdigest()[:16]
+    folder = _cache_dir()
+    target = os.path.join(folder, f"batched_native-{key}.so")
+    if os.path.exists(target):
+        return target
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=folder)
+    os.close(fd)
+    try:
+        for extra in ((_NATIVE_ARCH,), ()):
+            result = subprocess.run([compiler, *_FLAGS, *extra, _SOURCE, "-o", tmp],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            if result.returncode == 0:
+                break
+        result.check_returncode()
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+@lru_cache(maxsize=1)
+def _library():
+    """The loaded library, or None when it cannot be built."""
+    try:
+        lib = ctypes.CDLL(build())
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32
+    lib.dx_apply.argtypes = [p, p, i64, i64, i64, i64, p, p, p, p, p, p, p, i32]
+    lib.dx_apply.restype = ctypes.c_int
+    lib.dx_blend_table.argtypes = [ctypes.c_float, p]
+    lib.dx_blend_table.restype = None
+    return lib
+
+
+def set_enabled(flag: bool) -> None:
+    """Switch the compiled kernels on or off for this process (the torch path runs when off)."""
+    _state["enabled"] = bool(flag)
+
+
+def available() -> bool:
+    return _state["enabled"] and _library() is not None
+
+
+def usable(x: torch.Tensor, names) -> bool:
+    """True when the kernels can apply ops ``names`` to ``x`` (a CPU tensor)."""
+    return x.device.type == "cpu" and all(name in CODES for name in names) and available()
+
+
+@lru_cache(maxsize=256)
+def formula_matches(factor: float) -> bool:
+    """Whether the C blend equals Pillow's Image.blend for every pixel pair at ``factor``."""
+    mine = torch.empty(65536, dtype=torch.uint8)
+    _library().dx_blend_table(float(factor), mine.data_ptr())
+    return bool(torch.equal(mine, lut_ops._blend_table_cpu(float(factor))))
+
+
+# A map is copied as runs when its runs average at least this many pixels.
+_MIN_RUN = 8
+
+
+@lru_cache(maxsize=4096)
+def map_runs(name: str, value: float, width: int, height: int):
+    """source_index as runs: int32 (R, 3) rows (dst, src or -1 for black, length) of
+    consecutive output pixels read from consecutive source pixels, or None when the runs are
+    short (ShearY, Rotate), where a per-pixel gather is faster."""
+    m = source_index(name, value, width, height)
+    same = ((m[1:] == m[:-1] + 1) & (m[:-1] >= 0)) | ((m[1:] < 0) & (m[:-1] < 0))
+    starts = np.concatenate(([0], np.flatnonzero(~same) + 1))
+    if len(starts) * _MIN_RUN > m.size:
+        return None
+    lengths = np.diff(np.concatenate((starts, [m.size])))
+    src = np.where(m[starts] < 0, -1, m[starts])
+    return np.stack([starts, src, lengths], axis=1).astype(np.int32)
+
+
+class _MapBank:
+    """The affine maps of one candidate table, stacked once: int32 maps (M, H*W), their runs
+    (map_runs) concatenated, and per map id (run count, first run)."""
+
+    def __init__(self, width: int, height: int):
+        self.width, self.height = width, height
+        self.ids: dict = {}
+        maps, runs, info = [], [np.zeros((1, 3), dtype=np.int32)], []
+        self._parts = (maps, runs, info)
+
+    def lookup(self, name: str, value: float) -> tuple[int, int, int]:
+        """(map id, run count, first run) of op ``name`` at ``value``."""
+        key = (name, float(value))
+        if key not in self.ids:
+            maps, runs, info = self._parts
+            self.ids[key] = len(maps)
+            maps.append(source_index(name, float(value), self.width, self.height))
+            plan = map_runs(name, float(value), self.width, self.height)
+            first = sum(len(r) for r in runs)
+            info.append((0, first) if plan is None else (len(plan), first))
+            if plan is not None:
+                runs.append(plan)
+        return (self.ids[key],) + self._parts[2][self.ids[key]]
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        maps, runs, _ = self._parts
+        stacked = (np.stack(maps).astype(np.int32) if maps
+                   else np.zeros((1, self.width * self.height), dtype=np.int32))
+        return stacked, np.concatenate(runs).astype(np.int32)
+
+
+class CandidateTable:
+    """The C parameters of every (op, level, sign) of an op list at one image size, built once:
+    a call then looks its images' rows up with numpy instead of looping over ops in Python.
+    Row (op * l_mags + level) * 2 + negative; ops without a C kernel get code -1. Random ops
+    get their per-image draws afterwards (``fill_random``)."""
+
+    def __init__(self, names: tuple, l_mags: int, height: int, width: int):
+        rows = len(names) * l_mags * 2
+        self.l_mags = l_mags
+        self.code = np.full(rows, -1, dtype=np.int32)
+        self.ip = np.zeros((rows, 4), dtype=np.int32)
+        self.ip[:, 1] = -1
+        self.fp = np.zeros(rows, dtype=np.float32)
+        bank, tables = _MapBank(width, height), {}
+        for k, name in enumerate(names):
+            if name not in CODES:
+                continue
+            spec = OPS[name]
+            for level in range(l_mags):
+                value = level_to_value(name, level, l_mags) if spec.has_magnitude else 0.0
+                for negative in (0, 1):
+                    row = (k * l_mags + level) * 2 + negative
+                    v = -value if negative and spec.signed else value
+                    self.code[row] = CODES[name]
+                    if CODES[name] == 1:
+                        self.ip[row, 0], self.ip[row, 2], self.ip[row, 3] = bank.lookup(name, v)
+                    elif name == "Solarize":
+                        self.ip[row, 0] = int(colour.solarize_threshold(torch.tensor([v]))[0])
+                    elif name == "Posterize":
+                        self.ip[row, 0] = int(colour.posterize_mask(torch.tensor([v]))[0])
+                    elif name in _BLENDS:
+                        self.fp[row] = np.float32(v)
+                        if not formula_matches(v):
+                            self.ip[row, 1] = tables.setdefault(v, len(tables))
+        self.maps, self.runs = bank.arrays()
+        self.tables = np.zeros((max(1, len(tables)), 65536), dtype=np.uint8)
+        for f, k in tables.items():
+            self.tables[k] = lut_ops._blend_table_cpu(f).numpy()
+
+    def rows(self, op_ids: np.ndarray, levels: np.ndarray, negative: np.ndarray):
+        """(code, ip, fp) of every image: fresh arrays the caller may change."""
+        row = (op_ids * self.l_mags + levels) * 2 + negative
+        return self.code[row], self.ip[row], self.fp[row]
+
+    def run(self, x: torch.Tensor, code: np.ndarray, ip: np.ndarray, fp: np.ndarray):
+        """Apply the ops to ``x`` (uint8 N x C x H x W on the CPU) with one C call."""
+        x = x.contiguous()
+        n, c, h, w = x.shape
+        out = torch.empty_like(x)
+        if n == 0:
+            return out
+        fill = np.array(FILL_GREY[:c] + (0,) * max(0, c - len(FILL_GREY)), dtype=np.uint8)
+        arrays = (np.ascontiguousarray(code, dtype=np.int32),
+                  np.ascontiguousarray(ip, dtype=np.int32),
+                  np.ascontiguousarray(fp, dtype=np.float32),
+                  self.maps, self.runs, self.tables, fill)
+        status = _library().dx_apply(x.data_ptr(), out.data_ptr(), n, c, h, w,
+                                     *(a.ctypes.data for a in arrays), CROP_PAD)
+        if status:
+            raise RuntimeError(f"batched_native: no kernel for image {status - 1}")
+        return out
+
+
+@lru_cache(maxsize=64)
+def candidate_table(names: tuple, l_mags: int, height: int, width: int) -> CandidateTable:
+    return CandidateTable(names, l_mags, height, width)
+
+
+def fill_random(ip: np.ndarray, rows: np.ndarray, name: str, params) -> None:
+    """Write the draws of random op ``name`` (as ``batched`` makes them) into ``ip[rows]``:
+    RandFlip's flags, the cutout boxes (x0, y0, x1, y1), RandCrop's (top, left)."""
+    if name == "RandFlip":
+        ip[rows, 0] = params.to(torch.int32).numpy()
+    else:
+        for k, part in enumerate(params):
+            ip[rows, k] = part.cpu().to(torch.int32).numpy()

@@ -1,0 +1,122 @@
+"""The compiled CPU kernels (augmentation/batched_native.c) against the torch executor: the
+same pixels for every candidate, mixed batches and whole policies given the same generator,
+also when built without the CPU-specific instructions; and the fallbacks."""
+from __future__ import annotations
+
+import ctypes
+
+import numpy as np
+import pytest
+import torch
+
+from augmentation import batched, batched_native, space
+from augmentation.policy import Policy, load_policy
+
+from .test_batched import edge_cases, photo_like, to_tensor
+
+
+@pytest.fixture(scope="module")
+def images():
+    return to_tensor(np.concatenate([photo_like(27, 32, 32, seed=41), edge_cases(32, 32)]))
+
+
+def both(fn):
+    """fn() with the kernels on and off; the torch executor's result second."""
+    outs = []
+    for flag in (True, False):
+        batched_native.set_enabled(flag)
+        try:
+            outs.append(fn())
+        finally:
+            batched_native.set_enabled(True)
+    return outs
+
+
+def test_the_kernels_build_here():
+    # The development and CI machines have a C compiler: the fast path must be in use there.
+    assert batched_native.available()
+
+
+@pytest.mark.parametrize("mirror", [False, True])
+def test_every_candidate_equals_the_torch_executor(images, mirror):
+    for name, level in space.candidates("cifar", 13):
+        native, reference = both(lambda: batched.apply_candidate(
+            images, name, level, mirror=mirror, generator=torch.Generator().manual_seed(3)))
+        assert torch.equal(native, reference), (name, level)
+
+
+def test_mixed_batches_and_policies_equal_the_torch_executor(images):
+    rng = np.random.default_rng(5)
+    cands = space.candidates("cifar", 13)
+    picks = rng.integers(0, len(cands), 4 * len(images))
+    x = images.repeat(4, 1, 1, 1)
+    names, levels = [cands[k][0] for k in picks], [cands[k][1] for k in picks]
+    native, reference = both(lambda: batched.apply_ops(
+        x, names, levels, mirror=True, generator=torch.Generator().manual_seed(6)))
+    assert torch.equal(native, reference)
+    uniform = Policy(probs=np.full((6, len(cands)), 1 / len(cands)), candidates=cands,
+                     l_mags=13, space="cifar", meta={})
+    for policy in (uniform, load_policy("deepaa_cifar_1")):
+        native, reference = both(lambda: batched.apply_policy_batch(
+            policy, x, generator=torch.Generator().manual_seed(7)))
+        assert torch.equal(native, reference)
+        assert not torch.equal(native, x)
+
+
+def test_odd_sizes_and_views(images):
+    """Tiny and non-square images, and a non-contiguous input."""
+    for x in (to_tensor(photo_like(6, 2, 2, seed=1)), to_tensor(photo_like(6, 9, 11, seed=2)),
+              images[:, :, 3:30, 1:31], images.flip(0)):
+        for name, level in space.candidates("cifar", 5):
+            native, reference = both(lambda: batched.apply_candidate(
+                x, name, level, l_mags=5, mirror=True, generator=torch.Generator().manual_seed(8)))
+            assert torch.equal(native, reference), (tuple(x.shape), name, level)
+
+
+def test_a_build_without_cpu_specific_instructions_gives_the_same_pixels(images, monkeypatch,
+                                                                         tmp_path):
+    """The scalar fallbacks of the C file (no AVX-512 LUT, no -march=native) agree too."""
+    monkeypatch.setenv("DEEPAA_CACHE", str(tmp_path))
+    monkeypatch.setattr(batched_native, "_NATIVE_ARCH", "-O3")  # a harmless stand-in flag
+    plain = ctypes.CDLL(batched_native.build())
+    plain.dx_apply.argtypes = batched_native._library().dx_apply.argtypes
+    plain.dx_apply.restype = ctypes.c_int
+    fast = [batched.apply_candidate(images, n, lv, generator=torch.Generator().manual_seed(9))
+            for n, lv in space.candidates("cifar", 13)]
+    monkeypatch.setattr(batched_native, "_library", lambda: plain)
+    for (name, level), expected in zip(space.candidates("cifar", 13), fast):
+        got = batched.apply_candidate(images, name, level,
+                                      generator=torch.Generator().manual_seed(9))
+        assert torch.equal(got, expected), (name, level)
+
+
+def test_blend_formula_is_checked_against_pillow_and_tables_take_over(images, monkeypatch):
+    """A factor whose C formula differed from Pillow's Image.blend would be looked up in
+    Pillow's table instead: forcing that path gives the same pixels."""
+    assert batched_native.formula_matches(1.3)
+    expected = [batched.apply_candidate(images, name, 2) for name in
+                ("Contrast", "Color", "Brightness", "Sharpness")]
+    batched_native.candidate_table.cache_clear()
+    monkeypatch.setattr(batched_native, "formula_matches", lambda factor: False)
+    try:
+        table = batched_native.candidate_table(batched._OP_NAMES, 13, 32, 32)
+        assert (table.ip[:, 1] >= 0).sum() >= 4 * 12 * 2 and table.tables.shape[0] >= 12
+        for name, want in zip(("Contrast", "Color", "Brightness", "Sharpness"), expected):
+            assert torch.equal(batched.apply_candidate(images, name, 2), want), name
+    finally:
+        batched_native.candidate_table.cache_clear()
+
+
+def test_no_compiler_or_disabled_means_the_torch_path(monkeypatch, tmp_path, images):
+    monkeypatch.setenv("DEEPAA_CACHE", str(tmp_path))
+    with pytest.raises(Exception):
+        batched_native.build(compiler=str(tmp_path / "no-such-cc"))
+    assert list(tmp_path.iterdir()) == []  # nothing half-written is left
+    batched_native.set_enabled(False)
+    try:
+        assert not batched_native.usable(images, ("Invert",))
+        out = batched.apply_candidate(images, "Invert", 0)
+        assert torch.equal(out, 255 - images)
+    finally:
+        batched_native.set_enabled(True)
+    assert not batched_native.usable(images, ("RandResizeCrop",))  # no kernel: torch path
