@@ -59,11 +59,22 @@ _state = {"enabled": os.environ.get("DEEPAA_NATIVE", "1") != "0"}
 
 
 def _cache_dir() -> str:
+    """$DEEPAA_CACHE, else ~/.cache/deepaa (XDG), else a folder in the temp dir when the home
+    folder cannot be written."""
     root = os.environ.get("DEEPAA_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
         "deepaa")
-    os.makedirs(root, exist_ok=True)
-    return root
+    try:
+        os.makedirs(root, exist_ok=True)
+        if os.access(root, os.W_OK):
+            return root
+    except OSError:
+        if os.environ.get("DEEPAA_CACHE"):
+            raise
+    user = os.getuid() if hasattr(os, "getuid") else 0
+    fallback = os.path.join(tempfile.gettempdir(), f"deepaa-{user}")
+    os.makedirs(fallback, exist_ok=True)
+    return fallback
 
 
 def _cpu_fingerprint() -> str:

@@ -1,7 +1,8 @@
 """Images per second of the augmentation paths, measured side by side in one run.
 
 Pillow per image on one core (``augmentation.ops.apply_op``) against the batched tensor path
-(``augmentation.batched``) on the CPU and, when there is one, on the GPU; at 32x32 (CIFAR
+(``augmentation.batched``) on the CPU, with its compiled kernels (``cpu C``, when they build)
+and with its torch executor (``cpu torch``), and, when there is one, on the GPU; at 32x32 (CIFAR
 space) and 224x224 (ImageNet space); one candidate at a time (every candidate of the space in
 turn, as the search's dense augmentation does) and a full 6-layer policy (uniform over the
 candidates, the hardest mix, and the released CIFAR policy 1 when it can be loaded).
@@ -24,7 +25,7 @@ import torch  # before anything that might load TensorFlow
 import numpy as np
 from PIL import Image
 
-from augmentation import batched, ops, space
+from augmentation import batched, batched_native, ops, space
 from augmentation.policy import Policy, load_policy
 
 
@@ -146,13 +147,17 @@ def main(argv=None) -> int:
     CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
     torch.set_num_threads(args.threads)
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    # (column, device, compiled CPU kernels on): the C kernels and the torch executor on the
+    # CPU, the torch executor on the GPU.
+    columns = ([("cpu C", devices[0], True)] if batched_native.available() else []) + [
+        ("cpu torch", devices[0], False)] + [("cuda", d, False) for d in devices[1:]]
     print(f"torch {torch.__version__}, CPU threads {args.threads}, best of {args.repeats}, "
           f"{args.clock} clock, devices "
           f"{', '.join(str(d) for d in devices)}"
           + (f" ({torch.cuda.get_device_name()})" if len(devices) > 1 else ""))
     results = []
     header = f"{'size':>7} {'workload':<22} {'Pillow 1 core':>14}" + "".join(
-        f" {('batched ' + d.type):>14} {'ratio':>7}" for d in devices)
+        f" {('batched ' + label):>17} {'ratio':>7}" for label, _, _ in columns)
     print(header)
     for size, sp, n_batch, n_pil in ((32, "cifar", args.n32, args.pil32),
                                      (224, "imagenet", args.n224, args.pil224)):
@@ -177,18 +182,21 @@ def main(argv=None) -> int:
             pil_rate = pil_fn()
             row = {"size": size, "workload": label, "pillow": pil_rate}
             line = f"{size:>4}px  {label:<22} {pil_rate:>14.0f}"
-            for dev in devices:
+            for label, dev, compiled in columns:
                 n_dev = n_gpu if dev.type == "cuda" else n_batch
                 x = torch.from_numpy(arr[:n_dev]).permute(0, 3, 1, 2).contiguous().to(dev)
                 gen = torch.Generator(device=dev).manual_seed(0)
+                batched_native.set_enabled(compiled)
                 rate = batch_fn(x, gen)
-                row[f"batched_{dev.type}"] = rate
-                line += f" {rate:>14.0f} {rate / pil_rate:>6.1f}x"
+                batched_native.set_enabled(True)
+                row[f"batched_{label.replace(' ', '_')}"] = rate
+                line += f" {rate:>17.0f} {rate / pil_rate:>6.1f}x"
             print(line, flush=True)
             results.append(row)
         if args.per_op and size == 32:
             x = torch.from_numpy(arr[:n_batch]).permute(0, 3, 1, 2).contiguous()
-            print(f"  per op at 32x32 (CPU, batch {n_batch}): Pillow img/s, batched img/s, ratio")
+            print(f"  per op at 32x32 (CPU, batch {n_batch}): Pillow img/s, batched img/s "
+                  f"({'C kernels' if batched_native.available() else 'torch executor'}), ratio")
             for op, pil_rate, rate in per_op(pils, x, cands, 13, torch.Generator()):
                 print(f"    {op:<14} {pil_rate:>9.0f} {rate:>10.0f} {rate / pil_rate:>6.1f}x")
                 results.append({"size": 32, "workload": f"op {op}", "pillow": pil_rate,

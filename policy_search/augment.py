@@ -149,12 +149,19 @@ class TensorExecutor(Executor):
                 arr = block.permute(0, 2, 3, 1).numpy()
                 results.append(arr if crop else list(arr))
                 continue
-            outs = [self.batched.apply_candidate(block, *self.augmenter.candidates[f],
-                                                 l_mags=self.augmenter.l_mags, mirror=False,
-                                                 generator=gen) for f in finals]
-            dense = torch.stack(outs, dim=1).reshape(-1, *block.shape[1:])
-            results.append(dense.permute(0, 2, 3, 1).numpy())
+            results.append(self._dense(block, finals, gen).permute(0, 2, 3, 1).numpy())
         return results
+
+    def _dense(self, block, finals, gen):
+        """Every candidate of ``finals`` applied to every image of ``block``, in one call:
+        the block is repeated once per candidate (image-major, the order of the Pillow path)
+        and each copy gets its candidate, so the compiled kernels run them as one batch."""
+        n, k = block.shape[0], len(finals)
+        names = [self.augmenter.candidates[f][0] for f in finals] * n
+        levels = [self.augmenter.candidates[f][1] for f in finals] * n
+        copies = block.repeat_interleave(k, dim=0)
+        return self.batched.apply_ops(copies, names, levels, self.augmenter.l_mags,
+                                      mirror=False, generator=gen)
 
     def _apply_layer(self, x, seqs, layer, gen):
         """Op ``layer`` of every sequence long enough, applied to its image. When every

@@ -4,6 +4,7 @@ also when built without the CPU-specific instructions; and the fallbacks."""
 from __future__ import annotations
 
 import ctypes
+import os
 
 import numpy as np
 import pytest
@@ -120,3 +121,14 @@ def test_no_compiler_or_disabled_means_the_torch_path(monkeypatch, tmp_path, ima
     finally:
         batched_native.set_enabled(True)
     assert not batched_native.usable(images, ("RandResizeCrop",))  # no kernel: torch path
+
+
+def test_an_unwritable_cache_folder_falls_back_to_the_temp_dir(monkeypatch, tmp_path):
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    monkeypatch.delenv("DEEPAA_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocked))  # makedirs under a file fails
+    monkeypatch.setattr(batched_native.tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    path = batched_native.build()
+    assert path.startswith(str(tmp_path / "tmp")) and os.path.exists(path)
