@@ -159,7 +159,7 @@ def _check_values(cfg: dict) -> None:
 
     if not is_model_name(cfg["model"]["type"]):
         raise ConfigError(f"config key 'model.type': unknown model {cfg['model']['type']!r}; "
-                          "expected wresnet<depth>_<width> or resnet50")
+                          "expected wresnet<depth>_<width> with depth = 6n + 4 or resnet50")
 
 
 def parse_overrides(tokens: list[str]) -> dict:

@@ -23,32 +23,25 @@ build the common layout instead and document it in ``pretrained_imagenet/README.
 """
 from __future__ import annotations
 
-import re
-
 import keras
 from keras import layers
+
+from .names import is_search_model, search_wrn
 
 WRN_L2 = 2.5e-4
 RESNET50_L2 = 5e-5
 BN_MOMENTUM = 0.9
 MODEL_NAMES = "WRN_<depth>_<width> (depth = 6n + 4, e.g. WRN_40_2, WRN_28_10, WRN_10_1) or resnet50"
 
-_WRN_RE = re.compile(r"^WRN_(\d+)_(\d+)$")
 
 
 def parse_wrn_name(name: str) -> tuple[int, int] | None:
     """(depth, width) of a name like ``WRN_40_2``, or None when the name is not a valid WRN."""
-    match = _WRN_RE.match(name)
-    if not match:
-        return None
-    depth, width = int(match.group(1)), int(match.group(2))
-    if depth < 10 or (depth - 4) % 6 != 0 or width < 1:
-        return None
-    return depth, width
+    return search_wrn(name)
 
 
 def is_known_model(name: str) -> bool:
-    return name == "resnet50" or parse_wrn_name(name) is not None
+    return is_search_model(name)
 
 
 def _bn_relu(x, name):

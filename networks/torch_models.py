@@ -18,13 +18,12 @@ PyTorch's default initialisation of the final linear layer.
 """
 from __future__ import annotations
 
-import re
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-_WRN_NAME = re.compile(r"^wresnet(\d+)_(\d+)$")
+from .names import is_train_model, train_wrn
+
 
 
 class WideBlock(nn.Module):
@@ -79,19 +78,20 @@ class WideResNet(nn.Module):
 
 
 def is_model_name(name: str) -> bool:
-    return name == "resnet50" or _WRN_NAME.match(str(name)) is not None
+    return is_train_model(name)
 
 
 def get_model(name: str, num_classes: int, dropout: float = 0.0) -> nn.Module:
     """Build a model by its config name (``wresnet28_10``, ``wresnet40_2``, ``resnet50``, ...)."""
-    m = _WRN_NAME.match(str(name))
-    if m:
-        return WideResNet(int(m.group(1)), int(m.group(2)), num_classes, dropout)
+    wrn = train_wrn(name)
+    if wrn:
+        return WideResNet(*wrn, num_classes, dropout)
     if name == "resnet50":
         import torchvision
 
         return torchvision.models.resnet50(weights=None, num_classes=num_classes)
-    raise ValueError(f"unknown model {name!r}; expected wresnet<depth>_<width> or resnet50")
+    raise ValueError(f"unknown model {name!r}; expected wresnet<depth>_<width> with depth = "
+                     "6n + 4 (e.g. wresnet28_10) or resnet50")
 
 
 def batchnorm_parameters(model: nn.Module) -> list[torch.nn.Parameter]:

@@ -12,6 +12,8 @@ import os
 import re
 import sys
 
+from networks.names import is_search_model
+
 DATASET_HELP = "cifar10, cifar100, imagenet, npz:DIR or folder:DIR"
 
 # SPEC §0: the README's CIFAR command. `use_model` is filled in per dataset (below).
@@ -31,7 +33,6 @@ PRESETS = {"paper": PAPER, "fast": FAST, "cpu": CPU}
 PRESET_MODELS = {"paper": ("WRN_40_2", "resnet50"), "fast": ("WRN_40_2", "resnet50"),
                  "cpu": ("WRN_10_1", "resnet50")}
 
-_WRN_RE = re.compile(r"^WRN_(\d+)_(\d+)$")
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 
@@ -169,18 +170,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def is_known_model(name: str) -> bool:
-    """WRN_<d>_<k> with d = 6n + 4 (n >= 1) and k >= 1, or resnet50 (see networks.tf_models)."""
-    if name == "resnet50":
-        return True
-    m = _WRN_RE.match(name)
-    return bool(m) and int(m.group(1)) >= 10 and (int(m.group(1)) - 4) % 6 == 0 \
-        and int(m.group(2)) >= 1
-
-
 def validate(args) -> None:
     """Checks that need neither the data nor TensorFlow; raises UsageError."""
-    if not is_known_model(args.use_model):
+    if not is_search_model(args.use_model):
         raise UsageError("--use_model", f"unknown model {args.use_model!r}; expected "
                          "WRN_<depth>_<width> with depth = 6n + 4 (e.g. WRN_40_2) or resnet50")
     ds = args.dataset
