@@ -18,6 +18,8 @@ import copy
 
 import yaml
 
+from networks.names import is_train_model
+
 AUGS = ("DeepAA", "default", "randaugment", "trivialaugment", "none")
 SCHEDULES = ("cosine", "resnet", "constant")
 REQUIRED = object()  # marks a key without a default
@@ -155,9 +157,7 @@ def _check_values(cfg: dict) -> None:
     if cfg["aug_backend"] == "tensor" and cfg["cutout"] > 0:
         # The cutout comes after the policy, which then runs on the device: not supported.
         raise ConfigError("config key 'cutout' must be <= 0 with aug_backend 'tensor'")
-    from networks.torch_models import is_model_name
-
-    if not is_model_name(cfg["model"]["type"]):
+    if not is_train_model(cfg["model"]["type"]):
         raise ConfigError(f"config key 'model.type': unknown model {cfg['model']['type']!r}; "
                           "expected wresnet<depth>_<width> with depth = 6n + 4 or resnet50")
 
