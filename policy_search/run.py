@@ -12,10 +12,13 @@ what the uninterrupted run drew and ends with the same policy.
 """
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import logging
 import os
+import shutil
+import tempfile
 import time
 
 import numpy as np
@@ -147,7 +150,7 @@ def main(args) -> int:
         resume = load_checkpoint(ckpt_path)
         _check_resume(args, resume[4])
 
-    tf = _quiet_tensorflow()
+    _quiet_tensorflow()
     from policy_search import devices
 
     strategy = devices.make_strategy(args.cpu_replicas)
@@ -156,6 +159,33 @@ def main(args) -> int:
         raise UsageError("--train_same_labels", f"{args.train_same_labels} points cannot be "
                          f"split over {replicas} replicas")
 
+    if not devices.is_chief(strategy):
+        # Every worker runs the whole search in lockstep; only the chief's files are kept (the
+        # multi-worker convention of TensorFlow): the others write to a scratch folder that
+        # is removed when they finish.
+        scratch = tempfile.mkdtemp(prefix="deepaa-worker-")
+        try:
+            return _main_from_strategy(worker_args(args, scratch), prep, resume, strategy,
+                                       started)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+    return _main_from_strategy(args, prep, resume, strategy, started)
+
+
+def worker_args(args, scratch: str):
+    """``args`` for a non-chief worker: results and policy under ``scratch``."""
+    redirected = argparse.Namespace(**vars(args))
+    redirected.results_dir = scratch
+    redirected.out = os.path.join(scratch, os.path.basename(args.out))
+    return redirected
+
+
+def _main_from_strategy(args, prep, resume, strategy, started) -> int:
+    """main's work once the devices are known: pretraining (or weights), the search, output."""
+    tf = _quiet_tensorflow()
+    from policy_search import devices
+
+    replicas = devices.n_replicas(strategy)
     search_model = None
     known = resume[4]["weights"] if resume is not None else args.pretrained
     if known is not None and not args.pretrain_only:

@@ -74,6 +74,48 @@ def test_end_to_end_writes_a_policy_that_moved(run):
     assert not [p for p in out.iterdir() if ".tmp." in p.name]  # atomic writes left no temp
 
 
+def test_two_workers_write_one_set_of_outputs(run):
+    """MultiWorker (TF_CONFIG, two processes on loopback): both run the search, only the chief
+    (worker 0) writes the results folder and the policy; the other's scratch folder is gone."""
+    import socket
+
+    tmp, common = run
+    weights = str(tmp / "full" / "pretrained_WRN_10_1.weights.h5")
+    ports = []
+    for _ in range(2):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            ports.append(sock.getsockname()[1])
+    workers = [f"127.0.0.1:{p}" for p in ports]
+    scratch_root = tmp / "worker_tmp"
+    scratch_root.mkdir()
+    out = tmp / "workers"
+    procs = []
+    for index in range(2):
+        config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+        env = dict(os.environ, PYTHONPATH=str(ROOT), CUDA_VISIBLE_DEVICES="",
+                   TF_CPP_MIN_LOG_LEVEL="2", TF_CONFIG=json.dumps(config),
+                   TMPDIR=str(scratch_root))
+        procs.append(subprocess.Popen(
+            [sys.executable, str(ROOT / "DeepAA_search.py"), *common, "--pretrained", weights,
+             "--results_dir", str(out)], cwd=tmp, env=env, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE))
+    try:
+        for proc in procs:
+            _, err = proc.communicate(timeout=300)
+            assert proc.returncode == 0, err.decode()[-3000:]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    policy = load_policy(out / "policy.yaml")
+    assert policy.n_layers == 2
+    log = (out / "search.log").read_text()
+    assert log.count("DeepAA search:") == 1  # one writer
+    assert "2 replica(s)" in log
+    assert not any(p.name.startswith("deepaa-worker-") for p in scratch_root.iterdir())
+
+
 def test_stop_and_resume_gives_the_same_policy(run):
     tmp, common = run
     weights = str(tmp / "full" / "pretrained_WRN_10_1.weights.h5")
