@@ -101,6 +101,36 @@ def run_steps(strategy, chunk_size=3):
             "logits": policy.get_state()["logits"]}
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_workers(commands, env, timeout=300):
+    """Run one process per command as MultiWorker workers 0..n-1 on loopback ports (TF_CONFIG
+    added to ``env``) and wait for all; fails with a worker's stderr if one exits non-zero."""
+    import json
+    import subprocess
+
+    workers = [f"127.0.0.1:{free_port()}" for _ in commands]
+    procs = []
+    for index, command in enumerate(commands):
+        config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+        procs.append(subprocess.Popen(command, env=dict(env, TF_CONFIG=json.dumps(config)),
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+    try:
+        for proc in procs:
+            _, err = proc.communicate(timeout=timeout)
+            assert proc.returncode == 0, err.decode()[-3000:]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser()
     parser.add_argument("out")

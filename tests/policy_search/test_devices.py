@@ -1,7 +1,5 @@
 """Strategies: two CPU replicas and two local workers give the one-replica importances."""
-import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -69,29 +67,10 @@ def test_two_cpu_replicas_match_one(tmp_path, one_replica):
     assert_same(result, one_replica)
 
 
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_two_workers_match_one_process(tmp_path, one_replica):
-    workers = [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]
-    procs = []
-    for index in range(2):
-        config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
-        procs.append(subprocess.Popen(
-            [sys.executable, str(HELPER), str(tmp_path / f"worker{index}.npz")],
-            env=child_env(TF_CONFIG=json.dumps(config)),
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
-    try:
-        for proc in procs:
-            _, err = proc.communicate(timeout=120)
-            assert proc.returncode == 0, err.decode()[-2000:]
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
+    policy_search_helper.run_workers(
+        [[sys.executable, str(HELPER), str(tmp_path / f"worker{index}.npz")] for index in range(2)],
+        child_env(), timeout=120)
     for index in range(2):
         result = np.load(tmp_path / f"worker{index}.npz")
         assert int(result["replicas"]) == 2

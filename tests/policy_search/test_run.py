@@ -77,37 +77,19 @@ def test_end_to_end_writes_a_policy_that_moved(run):
 def test_two_workers_write_one_set_of_outputs(run):
     """MultiWorker (TF_CONFIG, two processes on loopback): both run the search, only the chief
     (worker 0) writes the results folder and the policy; the other's scratch folder is gone."""
-    import socket
+    sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helper, in any import mode
+    import policy_search_helper
 
     tmp, common = run
     weights = str(tmp / "full" / "pretrained_WRN_10_1.weights.h5")
-    ports = []
-    for _ in range(2):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            ports.append(sock.getsockname()[1])
-    workers = [f"127.0.0.1:{p}" for p in ports]
     scratch_root = tmp / "worker_tmp"
     scratch_root.mkdir()
     out = tmp / "workers"
-    procs = []
-    for index in range(2):
-        config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
-        env = dict(os.environ, PYTHONPATH=str(ROOT), CUDA_VISIBLE_DEVICES="",
-                   TF_CPP_MIN_LOG_LEVEL="2", TF_CONFIG=json.dumps(config),
-                   TMPDIR=str(scratch_root))
-        procs.append(subprocess.Popen(
-            [sys.executable, str(ROOT / "DeepAA_search.py"), *common, "--pretrained", weights,
-             "--results_dir", str(out)], cwd=tmp, env=env, stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE))
-    try:
-        for proc in procs:
-            _, err = proc.communicate(timeout=300)
-            assert proc.returncode == 0, err.decode()[-3000:]
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
+    command = [sys.executable, str(ROOT / "DeepAA_search.py"), *common, "--pretrained", weights,
+               "--results_dir", str(out)]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), CUDA_VISIBLE_DEVICES="",
+               TF_CPP_MIN_LOG_LEVEL="2", TMPDIR=str(scratch_root))
+    policy_search_helper.run_workers([command, command], env)
     policy = load_policy(out / "policy.yaml")
     assert policy.n_layers == 2
     log = (out / "search.log").read_text()
