@@ -67,8 +67,10 @@ SCHEMA = {
     "compile": ((bool,), False, None),
 }
 
-# Keys that may differ between a checkpoint's config and the resuming run's.
-RESUME_FREE_KEYS = ("early_finish_epoch", "num_workers", "test_interval", "save_model", "compile")
+# Keys that may differ between a checkpoint's config and the resuming run's: they change how
+# the run is executed (workers, memory layout, compilation), not what it computes.
+RESUME_FREE_KEYS = ("early_finish_epoch", "num_workers", "test_interval", "save_model", "compile",
+                    "channels_last")
 
 
 class ConfigError(ValueError):

@@ -67,6 +67,18 @@ def test_resume_equals_uninterrupted_run(tiny):
     assert [h["train"]["loss"] for h in a["history"]] == [h["train"]["loss"] for h in b["history"]]
 
 
+def test_resume_may_change_the_memory_layout(tiny):
+    """channels_last changes how a run executes, not what it computes: a run started without it
+    resumes with it (and the resumed epoch happens in NHWC)."""
+    path, work = tiny
+    part = work / "layout.pth"
+    small = ["--train_size", "12"]
+    main(["-c", str(path), "--save", str(part), "--early_finish_epoch", "1"] + small)
+    res = main(["-c", str(path), "--save", str(part), "--resume", "--channels_last", "true"]
+               + small)
+    assert len(res["history"]) == 2 and res["config"]["channels_last"] is True
+
+
 @pytest.mark.parametrize("aug", ["default", "trivialaugment", "none"])
 def test_baselines_run_in_the_same_trainer(tiny, aug):
     path, work = tiny
