@@ -185,8 +185,8 @@ def _native(x, op_ids, levels, u, l_mags, mirror, generator) -> torch.Tensor:
     code, ip, fp = table.rows(op_ids.numpy(), levels.numpy(), negative.numpy())
     if u is not None:
         for name in ("RandFlip", "RandCrop", *CUTOUT_SIDE):
-            rows = (op_ids == _OP_ID[name]).nonzero().view(-1) if name in _OP_ID else None
-            if rows is not None and rows.numel():
+            rows = (op_ids == _OP_ID[name]).nonzero().view(-1)
+            if rows.numel():
                 shape = (rows.numel(),) + tuple(x.shape[1:])
                 native.fill_random(ip, rows.numpy(), name,
                                    _params(name, None, u[rows], shape, mirror, generator))

@@ -295,8 +295,7 @@ def _search(args, tf, model, strategy, prep, executor, weights, resume, started)
         log.debug("checkpoint at layer %d step %d", layer + 1, step)
 
     done_here = 0
-    layer, step = layer0, step0
-    before_step = None  # the policy state before the step in flight (for Ctrl-C)
+    in_flight = None  # (layer, step, policy state before its update) while a step runs
     try:
         for layer in range(layer0, args.n_policies):
             first = step0 if layer == layer0 else 0
@@ -309,11 +308,12 @@ def _search(args, tf, model, strategy, prep, executor, weights, resume, started)
                     t0 = time.time()
                     batch = builder.finish(prefetch.get(step), layer, step, logits.probs(layer))
                     t1 = time.time()
-                    before_step = logits.get_state()
+                    in_flight = (layer, step, logits.get_state())
                     out = (searcher.stage1_step(batch) if layer == 0
                            else searcher.stagek_step(layer, batch))
                     t2 = time.time()
                     traces[layer].append(float(out["cos_sim"]))
+                    in_flight = None
                     ent = _entropy(logits.probs(layer))
                     with writer.as_default():
                         gstep = layer * args.search_bno + step
@@ -339,13 +339,15 @@ def _search(args, tf, model, strategy, prep, executor, weights, resume, started)
                      _entropy(logits.probs(layer)),
                      traces[layer][-1] if traces[layer] else float("nan"))
     except KeyboardInterrupt:
-        # The interrupted step completed if its trace entry exists; if not, its Adam update may
-        # already be in the logits, so they go back to their state before the step, which a
-        # resume then repeats exactly once.
-        done = len(traces[layer]) if layer < args.n_policies else 0
-        if layer < args.n_policies and done == step and before_step is not None:
-            logits.set_state(before_step)
-        checkpoint(layer, done)
+        # A step cut short may already have applied its Adam update: the logits go back to
+        # their state before it, and the checkpoint points at it, so a resume repeats it
+        # exactly once. Between steps, the position is what the traces say is done.
+        if in_flight is not None:
+            layer, step, state = in_flight
+            logits.set_state(state)
+            checkpoint(layer, step)
+        else:
+            checkpoint(*_position(traces, args.search_bno))
         log.info("interrupted: checkpoint written; continue with --resume")
         return 130
     writer.flush()
@@ -353,6 +355,15 @@ def _search(args, tf, model, strategy, prep, executor, weights, resume, started)
     _write_policy(args, prep, logits, traces, weights, elapsed0 + time.time() - run_start,
                   started)
     return 0
+
+
+def _position(traces, steps_per_layer: int) -> tuple[int, int]:
+    """(layer, step) of the first step not done, from the cosine traces; (layers, 0) when all
+    are done."""
+    for layer, trace in enumerate(traces):
+        if len(trace) < steps_per_layer:
+            return layer, len(trace)
+    return len(traces), 0
 
 
 def _write_policy(args, prep, logits, traces, weights, search_s, started):

@@ -112,3 +112,70 @@ def test_stop_and_resume_gives_the_same_policy(run):
     resumed = load_policy(part / "policy.yaml")
     np.testing.assert_allclose(resumed.probs, full.probs, rtol=0, atol=1e-9)
     assert resumed.meta["cos_sim_trace"] == full.meta["cos_sim_trace"]
+
+
+@pytest.fixture(scope="module")
+def longer(run):
+    """An uninterrupted search of 2 layers x 12 steps from the module run's weights."""
+    tmp, common = run
+    weights = str(tmp / "full" / "pretrained_WRN_10_1.weights.h5")
+    flags = [a if common[i - 1] != "--search_bno" else "12" for i, a in enumerate(common)]
+    flags += ["--pretrained", weights]
+    _search(flags + ["--results_dir", str(tmp / "ref12")], tmp)
+    return tmp, flags, load_policy(tmp / "ref12" / "policy.yaml")
+
+
+def _assert_same_policy(a, b):
+    np.testing.assert_allclose(a.probs, b.probs, rtol=0, atol=1e-9)
+    assert a.meta["cos_sim_trace"] == b.meta["cos_sim_trace"]
+
+
+@pytest.mark.parametrize("where", ["between", "inside"])
+def test_interrupt_then_resume_gives_the_uninterrupted_policy(longer, where):
+    """A Ctrl-C between two steps, or inside a step after its update: the checkpoint points at
+    the first step not completed, with the policy as it was before that step."""
+    tmp, flags, full = longer
+    out = tmp / f"cut_{where}"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), CUDA_VISIBLE_DEVICES="",
+               TF_CPP_MIN_LOG_LEVEL="2")
+    res = subprocess.run([sys.executable, str(Path(__file__).parent / "interrupt_search.py"),
+                          where, "15", *flags, "--results_dir", str(out),
+                          "--checkpoint_every", "100"],
+                         cwd=tmp, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 130, res.stderr[-2000:]
+    assert "resumed" not in (out / "search.log").read_text()
+    _search(flags + ["--results_dir", str(out), "--resume"], tmp)
+    assert "resumed at layer 2, step 2" in (out / "search.log").read_text()  # 12 + 3rd
+    _assert_same_policy(load_policy(out / "policy.yaml"), full)
+
+
+def test_ctrl_c_signal_mid_search_then_resume(longer):
+    """A real SIGINT at some moment of layer 2: exit 130 with a checkpoint; --resume ends with
+    the uninterrupted run's policy."""
+    import signal
+    import time
+
+    tmp, flags, full = longer
+    cut = tmp / "cut_signal"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), CUDA_VISIBLE_DEVICES="",
+               TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.Popen([sys.executable, str(ROOT / "DeepAA_search.py"), *flags,
+                             "--results_dir", str(cut), "--debug", "--checkpoint_every", "100"],
+                            cwd=tmp, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 240
+        log = cut / "search.log"
+        while time.time() < deadline:  # wait until layer 2 is under way
+            if log.exists() and "layer 2 step 2:" in log.read_text():
+                break
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err.decode()[-2000:]
+    assert (cut / "checkpoint.npz").is_file() and not (cut / "policy.yaml").exists()
+    _search(flags + ["--results_dir", str(cut), "--resume"], tmp)
+    _assert_same_policy(load_policy(cut / "policy.yaml"), full)
