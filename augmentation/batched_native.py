@@ -171,37 +171,6 @@ def map_runs(name: str, value: float, width: int, height: int):
     return np.stack([starts, src, lengths], axis=1).astype(np.int32)
 
 
-class _MapBank:
-    """The affine maps of one candidate table, stacked once: int32 maps (M, H*W), their runs
-    (map_runs) concatenated, and per map id (run count, first run)."""
-
-    def __init__(self, width: int, height: int):
-        self.width, self.height = width, height
-        self.ids: dict = {}
-        maps, runs, info = [], [np.zeros((1, 3), dtype=np.int32)], []
-        self._parts = (maps, runs, info)
-
-    def lookup(self, name: str, value: float) -> tuple[int, int, int]:
-        """(map id, run count, first run) of op ``name`` at ``value``."""
-        key = (name, float(value))
-        if key not in self.ids:
-            maps, runs, info = self._parts
-            self.ids[key] = len(maps)
-            maps.append(source_index(name, float(value), self.width, self.height))
-            plan = map_runs(name, float(value), self.width, self.height)
-            first = sum(len(r) for r in runs)
-            info.append((0, first) if plan is None else (len(plan), first))
-            if plan is not None:
-                runs.append(plan)
-        return (self.ids[key],) + self._parts[2][self.ids[key]]
-
-    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        maps, runs, _ = self._parts
-        stacked = (np.stack(maps).astype(np.int32) if maps
-                   else np.zeros((1, self.width * self.height), dtype=np.int32))
-        return stacked, np.concatenate(runs).astype(np.int32)
-
-
 class CandidateTable:
     """The C parameters of every (op, level, sign) of an op list at one image size, built once:
     a call then looks its images' rows up with numpy instead of looping over ops in Python.
@@ -215,7 +184,7 @@ class CandidateTable:
         self.ip = np.zeros((rows, 4), dtype=np.int32)
         self.ip[:, 1] = -1
         self.fp = np.zeros(rows, dtype=np.float32)
-        bank, tables = _MapBank(width, height), {}
+        affine, tables = {}, {}  # (op, value) -> its rows; factor -> table id
         for k, name in enumerate(names):
             if name not in CODES:
                 continue
@@ -227,7 +196,7 @@ class CandidateTable:
                     v = -value if negative and spec.signed else value
                     self.code[row] = CODES[name]
                     if CODES[name] == 1:
-                        self.ip[row, 0], self.ip[row, 2], self.ip[row, 3] = bank.lookup(name, v)
+                        affine.setdefault((name, float(v)), []).append(row)
                     elif name == "Solarize":
                         self.ip[row, 0] = int(colour.solarize_threshold(torch.tensor([v]))[0])
                     elif name == "Posterize":
@@ -236,10 +205,26 @@ class CandidateTable:
                         self.fp[row] = np.float32(v)
                         if not formula_matches(v):
                             self.ip[row, 1] = tables.setdefault(v, len(tables))
-        self.maps, self.runs = bank.arrays()
+        self._stack_maps(affine, width, height)
         self.tables = np.zeros((max(1, len(tables)), 65536), dtype=np.uint8)
         for f, k in tables.items():
             self.tables[k] = lut_ops._blend_table_cpu(f).numpy()
+
+    def _stack_maps(self, affine: dict, width: int, height: int) -> None:
+        """One source map per affine (op, value) in ``self.maps`` (int32 (M, H*W)), their
+        runs (map_runs) in ``self.runs``; each row gets (map id, run count, first run)."""
+        maps, runs, first = [], [np.zeros((1, 3), dtype=np.int32)], 1
+        for k, ((name, value), rows) in enumerate(affine.items()):
+            maps.append(source_index(name, value, width, height))
+            plan = map_runs(name, value, width, height)
+            self.ip[rows, 0] = k
+            if plan is not None:
+                self.ip[rows, 2], self.ip[rows, 3] = len(plan), first
+                runs.append(plan)
+                first += len(plan)
+        self.maps = (np.stack(maps).astype(np.int32) if maps
+                     else np.zeros((1, width * height), dtype=np.int32))
+        self.runs = np.concatenate(runs).astype(np.int32)
 
     def rows(self, op_ids: np.ndarray, levels: np.ndarray, negative: np.ndarray):
         """(code, ip, fp) of every image: fresh arrays the caller may change."""
@@ -253,7 +238,7 @@ class CandidateTable:
         out = torch.empty_like(x)
         if n == 0:
             return out
-        fill = np.array(FILL_GREY[:c] + (0,) * max(0, c - len(FILL_GREY)), dtype=np.uint8)
+        fill = np.array(FILL_GREY, dtype=np.uint8)  # one grey per band of the RGB images
         arrays = (np.ascontiguousarray(code, dtype=np.int32),
                   np.ascontiguousarray(ip, dtype=np.int32),
                   np.ascontiguousarray(fp, dtype=np.float32),
