@@ -21,7 +21,8 @@ _draw_uniforms), so they give the same pixels:
 
 * on CPU tensors, the compiled kernels of ``batched_native`` (C, built on first use): one
   pass over the batch, each image with its own op, no grouping; about 30x Pillow at 32x32 on
-  one core (benchmarks/README.md). RandResizeCrop, and any CPU without a C compiler, use:
+  one core (benchmarks/README.md); results come back NCHW-contiguous whatever the input's
+  memory format. RandResizeCrop, and any CPU without a C compiler, use:
 * the torch executor (any device): cached source maps (block copies or one gather) for the
   geometry, cached lookup tables (batched_lut) for the colour ops; a mixed batch is grouped by
   one sort, and the affine ops, like the point ops, that meet in one call run as one pass.
@@ -179,6 +180,7 @@ def _native(x, op_ids, levels, u, l_mags, mirror, generator) -> torch.Tensor:
     """All images of ``x`` through the C kernels (batched_native) in one call: the per-image
     parameters are rows of a cached candidate table, plus the random ops' draws."""
     table = native.candidate_table(_OP_NAMES, l_mags, *x.shape[2:])
+    table.ensure(torch.unique(op_ids).tolist())
     negative = torch.zeros_like(op_ids)
     if mirror and u is not None:
         negative = (_SIGNED[op_ids] & (u[:, 0] < 0.5)).long()
@@ -355,7 +357,7 @@ def apply_policy_batch(policy, x, mirror: bool = True,
             u = _draw_uniforms(n, names, mirror, generator)
             x = _native(x, ops_all[picked], levels_all[picked], u, policy.l_mags, mirror,
                         generator)
-        return x
+        return geometry.center_crop(x, IMAGENET_SIZE) if policy.space == "imagenet" else x
     groups = {tuple(x.shape[2:]): (torch.arange(n), x)}
     for layer in range(choice.shape[1]):
         u = _draw_uniforms(n, names, mirror, generator)

@@ -184,7 +184,10 @@ static void padded_crop(const uint8_t *in, uint8_t *out, int64_t h, int64_t w, i
             continue;
         }
         int64_t c0 = left - pad; /* source column of output column 0 */
-        int64_t lo = c0 < 0 ? -c0 : 0, hi = c0 + w > w ? w - c0 : w;
+        /* output columns lo..hi-1 read the source; lo and hi clipped to 0..w (tiny images) */
+        int64_t lo = c0 < 0 ? -c0 : 0, hi = c0 > 0 ? w - c0 : w;
+        lo = lo > w ? w : lo;
+        hi = hi < lo ? lo : hi;
         if (lo > 0) memset(o, grey, (size_t)lo);
         if (hi > lo) memcpy(o + lo, in + sr * w + c0 + lo, (size_t)(hi - lo));
         if (hi < w) memset(o + hi, grey, (size_t)(w - hi));
@@ -194,7 +197,8 @@ static void padded_crop(const uint8_t *in, uint8_t *out, int64_t h, int64_t w, i
 /* Apply op[i] with parameters ip[4 i .. 4 i + 3], fp[i] to image i. maps: int32 (M, H*W)
  * source indices (-1 = black), or for images with ip2 > 0 the ip2 runs from run ip3 of
  * `runs` (int32 triples dst, src or -1, length); tables: uint8 (K, 65536) blend tables indexed x * 256 + d;
- * fill: grey per band; pad: RandCrop's padding. Returns 0, or 1 + i for an unknown op. */
+ * fill: grey per band; pad: RandCrop's padding. Returns 0, 1 + i for an unknown op at image i,
+ * or -1 when out of memory. */
 int dx_apply(const uint8_t *x, uint8_t *out, int64_t n, int64_t c, int64_t h, int64_t w,
              const int32_t *op, const int32_t *ip, const float *fp, const int32_t *maps,
              const int32_t *runs, const uint8_t *tables, const uint8_t *fill, int32_t pad) {
@@ -207,7 +211,10 @@ int dx_apply(const uint8_t *x, uint8_t *out, int64_t n, int64_t c, int64_t h, in
         uint8_t *dst = out + i * size;
         const int32_t *q = ip + 4 * i;
         const float a = fp[i];
-        const uint8_t *table = q[1] >= 0 ? tables + (int64_t)q[1] * 65536 : NULL;
+        /* the blend ops' table (ip1 >= 0) when the float formula is not Pillow's; others
+         * use ip1 for their own parameters */
+        const uint8_t *table = op[i] >= OP_CONTRAST && op[i] <= OP_SHARPNESS && q[1] >= 0
+                                   ? tables + (int64_t)q[1] * 65536 : NULL;
         switch (op[i]) {
         case OP_COPY:
             memcpy(dst, img, (size_t)size);

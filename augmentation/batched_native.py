@@ -28,6 +28,7 @@ import platform
 import subprocess
 import sys
 import tempfile
+import threading
 from functools import lru_cache
 
 import numpy as np
@@ -59,21 +60,26 @@ _state = {"enabled": os.environ.get("DEEPAA_NATIVE", "1") != "0"}
 
 
 def _cache_dir() -> str:
-    """$DEEPAA_CACHE, else ~/.cache/deepaa (XDG), else a folder in the temp dir when the home
-    folder cannot be written."""
-    root = os.environ.get("DEEPAA_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
-        "deepaa")
+    """$DEEPAA_CACHE if set; else ~/.cache/deepaa (XDG); else, when the home folder cannot be
+    written, a private folder in the temp dir (created 0700, and used only when this user owns
+    it and nobody else can write it: a library is loaded from here)."""
+    if os.environ.get("DEEPAA_CACHE"):
+        os.makedirs(os.environ["DEEPAA_CACHE"], exist_ok=True)
+        return os.environ["DEEPAA_CACHE"]
+    root = os.path.join(os.environ.get("XDG_CACHE_HOME")
+                        or os.path.join(os.path.expanduser("~"), ".cache"), "deepaa")
     try:
         os.makedirs(root, exist_ok=True)
         if os.access(root, os.W_OK):
             return root
     except OSError:
-        if os.environ.get("DEEPAA_CACHE"):
-            raise
+        pass
     user = os.getuid() if hasattr(os, "getuid") else 0
     fallback = os.path.join(tempfile.gettempdir(), f"deepaa-{user}")
-    os.makedirs(fallback, exist_ok=True)
+    os.makedirs(fallback, mode=0o700, exist_ok=True)
+    info = os.stat(fallback)
+    if hasattr(os, "getuid") and (info.st_uid != user or info.st_mode & 0o022):
+        raise OSError(f"{fallback} is not a private folder of this user")
     return fallback
 
 
@@ -92,7 +98,8 @@ def build(compiler: str | None = None) -> str:
     compiler = compiler or os.environ.get("CC") or "cc"
     with open(_SOURCE, "rb") as f:
         source = f.read()
-    setup = (_FLAGS, _NATIVE_ARCH, compiler, platform.machine(), sys.platform,
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
+    setup = (_FLAGS, _NATIVE_ARCH, compiler, version, platform.machine(), sys.platform,
              _cpu_fingerprint())
     key = hashlib.sha256(source + repr(setup).encode()).hexdigest()[:16]
     folder = _cache_dir()
@@ -140,8 +147,11 @@ def available() -> bool:
 
 
 def usable(x: torch.Tensor, names) -> bool:
-    """True when the kernels can apply ops ``names`` to ``x`` (a CPU tensor)."""
-    return x.device.type == "cpu" and all(name in CODES for name in names) and available()
+    """True when the kernels can apply ops ``names`` to ``x``: a CPU tensor of non-empty
+    images whose pixel indices fit the kernels' int32 maps."""
+    h, w = x.shape[2:]
+    return (x.device.type == "cpu" and 0 < h * w < 2 ** 31
+            and all(name in CODES for name in names) and available())
 
 
 @lru_cache(maxsize=256)
@@ -172,59 +182,75 @@ def map_runs(name: str, value: float, width: int, height: int):
 
 
 class CandidateTable:
-    """The C parameters of every (op, level, sign) of an op list at one image size, built once:
-    a call then looks its images' rows up with numpy instead of looping over ops in Python.
-    Row (op * l_mags + level) * 2 + negative; ops without a C kernel get code -1. Random ops
-    get their per-image draws afterwards (``fill_random``)."""
+    """The C parameters of every (op, level, sign) of an op list at one image size: a call
+    looks its images' rows up with numpy instead of looping over ops in Python. Row
+    (op * l_mags + level) * 2 + negative. An op's rows are filled the first time a call uses
+    it (``ensure``), so a size that meets few ops builds few source maps; rows of ops without
+    a C kernel keep code -1. Random ops get their per-image draws afterwards (``fill_random``).
+    Filled rows never change and the stacked arrays only grow, so calls in several threads
+    see consistent tables."""
 
     def __init__(self, names: tuple, l_mags: int, height: int, width: int):
         rows = len(names) * l_mags * 2
-        self.l_mags = l_mags
+        self.names, self.l_mags, self.height, self.width = names, l_mags, height, width
         self.code = np.full(rows, -1, dtype=np.int32)
         self.ip = np.zeros((rows, 4), dtype=np.int32)
         self.ip[:, 1] = -1
         self.fp = np.zeros(rows, dtype=np.float32)
-        affine, tables = {}, {}  # (op, value) -> its rows; factor -> table id
-        for k, name in enumerate(names):
-            if name not in CODES:
-                continue
-            spec = OPS[name]
-            for level in range(l_mags):
-                value = level_to_value(name, level, l_mags) if spec.has_magnitude else 0.0
-                for negative in (0, 1):
-                    row = (k * l_mags + level) * 2 + negative
-                    v = -value if negative and spec.signed else value
-                    self.code[row] = CODES[name]
-                    if CODES[name] == 1:
-                        affine.setdefault((name, float(v)), []).append(row)
-                    elif name == "Solarize":
-                        self.ip[row, 0] = int(colour.solarize_threshold(torch.tensor([v]))[0])
-                    elif name == "Posterize":
-                        self.ip[row, 0] = int(colour.posterize_mask(torch.tensor([v]))[0])
-                    elif name in _BLENDS:
-                        self.fp[row] = np.float32(v)
-                        if not formula_matches(v):
-                            self.ip[row, 1] = tables.setdefault(v, len(tables))
-        self._stack_maps(affine, width, height)
-        self.tables = np.zeros((max(1, len(tables)), 65536), dtype=np.uint8)
-        for f, k in tables.items():
-            self.tables[k] = lut_ops._blend_table_cpu(f).numpy()
+        self.built: set = set()
+        self._maps, self._runs, self._first = [], [np.zeros((1, 3), dtype=np.int32)], 1
+        self._tables: dict = {}  # blend factor -> table id, for factors the formula misses
+        self.maps = np.zeros((1, height * width), dtype=np.int32)
+        self.runs = self._runs[0]
+        self.tables = np.zeros((1, 65536), dtype=np.uint8)
+        self._lock = threading.Lock()
 
-    def _stack_maps(self, affine: dict, width: int, height: int) -> None:
-        """One source map per affine (op, value) in ``self.maps`` (int32 (M, H*W)), their
-        runs (map_runs) in ``self.runs``; each row gets (map id, run count, first run)."""
-        maps, runs, first = [], [np.zeros((1, 3), dtype=np.int32)], 1
-        for k, ((name, value), rows) in enumerate(affine.items()):
-            maps.append(source_index(name, value, width, height))
-            plan = map_runs(name, value, width, height)
-            self.ip[rows, 0] = k
-            if plan is not None:
-                self.ip[rows, 2], self.ip[rows, 3] = len(plan), first
-                runs.append(plan)
-                first += len(plan)
-        self.maps = (np.stack(maps).astype(np.int32) if maps
-                     else np.zeros((1, width * height), dtype=np.int32))
-        self.runs = np.concatenate(runs).astype(np.int32)
+    def ensure(self, op_indices) -> None:
+        """Fill the rows of the ops ``op_indices`` (indices into ``names``) not filled yet."""
+        if all(k in self.built for k in op_indices):
+            return
+        with self._lock:
+            for k in op_indices:
+                if k not in self.built:
+                    self._fill(k)
+                    self.built.add(k)
+            if self._maps:
+                self.maps = np.stack(self._maps)
+            self.runs = np.concatenate(self._runs)
+            if self._tables:
+                self.tables = np.stack([lut_ops._blend_table_cpu(f).numpy()
+                                        for f in self._tables])
+
+    def _fill(self, k: int) -> None:
+        name = self.names[k]
+        if name not in CODES:
+            return
+        spec = OPS[name]
+        for level in range(self.l_mags):
+            value = level_to_value(name, level, self.l_mags) if spec.has_magnitude else 0.0
+            for negative in (0, 1):
+                row = (k * self.l_mags + level) * 2 + negative
+                v = -value if negative and spec.signed else value
+                self.code[row] = CODES[name]
+                if CODES[name] == 1:
+                    self._add_map(row, name, v)
+                elif name in ("Solarize", "Posterize"):
+                    rule = colour.solarize_threshold if name == "Solarize" else colour.posterize_mask
+                    self.ip[row, 0] = int(rule(torch.tensor([v], dtype=torch.float64))[0])
+                elif name in _BLENDS:
+                    self.fp[row] = np.float32(v)
+                    if not formula_matches(v):
+                        self.ip[row, 1] = self._tables.setdefault(float(v), len(self._tables))
+
+    def _add_map(self, row: int, name: str, value: float) -> None:
+        """Row ``row`` gets a new source map (map id, and its runs when map_runs gives any)."""
+        self.ip[row, 0] = len(self._maps)
+        self._maps.append(source_index(name, value, self.width, self.height).astype(np.int32))
+        plan = map_runs(name, value, self.width, self.height)
+        if plan is not None:
+            self.ip[row, 2], self.ip[row, 3] = len(plan), self._first
+            self._runs.append(plan)
+            self._first += len(plan)
 
     def rows(self, op_ids: np.ndarray, levels: np.ndarray, negative: np.ndarray):
         """(code, ip, fp) of every image: fresh arrays the caller may change."""
@@ -245,6 +271,8 @@ class CandidateTable:
                   self.maps, self.runs, self.tables, fill)
         status = _library().dx_apply(x.data_ptr(), out.data_ptr(), n, c, h, w,
                                      *(a.ctypes.data for a in arrays), CROP_PAD)
+        if status < 0:
+            raise MemoryError("batched_native: out of memory")
         if status:
             raise RuntimeError(f"batched_native: no kernel for image {status - 1}")
         return out

@@ -64,6 +64,30 @@ def test_mixed_batches_and_policies_equal_the_torch_executor(images):
         assert not torch.equal(native, x)
 
 
+def test_random_crop_and_cutout_on_tiny_images():
+    """RandCrop's 4-px padding and the cutout box on images narrower or lower than the
+    padding: every offset, many draws, the same pixels as the torch executor."""
+    for h, w in ((1, 1), (2, 1), (1, 3), (2, 2), (3, 3), (5, 2), (4, 9)):
+        x = to_tensor(photo_like(400, h, w, seed=h * 10 + w))
+        for name in ("RandCrop", "RandCutout", "RandFlip"):
+            native, reference = both(lambda: batched.apply_candidate(
+                x, name, 0, generator=torch.Generator().manual_seed(h + w)))
+            assert torch.equal(native, reference), (h, w, name)
+
+
+def test_imagenet_policy_without_resize_crop_is_centre_cropped():
+    """Whatever executor runs an ImageNet-space policy, the batch ends at 224 x 224 (a
+    policy-like object: a validated ImageNet policy always has RandResizeCrop candidates)."""
+    from types import SimpleNamespace
+
+    policy = SimpleNamespace(probs=np.full((1, 2), 0.5), candidates=[("Identity", 0),
+                             ("Invert", 0)], l_mags=13, space="imagenet")
+    x = to_tensor(photo_like(4, 240, 240, seed=3))
+    native, reference = both(lambda: batched.apply_policy_batch(
+        policy, x, generator=torch.Generator().manual_seed(0)))
+    assert native.shape == (4, 3, 224, 224) and torch.equal(native, reference)
+
+
 def test_odd_sizes_and_views(images):
     """Tiny and non-square images, and a non-contiguous input."""
     for x in (to_tensor(photo_like(6, 2, 2, seed=1)), to_tensor(photo_like(6, 9, 11, seed=2)),
@@ -100,10 +124,10 @@ def test_blend_formula_is_checked_against_pillow_and_tables_take_over(images, mo
     batched_native.candidate_table.cache_clear()
     monkeypatch.setattr(batched_native, "formula_matches", lambda factor: False)
     try:
-        table = batched_native.candidate_table(batched._OP_NAMES, 13, 32, 32)
-        assert (table.ip[:, 1] >= 0).sum() >= 4 * 12 * 2 and table.tables.shape[0] >= 12
         for name, want in zip(("Contrast", "Color", "Brightness", "Sharpness"), expected):
             assert torch.equal(batched.apply_candidate(images, name, 2), want), name
+        table = batched_native.candidate_table(batched._OP_NAMES, 13, 32, 32)
+        assert (table.ip[:, 1] >= 0).sum() >= 4 * 12 * 2 and table.tables.shape[0] >= 12
     finally:
         batched_native.candidate_table.cache_clear()
 
