@@ -156,3 +156,18 @@ def test_an_unwritable_cache_folder_falls_back_to_the_temp_dir(monkeypatch, tmp_
     (tmp_path / "tmp").mkdir()
     path = batched_native.build()
     assert path.startswith(str(tmp_path / "tmp")) and os.path.exists(path)
+
+
+def test_a_shared_temp_cache_folder_is_refused(monkeypatch, tmp_path):
+    """A library is loaded from the cache: a temp folder others can write is not used."""
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    monkeypatch.delenv("DEEPAA_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocked))
+    monkeypatch.setattr(batched_native.tempfile, "gettempdir", lambda: str(tmp_path))
+    shared = tmp_path / f"deepaa-{os.getuid()}"
+    shared.mkdir()
+    shared.chmod(0o777)
+    with pytest.raises(OSError, match="private"):
+        batched_native.build()
+    assert list(shared.iterdir()) == []
