@@ -20,8 +20,12 @@ def main(argv=None) -> int:
         config.validate(args)
         if args.aug_backend == "tensor":
             # torch (and its compiler stack) must be loaded before TensorFlow in one process.
-            import torch  # noqa: F401
-            import torch._dynamo  # noqa: F401
+            try:
+                import torch  # noqa: F401
+                import torch._dynamo  # noqa: F401
+            except ImportError:
+                raise config.UsageError("--aug_backend", "tensor (the default) needs PyTorch; "
+                                        "install it or pass --aug_backend pil") from None
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         # Ctrl-C checkpoints the search, also when started with SIGINT ignored (a background job).
         signal.signal(signal.SIGINT, signal.default_int_handler)

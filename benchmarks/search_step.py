@@ -134,7 +134,7 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--l_mags", type=int, default=13)
     p.add_argument("--use_pool", action="store_true")
-    p.add_argument("--aug_backend", choices=("pil", "tensor"), default="pil")
+    p.add_argument("--aug_backend", choices=("pil", "tensor"), default="tensor")
     args = p.parse_args(argv)
     if args.aug_backend == "tensor":
         import torch  # noqa: F401  (before TensorFlow)

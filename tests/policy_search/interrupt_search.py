@@ -15,6 +15,9 @@ sys.path.insert(0, ROOT)
 
 def main() -> int:
     where, at, flags = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+    import torch  # noqa: F401  (before TensorFlow, as DeepAA_search.py does)
+    import torch._dynamo  # noqa: F401
+
     from policy_search import data, layers
 
     calls = [0]

@@ -66,7 +66,7 @@ def test_resume_refuses_a_checkpoint_of_other_search_flags():
     args = config.parse_args(["--preset", "cpu"])
     meta = {"flags": {key: getattr(args, key) for key in run.RESUME_KEYS}}
     run._check_resume(args, meta)  # the same flags resume
-    for key, other in (("aug_backend", "tensor"), ("EXP_G", 5), ("seed", 2)):
+    for key, other in (("aug_backend", "pil"), ("EXP_G", 5), ("seed", 2)):
         changed = {"flags": dict(meta["flags"], **{key: other})}
         with pytest.raises(config.UsageError, match=f"--{key}"):
             run._check_resume(args, changed)

@@ -86,7 +86,7 @@ def test_two_workers_write_one_set_of_outputs(run):
     scratch_root.mkdir()
     out = tmp / "workers"
     command = [sys.executable, str(ROOT / "DeepAA_search.py"), *common, "--pretrained", weights,
-               "--results_dir", str(out)]
+               "--results_dir", str(out), "--aug_backend", "pil"]  # the Pillow path end to end
     env = dict(os.environ, PYTHONPATH=str(ROOT), CUDA_VISIBLE_DEVICES="",
                TF_CPP_MIN_LOG_LEVEL="2", TMPDIR=str(scratch_root))
     policy_search_helper.run_workers([command, command], env)
@@ -94,7 +94,7 @@ def test_two_workers_write_one_set_of_outputs(run):
     assert policy.n_layers == 2
     log = (out / "search.log").read_text()
     assert log.count("DeepAA search:") == 1  # one writer
-    assert "2 replica(s)" in log
+    assert "2 replica(s)" in log and policy.meta["flags"]["aug_backend"] == "pil"
     assert not any(p.name.startswith("deepaa-worker-") for p in scratch_root.iterdir())
 
 
