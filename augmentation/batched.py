@@ -20,7 +20,7 @@ Two executors apply the ops, with the same parameters (one set of per-image draw
 _draw_uniforms), so they give the same pixels:
 
 * on CPU tensors, the compiled kernels of ``batched_native`` (C, built on first use): one
-  pass over the batch, each image with its own op, no grouping; about 30x Pillow at 32x32 on
+  pass over the batch, each image with its own op, no grouping; 23-32x Pillow at 32x32 on
   one core (benchmarks/README.md); results come back NCHW-contiguous whatever the input's
   memory format. RandResizeCrop, and any CPU without a C compiler, use:
 * the torch executor (any device): cached source maps (block copies or one gather) for the
