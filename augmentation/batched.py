@@ -315,8 +315,34 @@ def apply_ops(x, names, levels, l_mags: int = 13, mirror: bool = False,
     u = _draw_uniforms(x.shape[0], set(names), mirror, generator)
     if native.usable(x, set(names)):
         return _native(x, op_ids, levels, u, l_mags, mirror, generator)
+    if "RandResizeCrop" in names and native.usable(x, set(names) - {"RandResizeCrop"}):
+        return _merge(_split(x, op_ids, levels, u, l_mags, mirror, generator), x.shape[0], x,
+                      crop=False)
     groups = _grouped(x, op_ids, levels, u, l_mags, mirror, generator)
     return _merge(groups, x.shape[0], x, crop=False)
+
+
+def _split(x, op_ids, levels, u, l_mags, mirror, generator) -> dict:
+    """A CPU batch with some RandResizeCrop images (no C kernel): those through the torch
+    executor, the others through the C kernels; {(h, w): (indices, images)} as _grouped
+    returns. The generator is consumed as on the torch path (the uniforms, then the crops'
+    boxes), so the pixels are the same."""
+    resize = op_ids == _OP_ID["RandResizeCrop"]
+    rows, others = resize.nonzero().view(-1), (~resize).nonzero().view(-1)
+    pick = (lambda r: None if u is None else u[r])
+    groups = {}
+    if others.numel():
+        done = _native(x.index_select(0, others), op_ids[others], levels[others], pick(others),
+                       l_mags, mirror, generator)
+        groups[tuple(done.shape[2:])] = (others, done)
+    for size, (sub, out) in _grouped(x.index_select(0, rows), op_ids[rows], levels[rows],
+                                     pick(rows), l_mags, mirror, generator).items():
+        if size in groups:
+            idx, imgs = groups[size]
+            groups[size] = (torch.cat([idx, rows[sub]]), torch.cat([imgs, out]))
+        else:
+            groups[size] = (rows[sub], out)
+    return groups
 
 
 def sample_candidates(policy, n: int, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -171,3 +171,19 @@ def test_a_shared_temp_cache_folder_is_refused(monkeypatch, tmp_path):
     with pytest.raises(OSError, match="private"):
         batched_native.build()
     assert list(shared.iterdir()) == []
+
+
+def test_imagenet_batches_with_resize_crops_split_between_executors():
+    """RandResizeCrop has no C kernel: in a mixed call its images take the torch executor and
+    the others the C kernels, with the same pixels as the torch executor alone (input 224 and
+    larger, where the others are centre-cropped)."""
+    cands = space.candidates("imagenet", 13)
+    rng = np.random.default_rng(9)
+    for size in (224, 240):
+        x = to_tensor(photo_like(24, size, size, seed=size))
+        picks = rng.integers(0, len(cands), 24)
+        names = [cands[k][0] for k in picks[:-3]] + ["RandResizeCrop"] * 3
+        levels = [cands[k][1] for k in picks[:-3]] + [0] * 3
+        native, reference = both(lambda: batched.apply_ops(
+            x, names, levels, mirror=True, generator=torch.Generator().manual_seed(size)))
+        assert native.shape == (24, 3, 224, 224) and torch.equal(native, reference), size
