@@ -196,9 +196,9 @@ static void padded_crop(const uint8_t *in, uint8_t *out, int64_t h, int64_t w, i
 
 /* Apply op[i] with parameters ip[4 i .. 4 i + 3], fp[i] to image i. maps: int32 (M, H*W)
  * source indices (-1 = black), or for images with ip2 > 0 the ip2 runs from run ip3 of
- * `runs` (int32 triples dst, src or -1, length); tables: uint8 (K, 65536) blend tables indexed x * 256 + d;
- * fill: grey per band; pad: RandCrop's padding. Returns 0, 1 + i for an unknown op at image i,
- * or -1 when out of memory. */
+ * `runs` (int32 triples dst, src or -1, length); tables: uint8 (K, 65536) blend tables
+ * indexed x * 256 + d; fill: grey per band; pad: RandCrop's padding. Returns 0, 1 + i for
+ * an unknown op at image i, or -1 when out of memory. */
 int dx_apply(const uint8_t *x, uint8_t *out, int64_t n, int64_t c, int64_t h, int64_t w,
              const int32_t *op, const int32_t *ip, const float *fp, const int32_t *maps,
              const int32_t *runs, const uint8_t *tables, const uint8_t *fill, int32_t pad) {
@@ -300,7 +300,8 @@ int dx_apply(const uint8_t *x, uint8_t *out, int64_t n, int64_t c, int64_t h, in
             memcpy(dst, img, (size_t)size);
             for (int64_t b = 0; b < c; b++)
                 for (int64_t r = q[1]; r <= q[3] && r < h; r++)
-                    for (int64_t k = q[0]; k <= q[2] && k < w; k++) dst[b * hw + r * w + k] = fill[b];
+                    for (int64_t k = q[0]; k <= q[2] && k < w; k++)
+                        dst[b * hw + r * w + k] = fill[b];
             break;
         case OP_CROP:
             for (int64_t b = 0; b < c; b++)

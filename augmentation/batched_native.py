@@ -235,7 +235,8 @@ class CandidateTable:
                 if CODES[name] == 1:
                     self._add_map(row, name, v)
                 elif name in ("Solarize", "Posterize"):
-                    rule = colour.solarize_threshold if name == "Solarize" else colour.posterize_mask
+                    rule = (colour.solarize_threshold if name == "Solarize"
+                            else colour.posterize_mask)
                     self.ip[row, 0] = int(rule(torch.tensor([v], dtype=torch.float64))[0])
                 elif name in _BLENDS:
                     self.fp[row] = np.float32(v)
