@@ -418,6 +418,17 @@ class DeepAAPolicy:
 
         return apply_policy_batch(self.policy, x, mirror=self.mirror, generator=rng)
 
+    def apply_candidate(self, x, index: int, rng=None, mirror: bool = False):
+        """Candidate ``index`` of the policy's candidate list applied to every image of a uint8
+        N x C x H x W tensor (what the search's dense augmentation does: search semantics, the
+        level's sign as given, unless ``mirror``); ``rng`` is a ``torch.Generator``."""
+        from .batched import apply_candidate
+
+        if not 0 <= int(index) < self.policy.n_candidates:
+            raise IndexError(f"candidate index {index} outside 0..{self.policy.n_candidates - 1}")
+        name, level = self.policy.candidates[int(index)]
+        return apply_candidate(x, name, level, self.policy.l_mags, mirror=mirror, generator=rng)
+
     def __repr__(self) -> str:
         src = self.policy.meta.get("source") or self.policy.meta.get("name")
         src = f", source={src!r}" if src else ""

@@ -300,3 +300,19 @@ def test_batch_delegates_lazily(monkeypatch):
     g = torch.Generator().manual_seed(0)
     assert t.batch(x, g) is x
     assert calls == [(pol, x, False, g)]
+
+
+def test_apply_candidate_by_index_is_the_dense_augmentation_of_that_candidate():
+    from augmentation import batched
+
+    t = DeepAAPolicy.from_yaml("cifar_1")
+    x = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (6, 3, 32, 32),
+                                                           dtype=np.uint8))
+    for index in (0, 5, 40, len(t.policy.candidates) - 1):
+        name, level = t.policy.candidates[index]
+        got = t.apply_candidate(x, index, rng=torch.Generator().manual_seed(1))
+        want = batched.apply_candidate(x, name, level, t.policy.l_mags,
+                                       generator=torch.Generator().manual_seed(1))
+        assert torch.equal(got, want), (index, name, level)
+    with pytest.raises(IndexError, match="candidate index"):
+        t.apply_candidate(x, len(t.policy.candidates))
