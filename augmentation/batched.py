@@ -22,7 +22,9 @@ _draw_uniforms), so they give the same pixels:
 * on CPU tensors, the compiled kernels of ``batched_native`` (C, built on first use): one
   pass over the batch, each image with its own op, no grouping; 23-32x Pillow at 32x32 on
   one core (benchmarks/README.md); results come back NCHW-contiguous whatever the input's
-  memory format. RandResizeCrop, and any CPU without a C compiler, use:
+  memory format. RandResizeCrop changes the image size, so its images are resized by a C
+  kernel of their own (batched_native.resized_crop) and rejoin the rest afterwards. Any
+  device other than the CPU, and a CPU without a C compiler, use:
 * the torch executor (any device): cached source maps (block copies or one gather) for the
   geometry, cached lookup tables (batched_lut) for the colour ops; a mixed batch is grouped by
   one sort, and the affine ops, like the point ops, that meet in one call run as one pass.
@@ -36,7 +38,7 @@ import torch
 from . import batched_color as colour
 from . import batched_geometry as geometry
 from . import batched_native as native
-from .ops import CROP_PAD, CUTOUT_SIDE, IMAGENET_SIZE, cutout_center
+from .ops import CROP_PAD, CUTOUT_SIDE, IMAGENET_SIZE
 from .space import OPS, check_l_mags, level_to_value
 
 _AFFINE = ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate")
@@ -71,25 +73,6 @@ def _uniform(shape, generator, device) -> torch.Tensor:
     return torch.rand(shape, generator=generator, device=where, dtype=torch.float64).to(device)
 
 
-class _BoundsProbe:
-    """Stands in for a numpy Generator to read the uniform ranges ops.cutout_center uses, so
-    the centre rule lives in one place."""
-
-    def __init__(self):
-        self.bounds = []
-
-    def uniform(self, lo, hi):
-        self.bounds.append((float(lo), float(hi)))
-        return lo
-
-
-def cutout_centre_bounds(width: int, height: int, side: int):
-    """((x_lo, x_hi), (y_lo, y_hi)) of the uniform cutout centre (ops.cutout_center)."""
-    probe = _BoundsProbe()
-    cutout_center(width, height, side, probe)
-    return probe.bounds[0], probe.bounds[1]
-
-
 # Per-image uniforms of one call (one policy layer), drawn in image order: column 0 decides
 # the sign of a signed op under the mirror, columns 1 and 2 the parameters of a random op (the
 # flip; the cutout centre x, y; the crop's top, left). Parameters therefore do not depend on
@@ -115,7 +98,7 @@ def _params(name: str, values, u, shape, mirror: bool, generator):
         return u[:, 1] < 0.5
     if name in CUTOUT_SIDE:
         side = CUTOUT_SIDE[name]
-        (x_lo, x_hi), (y_lo, y_hi) = cutout_centre_bounds(w, h, side)
+        (x_lo, x_hi), (y_lo, y_hi) = geometry.cutout_centre_bounds(w, h, side)
         cx, cy = x_lo + (x_hi - x_lo) * u[:, 1], y_lo + (y_hi - y_lo) * u[:, 2]
         return geometry.cutout_boxes(w, h, side, cx, cy)
     if name == "RandCrop":
@@ -140,6 +123,8 @@ def _execute(x: torch.Tensor, name: str, params) -> torch.Tensor:
     if name == "RandCrop":
         return geometry.padded_crop(x, params[0], params[1], CROP_PAD)
     if name == "RandResizeCrop":
+        if native.usable(x, ()):  # the C resize: same pixels, without a Python loop per image
+            return native.resized_crop(x, params, IMAGENET_SIZE)
         return geometry.resized_crop(x, params, IMAGENET_SIZE)
     if name in _AFFINE:
         return geometry.affine(x, name, params.tolist())
@@ -288,6 +273,9 @@ def _merge(groups, n: int, like: torch.Tensor, crop: bool) -> torch.Tensor:
         size, parts = next(iter(groups)), list(groups.values())
     idx = torch.cat([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
     images = torch.cat([p[1] for p in parts]) if len(parts) > 1 else parts[0][1]
+    shares_input = images.untyped_storage().data_ptr() == like.untyped_storage().data_ptr()
+    if not shares_input and torch.equal(idx.cpu(), torch.arange(n)):  # in order: no gather
+        return images.contiguous()
     # A gather of whole images by the inverse permutation: index_select along dim 0 copies
     # contiguous images, much faster on the CPU than index_copy_ / index_put.
     return images.index_select(0, torch.argsort(idx).to(like.device))
@@ -313,35 +301,45 @@ def apply_ops(x, names, levels, l_mags: int = 13, mirror: bool = False,
     op_ids = torch.tensor([_OP_ID[name] for name in names], dtype=torch.long)
     levels = _check_levels(op_ids, levels, l_mags)
     u = _draw_uniforms(x.shape[0], set(names), mirror, generator)
-    if native.usable(x, set(names)):
-        return _native(x, op_ids, levels, u, l_mags, mirror, generator)
-    if "RandResizeCrop" in names and native.usable(x, set(names) - {"RandResizeCrop"}):
-        return _merge(_split(x, op_ids, levels, u, l_mags, mirror, generator), x.shape[0], x,
-                      crop=False)
-    groups = _grouped(x, op_ids, levels, u, l_mags, mirror, generator)
-    return _merge(groups, x.shape[0], x, crop=False)
+    return _merge(_dispatch(x, op_ids, levels, u, l_mags, mirror, generator), x.shape[0], x,
+                  crop=False)
+
+
+def _dispatch(x, op_ids, levels, u, l_mags, mirror, generator) -> dict:
+    """Apply op_ids[i] at levels[i] to image i with the fastest executor that has every op:
+    the C kernels on a CPU (RandResizeCrop images through their own C resize, _split), else
+    the torch executor. Returns {(h, w): (indices, images)} as _grouped does; the generator
+    is consumed in the same order on every path, so the pixels do not depend on the path."""
+    names = {_OP_NAMES[k] for k in torch.unique(op_ids).tolist()}
+    if native.usable(x, names):
+        return {tuple(x.shape[2:]): (torch.arange(x.shape[0]),
+                                     _native(x, op_ids, levels, u, l_mags, mirror, generator))}
+    if "RandResizeCrop" in names and native.usable(x, names - {"RandResizeCrop"}):
+        return _split(x, op_ids, levels, u, l_mags, mirror, generator)
+    return _grouped(x, op_ids, levels, u, l_mags, mirror, generator)
 
 
 def _split(x, op_ids, levels, u, l_mags, mirror, generator) -> dict:
-    """A CPU batch with some RandResizeCrop images (no C kernel): those through the torch
-    executor, the others through the C kernels; {(h, w): (indices, images)} as _grouped
-    returns. The generator is consumed as on the torch path (the uniforms, then the crops'
-    boxes), so the pixels are the same."""
+    """A CPU batch with some RandResizeCrop images: one C call over the whole batch (those
+    images copied), and those images resized apart (_execute sends them to the C resize);
+    {(h, w): (indices, images)} as _grouped returns. When the resize keeps the size (224 x
+    224 input) its images are written back in place, with no reordering copy. The generator
+    is consumed as on the torch path (the uniforms, then the crops' boxes), so the pixels
+    are the same."""
     resize = op_ids == _OP_ID["RandResizeCrop"]
-    rows, others = resize.nonzero().view(-1), (~resize).nonzero().view(-1)
-    pick = (lambda r: None if u is None else u[r])
-    groups = {}
+    rows = resize.nonzero().view(-1)
+    done = _native(x, torch.where(resize, _OP_ID["Identity"], op_ids), levels, u, l_mags,
+                   mirror, generator)
+    resized = _apply_one_op(x.index_select(0, rows), "RandResizeCrop", _values(
+        "RandResizeCrop", levels[rows], l_mags), None if u is None else u[rows], mirror,
+        generator)
+    if resized.shape[2:] == x.shape[2:]:
+        done.index_copy_(0, rows, resized)
+        return {tuple(x.shape[2:]): (torch.arange(x.shape[0]), done)}
+    groups = {tuple(resized.shape[2:]): (rows, resized)}
+    others = (~resize).nonzero().view(-1)
     if others.numel():
-        done = _native(x.index_select(0, others), op_ids[others], levels[others], pick(others),
-                       l_mags, mirror, generator)
-        groups[tuple(done.shape[2:])] = (others, done)
-    for size, (sub, out) in _grouped(x.index_select(0, rows), op_ids[rows], levels[rows],
-                                     pick(rows), l_mags, mirror, generator).items():
-        if size in groups:
-            idx, imgs = groups[size]
-            groups[size] = (torch.cat([idx, rows[sub]]), torch.cat([imgs, out]))
-        else:
-            groups[size] = (rows[sub], out)
+        groups[tuple(x.shape[2:])] = (others, done.index_select(0, others))
     return groups
 
 
@@ -377,7 +375,7 @@ def apply_policy_batch(policy, x, mirror: bool = True,
     levels_all = torch.tensor([level for _, level in policy.candidates], dtype=torch.long)
     levels_all = _check_levels(ops_all, levels_all, policy.l_mags)
     names = {name for name, _ in policy.candidates}
-    if native.usable(x, names):
+    if native.usable(x, names):  # every layer one C call over the whole batch
         for layer in range(choice.shape[1]):
             picked = choice[:, layer]
             u = _draw_uniforms(n, names, mirror, generator)
@@ -388,13 +386,24 @@ def apply_policy_batch(policy, x, mirror: bool = True,
     for layer in range(choice.shape[1]):
         u = _draw_uniforms(n, names, mirror, generator)
         new_groups = {}
-        for idx, images in groups.values():
+        for size in sorted(groups):
+            idx, images = groups[size]
             picked = choice[idx, layer]
-            for size, (sub, out) in _grouped(images, ops_all[picked], levels_all[picked],
-                                             None if u is None else u[idx], policy.l_mags,
-                                             mirror, generator).items():
-                new_groups.setdefault(size, []).append((idx[sub], out))
-        groups = {size: chunks[0] if len(chunks) == 1 else
-                  (torch.cat([c[0] for c in chunks]), torch.cat([c[1] for c in chunks]))
-                  for size, chunks in new_groups.items()}
+            for out_size, (sub, out) in _dispatch(images, ops_all[picked], levels_all[picked],
+                                                  None if u is None else u[idx],
+                                                  policy.l_mags, mirror, generator).items():
+                new_groups.setdefault(out_size, []).append((idx[sub], out))
+        groups = {size: _in_order(chunks) for size, chunks in new_groups.items()}
     return _merge(groups, n, x, crop=policy.space == "imagenet")
+
+
+def _in_order(chunks):
+    """One (indices, images) from chunks of one size, sorted by image index: the next layer
+    then meets every group's images in the same order whichever executor made them, which
+    keeps the draws of RandResizeCrop (made per group, in order) path-independent."""
+    if len(chunks) == 1 and bool((chunks[0][0][1:] >= chunks[0][0][:-1]).all()):
+        return chunks[0]
+    idx = torch.cat([c[0] for c in chunks])
+    images = torch.cat([c[1] for c in chunks])
+    order = torch.argsort(idx)
+    return idx[order], images.index_select(0, order.to(images.device))

@@ -26,6 +26,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from .ops import cutout_center
 from .space import FILL_GREY
 
 # Pillow's affine_fixed is used while every corner maps inside +-32768 (check_fixed).
@@ -222,6 +223,25 @@ def flip(x: torch.Tensor, do_flip: torch.Tensor) -> torch.Tensor:
 
 def _grey(x: torch.Tensor) -> torch.Tensor:
     return torch.tensor(FILL_GREY, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+
+
+class _BoundsProbe:
+    """Stands in for a numpy Generator to read the uniform ranges ops.cutout_center uses, so
+    the centre rule lives in one place."""
+
+    def __init__(self):
+        self.bounds = []
+
+    def uniform(self, lo, hi):
+        self.bounds.append((float(lo), float(hi)))
+        return lo
+
+
+def cutout_centre_bounds(width: int, height: int, side: int):
+    """((x_lo, x_hi), (y_lo, y_hi)) of the uniform cutout centre (ops.cutout_center)."""
+    probe = _BoundsProbe()
+    cutout_center(width, height, side, probe)
+    return probe.bounds[0], probe.bounds[1]
 
 
 def cutout_boxes(width: int, height: int, side: int, cx: torch.Tensor, cy: torch.Tensor):

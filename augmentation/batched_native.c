@@ -314,3 +314,73 @@ int dx_apply(const uint8_t *x, uint8_t *out, int64_t n, int64_t c, int64_t h, in
     free(grey);
     return status;
 }
+
+/* Resample.c clip8: a fixed-point sum (22 fractional bits, rounding bias included) to 8 bits. */
+static inline uint8_t clip8(int32_t ss) {
+    ss >>= 22;
+    return (uint8_t)(ss < 0 ? 0 : (ss > 255 ? 255 : ss));
+}
+
+/* dst[j * rows + i] = src[i * stride + j] for i < rows, j < cols, in 32 x 32 tiles. */
+static void transpose(const uint8_t *src, int64_t stride, int64_t rows, int64_t cols,
+                      uint8_t *dst) {
+    for (int64_t i0 = 0; i0 < rows; i0 += 32)
+        for (int64_t j0 = 0; j0 < cols; j0 += 32)
+            for (int64_t i = i0; i < i0 + 32 && i < rows; i++)
+                for (int64_t j = j0; j < j0 + 32 && j < cols; j++)
+                    dst[j * rows + i] = src[i * stride + j];
+}
+
+/* One Resample.c pass along the rows of a `lines` x `len` uint8 matrix, vectorised across
+ * its columns: out row o = clip8(2^21 + sum_j in row (start[o] + j - base) * k[o][j]) for
+ * the taps before row `end` (those after have weight 0). */
+static void resample_lines(const uint8_t *in, int64_t len, int64_t base, int64_t end,
+                           const int32_t *start, const int32_t *kernel, int64_t taps,
+                           int64_t outs, uint8_t *out, int32_t *acc) {
+    for (int64_t o = 0; o < outs; o++) {
+        const int64_t s0 = start[o], count = taps < end - s0 ? taps : end - s0;
+        const int32_t *k = kernel + o * taps;
+        for (int64_t p = 0; p < len; p++) acc[p] = 1 << 21;
+        for (int64_t j = 0; j < count; j++) {
+            const uint8_t *t = in + (s0 + j - base) * len;
+            const int32_t wt = k[j];
+            for (int64_t p = 0; p < len; p++) acc[p] += (int32_t)t[p] * wt;
+        }
+        for (int64_t p = 0; p < len; p++) out[o * len + p] = clip8(acc[p]);
+    }
+}
+
+/* Pillow's 8-bit BICUBIC resize of a box, per image (RandResizeCrop, SPEC §1): the horizontal
+ * pass over source rows first..last-1 into 8-bit rows, then the vertical pass, each output
+ * sample clip8 of its taps' pixel * weight summed from 2^21. The taps come from Python
+ * (batched_geometry.bicubic_taps, the same as the torch executor's): for image i, plan[8 i ..]
+ * = offset of its column starts in `starts`, of its column weights in `weights`, taps per
+ * column, the same three for rows, first, last. Both passes run along rows so that the
+ * inner loop is contiguous: the horizontal one on the transposed band, whose result is
+ * transposed back. out: N x C x size x size. Returns 0, or -1 when out of memory. */
+int dx_resize(const uint8_t *x, uint8_t *out, int64_t n, int64_t c, int64_t h, int64_t w,
+              int64_t size, const int64_t *plan, const int32_t *starts,
+              const int32_t *weights) {
+    uint8_t *cols = (uint8_t *)malloc((size_t)(w * h)); /* the band transposed */
+    uint8_t *tmp_t = (uint8_t *)malloc((size_t)(size * h)); /* horizontal pass, transposed */
+    uint8_t *tmp = (uint8_t *)malloc((size_t)(size * h));
+    int32_t *acc = (int32_t *)malloc((size_t)(size > h ? size : h) * sizeof(int32_t));
+    int status = cols && tmp_t && tmp && acc ? 0 : -1;
+    for (int64_t i = 0; i < n && !status; i++) {
+        const int64_t *q = plan + 8 * i;
+        const int64_t first = q[6], rows = q[7] - q[6];
+        for (int64_t b = 0; b < c; b++) {
+            transpose(x + ((i * c + b) * h + first) * w, w, rows, w, cols);
+            resample_lines(cols, rows, 0, w, starts + q[0], weights + q[1], q[2], size, tmp_t,
+                           acc);
+            transpose(tmp_t, rows, size, rows, tmp);
+            resample_lines(tmp, size, first, q[7], starts + q[3], weights + q[4], q[5], size,
+                           out + (i * c + b) * size * size, acc);
+        }
+    }
+    free(cols);
+    free(tmp_t);
+    free(tmp);
+    free(acc);
+    return status;
+}

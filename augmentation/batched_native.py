@@ -14,6 +14,9 @@ and parameters, so a mixed batch needs no grouping, no gather of index tensors a
   Before a factor is used its whole 256 x 256 table is compared once with Pillow's own
   ``Image.blend`` table (batched_lut); if they differ anywhere (a Pillow built with FMA, say),
   that factor is looked up in Pillow's table instead, so the result is exact either way.
+* RandResizeCrop changes the image size, so it has a function of its own (``resized_crop``):
+  Pillow's fixed-point BICUBIC with the torch executor's cached taps, both passes along
+  contiguous rows.
 * The library is compiled on first use with the system C compiler (``$CC``, else ``cc``) into
   a cache folder (``$DEEPAA_CACHE``, else ``~/.cache/deepaa``), named by a hash of the source
   and flags and written atomically, so concurrent processes share one build. Without a
@@ -36,7 +39,7 @@ import torch
 
 from . import batched_color as colour
 from . import batched_lut as lut_ops
-from .batched_geometry import source_index
+from .batched_geometry import bicubic_taps, source_index
 from .ops import CROP_PAD
 from .space import FILL_GREY, OPS, level_to_value
 
@@ -134,6 +137,8 @@ def _library():
     lib.dx_apply.restype = ctypes.c_int
     lib.dx_blend_table.argtypes = [ctypes.c_float, p]
     lib.dx_blend_table.restype = None
+    lib.dx_resize.argtypes = [p, p, i64, i64, i64, i64, i64, p, p, p]
+    lib.dx_resize.restype = ctypes.c_int
     return lib
 
 
@@ -292,3 +297,39 @@ def fill_random(ip: np.ndarray, rows: np.ndarray, name: str, params) -> None:
     else:
         for k, part in enumerate(params):
             ip[rows, k] = part.cpu().to(torch.int32).numpy()
+
+
+@lru_cache(maxsize=4096)
+def _taps32(in_size: int, in0: int, in1: int, out_size: int):
+    """bicubic_taps as int32 arrays for the C kernel (the weights fit: |w| <= 2**23)."""
+    start, weights = bicubic_taps(in_size, in0, in1, out_size)
+    return start.astype(np.int32), weights.astype(np.int32).reshape(-1), weights.shape[1]
+
+
+def resized_crop(x: torch.Tensor, boxes, size: int) -> torch.Tensor:
+    """batched_geometry.resized_crop (Pillow's BICUBIC resize of each image's box to size x
+    size, bit-exact) in one C call: the taps are the same cached arrays, the passes C loops."""
+    x = x.contiguous()
+    n, c, h, w = x.shape
+    out = x.new_empty(n, c, size, size)
+    if n == 0:
+        return out
+    left, top, cw, ch = (b.tolist() for b in boxes)
+    plan = np.zeros((n, 8), dtype=np.int64)
+    starts, weights, n_starts, n_weights = [], [], 0, 0
+    for i in range(n):
+        for k, (axis, lo, extent) in enumerate(((w, left[i], cw[i]), (h, top[i], ch[i]))):
+            first, kernel, taps = _taps32(axis, lo, lo + extent, size)
+            plan[i, 3 * k:3 * k + 3] = n_starts, n_weights, taps
+            starts.append(first)
+            weights.append(kernel)
+            n_starts, n_weights = n_starts + first.size, n_weights + kernel.size
+        ys, taps = starts[-1], plan[i, 5]
+        plan[i, 6:8] = int(ys.min()), min(h, int(ys.max()) + int(taps))
+    starts, weights = np.concatenate(starts), np.concatenate(weights)
+    status = _library().dx_resize(x.data_ptr(), out.data_ptr(), n, c, h, w, size,
+                                  plan.ctypes.data, starts.ctypes.data, weights.ctypes.data)
+    if status:
+        raise MemoryError("batched_native: out of memory")
+    return out
+

@@ -144,7 +144,7 @@ def test_no_compiler_or_disabled_means_the_torch_path(monkeypatch, tmp_path, ima
         assert torch.equal(out, 255 - images)
     finally:
         batched_native.set_enabled(True)
-    assert not batched_native.usable(images, ("RandResizeCrop",))  # no kernel: torch path
+    assert not batched_native.usable(images, ("RandResizeCrop",))  # resized apart (_split)
 
 
 def test_an_unwritable_cache_folder_falls_back_to_the_temp_dir(monkeypatch, tmp_path):
@@ -174,9 +174,9 @@ def test_a_shared_temp_cache_folder_is_refused(monkeypatch, tmp_path):
 
 
 def test_imagenet_batches_with_resize_crops_split_between_executors():
-    """RandResizeCrop has no C kernel: in a mixed call its images take the torch executor and
-    the others the C kernels, with the same pixels as the torch executor alone (input 224 and
-    larger, where the others are centre-cropped)."""
+    """RandResizeCrop changes the size: in a mixed call its images are resized apart and the
+    others go through one C call, with the same pixels as the torch executor alone (input 224
+    and larger, where the others are centre-cropped)."""
     cands = space.candidates("imagenet", 13)
     rng = np.random.default_rng(9)
     for size in (224, 240):
@@ -187,3 +187,48 @@ def test_imagenet_batches_with_resize_crops_split_between_executors():
         native, reference = both(lambda: batched.apply_ops(
             x, names, levels, mirror=True, generator=torch.Generator().manual_seed(size)))
         assert native.shape == (24, 3, 224, 224) and torch.equal(native, reference), size
+
+
+def test_the_c_resize_equals_pillow_and_the_torch_resize():
+    """Pillow's BICUBIC box resize: boxes that shrink, enlarge (a 1-px box, a strip), touch
+    the borders or cover the whole image, on a tiny image too, and a non-contiguous input."""
+    from PIL import Image
+
+    from augmentation import batched_geometry
+
+    for arr, boxes in ((photo_like(6, 180, 150, seed=12),
+                        ([0, 10, 33, 5, 149, 0], [0, 20, 7, 60, 0, 179],
+                         [150, 100, 64, 145, 1, 150], [180, 120, 171, 40, 1, 1])),
+                       (photo_like(2, 5, 7, seed=4), ([0, 3], [0, 1], [7, 4], [5, 2]))):
+        x = to_tensor(arr)
+        box = tuple(torch.tensor(b) for b in boxes)
+        got = batched_native.resized_crop(x, box, 224)
+        assert torch.equal(got, batched_geometry.resized_crop(x, box, 224))
+        for i in range(len(arr)):
+            l, t, cw, ch = (int(b[i]) for b in box)
+            ref = Image.fromarray(arr[i]).resize((224, 224), Image.BICUBIC,
+                                                 box=(l, t, l + cw, t + ch))
+            assert np.array_equal(got[i].permute(1, 2, 0).numpy(), np.asarray(ref)), i
+    wide = to_tensor(photo_like(3, 64, 96, seed=5))[:, :, :, 10:90]  # a strided view
+    box = (torch.tensor([0, 5, 40]), torch.tensor([0, 9, 30]), torch.tensor([80, 30, 40]),
+           torch.tensor([64, 20, 34]))
+    assert torch.equal(batched_native.resized_crop(wide, box, 224),
+                       batched_geometry.resized_crop(wide, box, 224))
+    assert batched_native.resized_crop(wide[:0], tuple(b[:0] for b in box), 224).shape == \
+        (0, 3, 224, 224)
+
+
+def test_imagenet_policies_equal_the_torch_executor():
+    """Whole ImageNet-space policies, where images change size mid-policy after a
+    RandResizeCrop: the same pixels on both paths, for a uniform policy and a released one."""
+    cands = space.candidates("imagenet", 13)
+    uniform = Policy(probs=np.full((4, len(cands)), 1 / len(cands)), candidates=cands,
+                     l_mags=13, space="imagenet", meta={})
+    for x, policy in ((to_tensor(photo_like(40, 236, 250, seed=21)), uniform),
+                      (to_tensor(photo_like(40, 224, 224, seed=22)), uniform),
+                      (to_tensor(photo_like(40, 236, 250, seed=23)),
+                       load_policy("deepaa_imagenet_1"))):
+        native, reference = both(lambda: batched.apply_policy_batch(
+            policy, x, generator=torch.Generator().manual_seed(11)))
+        assert native.shape == (40, 3, 224, 224) and torch.equal(native, reference)
+        assert native.is_contiguous()
