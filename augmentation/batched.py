@@ -11,7 +11,7 @@ from ``augmentation.space``; the Pillow ops in ``augmentation.ops`` are the grou
 * RandFlip, RandCutout(60) and RandCrop draw their parameters from the same distributions as
   the Pillow path and move pixels exactly as it does for given parameters;
 * RandResizeCrop draws its box by the same rule (ops.resized_crop_box) and resizes with a
-  bit-exact port of Pillow's fixed-point BICUBIC resampling.
+  bit-exact port of Pillow's fixed-point BICUBIC resampling, passes in Pillow's order.
 
 Randomness comes from an optional ``torch.Generator`` (on the CPU or on the images' device);
 without one, torch's global generator is used.

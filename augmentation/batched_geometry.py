@@ -25,6 +25,7 @@ from functools import lru_cache
 
 import numpy as np
 import torch
+from PIL import Image
 
 from .ops import cutout_center
 from .space import FILL_GREY
@@ -336,10 +337,9 @@ def _resample_rows(img: torch.Tensor, start, weights) -> torch.Tensor:
     return ((acc + (1 << (_PRECISION_BITS - 1))) >> _PRECISION_BITS).clamp_(0, 255)
 
 
-def resized_crop(x: torch.Tensor, boxes, size: int) -> torch.Tensor:
-    """Pillow's ``img.resize((size, size), BICUBIC, box=(left, top, left + w, top + h))`` per
-    image, bit-exact: Resample.c's fixed-point bicubic, horizontal pass (only over the rows the
-    vertical pass reads) then vertical pass, each rounded to 8 bits."""
+def _resize_horizontal_first(x: torch.Tensor, boxes, size: int) -> torch.Tensor:
+    """Resample.c's two passes, horizontal first (only over the rows the vertical pass
+    reads), then vertical, each rounded to 8 bits."""
     n, c, h, w = x.shape
     left, top, cw, ch = (b.tolist() for b in boxes)
     out = x.new_empty(n, c, size, size)
@@ -352,6 +352,34 @@ def resized_crop(x: torch.Tensor, boxes, size: int) -> torch.Tensor:
         tmp = tmp.transpose(1, 2).contiguous()  # (C, rows, size)
         out[i] = _resample_rows(tmp, ys - first, ky).to(torch.uint8)
     return out
+
+
+@lru_cache(maxsize=1)
+def pillow_goes_vertical_first() -> bool:
+    """Whether the installed Pillow resamples vertically first when the height shrinks much
+    more than the width (Pillow 13 does, for an image of H x W to S x S with H > S and
+    H - S > 2 (W - S); earlier versions always go horizontal first). Asked once of Pillow
+    itself, on a tall probe image whose two pass orders give different pixels."""
+    probe = np.random.default_rng(0).integers(0, 256, (40, 9, 3), dtype=np.uint8)
+    ref = torch.from_numpy(np.array(Image.fromarray(probe).resize((8, 8), Image.BICUBIC)))
+    transposed = torch.from_numpy(probe).permute(2, 1, 0)[None]  # 1 x C x W x H
+    whole = (torch.tensor([0]), torch.tensor([0]), torch.tensor([40]), torch.tensor([9]))
+    vertical_first = _resize_horizontal_first(transposed, whole, 8)[0].permute(2, 1, 0)
+    return torch.equal(vertical_first, ref)
+
+
+def resized_crop(x: torch.Tensor, boxes, size: int, resample=None) -> torch.Tensor:
+    """Pillow's ``img.resize((size, size), BICUBIC, box=(left, top, left + w, top + h))`` per
+    image, bit-exact: Resample.c's fixed-point bicubic, in the installed Pillow's pass order
+    (pillow_goes_vertical_first: then the images are transposed and resampled horizontally
+    first). ``resample`` does the horizontal-first resize (default the torch port; the C
+    kernel passes its own)."""
+    resample = resample or _resize_horizontal_first
+    n, c, h, w = x.shape
+    if h > size and h - size > 2 * (w - size) and pillow_goes_vertical_first():
+        left, top, cw, ch = boxes
+        return resample(x.transpose(2, 3), (top, left, ch, cw), size).transpose(2, 3).contiguous()
+    return resample(x, boxes, size)
 
 
 def resized_crop_boxes(width: int, height: int, u_area, u_aspect, u_top, u_left,

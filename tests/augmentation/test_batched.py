@@ -267,19 +267,59 @@ def test_resized_crop_box_rule_matches_pillow_path():
             assert (boxes[2] == 67).all() and (boxes[3] == 50).all()
 
 
-def test_resized_crop_pixels_are_bit_exact_with_pillow_bicubic():
-    arr = photo_like(4, 180, 150, seed=12)
-    boxes = (torch.tensor([0, 10, 33, 5]), torch.tensor([0, 20, 7, 60]),
-             torch.tensor([150, 100, 64, 145]), torch.tensor([180, 120, 171, 40]))
-    got = to_numpy(batched_geometry.resized_crop(to_tensor(arr), boxes, 224))
-    for i in range(4):
+@pytest.mark.parametrize("resize", [batched_geometry.resized_crop, batched_native.resized_crop])
+@pytest.mark.parametrize("h, w, boxes", [
+    (180, 150, ([0, 10, 33, 5], [0, 20, 7, 60], [150, 100, 64, 145], [180, 120, 171, 40])),
+    # a portrait photo: the height shrinks much more than the width, where Pillow 13
+    # resamples vertically first; boxes that shrink, enlarge, or touch the borders
+    (500, 333, ([0, 10, 0, 200, 332], [50, 0, 100, 7, 499], [300, 323, 333, 90, 1],
+                [400, 500, 224, 480, 1])),
+    (460, 60, ([0, 5], [0, 30], [60, 40], [460, 300])),
+])
+def test_resized_crop_pixels_are_bit_exact_with_pillow_bicubic(resize, h, w, boxes):
+    arr = photo_like(len(boxes[0]), h, w, seed=h + w)
+    boxes = tuple(torch.tensor(b) for b in boxes)
+    got = to_numpy(resize(to_tensor(arr), boxes, 224))
+    for i in range(len(arr)):
         l, t, cw, ch = (int(b[i]) for b in boxes)
         ref = Image.fromarray(arr[i]).resize((224, 224), Image.BICUBIC, box=(l, t, l + cw, t + ch))
         assert np.array_equal(got[i], np.asarray(ref)), i
 
 
-def test_rand_resize_crop_matches_pillow_given_the_same_draws():
-    arr = photo_like(3, 260, 300, seed=17)
+def test_resized_crop_follows_pillow_at_the_pass_order_boundary():
+    """Images on either side of Pillow 13's switch to vertical-first (H - S = 2 (W - S)):
+    the rule's threshold, not just the probe's answer, must agree with Pillow."""
+    rng = np.random.default_rng(3)
+    for size, w in ((8, 9), (8, 13), (12, 12), (12, 20)):
+        for h in range(size + 2 * (w - size) - 1, size + 2 * (w - size) + 3):
+            arr = rng.integers(0, 256, (2, h, w, 3), dtype=np.uint8)
+            boxes = (torch.tensor([0, 1]), torch.tensor([0, 1]), torch.tensor([w, w - 1]),
+                     torch.tensor([h, h - 2]))
+            for resize in (batched_geometry.resized_crop, batched_native.resized_crop):
+                got = to_numpy(resize(to_tensor(arr), boxes, size))
+                for i in range(2):
+                    l, t, cw, ch = (int(b[i]) for b in boxes)
+                    ref = Image.fromarray(arr[i]).resize((size, size), Image.BICUBIC,
+                                                         box=(l, t, l + cw, t + ch))
+                    assert np.array_equal(got[i], np.asarray(ref)), (size, h, w, i)
+
+
+def test_the_pillow_pass_order_probe_tells_the_orders_apart():
+    """pillow_goes_vertical_first asks Pillow on a probe whose two pass orders give different
+    pixels; were they equal, its answer would mean nothing."""
+    probe = to_tensor(np.random.default_rng(0).integers(0, 256, (1, 40, 9, 3), dtype=np.uint8))
+    whole = (torch.tensor([0]), torch.tensor([0]), torch.tensor([9]), torch.tensor([40]))
+    horizontal_first = batched_geometry._resize_horizontal_first(probe, whole, 8)
+    vertical_first = batched_geometry._resize_horizontal_first(
+        probe.transpose(2, 3), (whole[1], whole[0], whole[3], whole[2]), 8).transpose(2, 3)
+    assert not torch.equal(vertical_first, horizontal_first)
+    expected = vertical_first if batched_geometry.pillow_goes_vertical_first() else horizontal_first
+    assert torch.equal(batched_geometry.resized_crop(probe, whole, 8), expected)
+
+
+@pytest.mark.parametrize("h, w", [(260, 300), (500, 333)])
+def test_rand_resize_crop_matches_pillow_given_the_same_draws(h, w):
+    arr = photo_like(3, h, w, seed=17)
     out = to_numpy(apply_candidate(to_tensor(arr), "RandResizeCrop", 6,
                                    generator=torch.Generator().manual_seed(6)))
     u = torch.rand(4, 3, 10, generator=torch.Generator().manual_seed(6), dtype=torch.float64)

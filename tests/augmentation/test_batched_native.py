@@ -189,26 +189,23 @@ def test_imagenet_batches_with_resize_crops_split_between_executors():
         assert native.shape == (24, 3, 224, 224) and torch.equal(native, reference), size
 
 
-def test_the_c_resize_equals_pillow_and_the_torch_resize():
-    """Pillow's BICUBIC box resize: boxes that shrink, enlarge (a 1-px box, a strip), touch
-    the borders or cover the whole image, on a tiny image too, and a non-contiguous input."""
+def test_the_c_resize_on_tiny_images_views_and_empty_batches():
+    """The C resize against Pillow on a 5 x 7 image (an enlarged 1-px box, the whole image)
+    and against the torch port on a strided view; larger images and Pillow's pass orders are
+    in test_batched.test_resized_crop_pixels_are_bit_exact_with_pillow_bicubic."""
     from PIL import Image
 
     from augmentation import batched_geometry
 
-    for arr, boxes in ((photo_like(6, 180, 150, seed=12),
-                        ([0, 10, 33, 5, 149, 0], [0, 20, 7, 60, 0, 179],
-                         [150, 100, 64, 145, 1, 150], [180, 120, 171, 40, 1, 1])),
-                       (photo_like(2, 5, 7, seed=4), ([0, 3], [0, 1], [7, 4], [5, 2]))):
-        x = to_tensor(arr)
-        box = tuple(torch.tensor(b) for b in boxes)
-        got = batched_native.resized_crop(x, box, 224)
-        assert torch.equal(got, batched_geometry.resized_crop(x, box, 224))
-        for i in range(len(arr)):
-            l, t, cw, ch = (int(b[i]) for b in box)
-            ref = Image.fromarray(arr[i]).resize((224, 224), Image.BICUBIC,
-                                                 box=(l, t, l + cw, t + ch))
-            assert np.array_equal(got[i].permute(1, 2, 0).numpy(), np.asarray(ref)), i
+    arr = photo_like(3, 5, 7, seed=4)
+    box = (torch.tensor([0, 3, 6]), torch.tensor([0, 1, 4]), torch.tensor([7, 4, 1]),
+           torch.tensor([5, 2, 1]))
+    got = batched_native.resized_crop(to_tensor(arr), box, 224)
+    for i in range(len(arr)):
+        l, t, cw, ch = (int(b[i]) for b in box)
+        ref = Image.fromarray(arr[i]).resize((224, 224), Image.BICUBIC,
+                                             box=(l, t, l + cw, t + ch))
+        assert np.array_equal(got[i].permute(1, 2, 0).numpy(), np.asarray(ref)), i
     wide = to_tensor(photo_like(3, 64, 96, seed=5))[:, :, :, 10:90]  # a strided view
     box = (torch.tensor([0, 5, 40]), torch.tensor([0, 9, 30]), torch.tensor([80, 30, 40]),
            torch.tensor([64, 20, 34]))
@@ -220,15 +217,44 @@ def test_the_c_resize_equals_pillow_and_the_torch_resize():
 
 def test_imagenet_policies_equal_the_torch_executor():
     """Whole ImageNet-space policies, where images change size mid-policy after a
-    RandResizeCrop: the same pixels on both paths, for a uniform policy and a released one."""
+    RandResizeCrop: the same pixels on both paths, from 224 x 224 (resized images go back in
+    place), from larger and from portrait images (Pillow's vertical-first order), for a
+    policy with RandResizeCrop at p = 0.3 per layer and for a released one."""
     cands = space.candidates("imagenet", 13)
-    uniform = Policy(probs=np.full((4, len(cands)), 1 / len(cands)), candidates=cands,
-                     l_mags=13, space="imagenet", meta={})
-    for x, policy in ((to_tensor(photo_like(40, 236, 250, seed=21)), uniform),
-                      (to_tensor(photo_like(40, 224, 224, seed=22)), uniform),
+    resize = [k for k, (name, _) in enumerate(cands) if name == "RandResizeCrop"]
+    probs = np.full((4, len(cands)), 0.7 / (len(cands) - len(resize)))
+    probs[:, resize] = 0.3 / len(resize)
+    heavy = Policy(probs=probs, candidates=cands, l_mags=13, space="imagenet", meta={})
+    for x, policy in ((to_tensor(photo_like(40, 236, 250, seed=21)), heavy),
+                      (to_tensor(photo_like(40, 224, 224, seed=22)), heavy),
+                      (to_tensor(photo_like(24, 400, 260, seed=24)), heavy),
                       (to_tensor(photo_like(40, 236, 250, seed=23)),
                        load_policy("deepaa_imagenet_1"))):
         native, reference = both(lambda: batched.apply_policy_batch(
             policy, x, generator=torch.Generator().manual_seed(11)))
-        assert native.shape == (40, 3, 224, 224) and torch.equal(native, reference)
+        assert native.shape == (len(x), 3, 224, 224) and torch.equal(native, reference)
         assert native.is_contiguous()
+
+
+def test_resize_crops_run_in_c_and_outputs_never_alias_the_input(monkeypatch):
+    """With the kernels on, RandResizeCrop never reaches the torch port; no result shares
+    memory with its input, also when nothing changes the pixels."""
+    from augmentation import batched_geometry
+
+    x = to_tensor(photo_like(6, 224, 224, seed=2))
+
+    def torch_port(*args):
+        raise AssertionError("the torch resize ran")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(batched_geometry, "_resize_horizontal_first", torch_port)
+        out = batched.apply_ops(x, ["RandResizeCrop", "Identity"] * 3, [0] * 6)
+    assert out.shape == x.shape
+    from types import SimpleNamespace
+
+    identity = SimpleNamespace(probs=np.ones((2, 1)), candidates=[("Identity", 0)], l_mags=13,
+                               space="cifar")
+    for result in both(lambda: batched.apply_ops(x, ["Identity"] * 6, [0] * 6)) + \
+            both(lambda: batched.apply_policy_batch(identity, x)):
+        assert torch.equal(result, x)
+        assert result.untyped_storage().data_ptr() != x.untyped_storage().data_ptr()
