@@ -18,8 +18,9 @@ and parameters, so a mixed batch needs no grouping, no gather of index tensors a
   Pillow's fixed-point BICUBIC with the torch executor's cached taps, both passes along
   contiguous rows.
 * The library is compiled on first use with the system C compiler (``$CC``, else ``cc``) into
-  a cache folder (``$DEEPAA_CACHE``, else ``~/.cache/deepaa``), named by a hash of the source
-  and flags and written atomically, so concurrent processes share one build. Without a
+  a cache folder (``$DEEPAA_CACHE``, else ``$XDG_CACHE_HOME/deepaa`` or ``~/.cache/deepaa``,
+  else a private temp folder; see _cache_dir), named by a hash of the source, flags, compiler
+  version and CPU features and written atomically, so concurrent processes share one build. Without a
   compiler, or with ``DEEPAA_NATIVE=0``, ``available()`` is False and the torch path runs.
 """
 from __future__ import annotations
