@@ -320,26 +320,31 @@ def _dispatch(x, op_ids, levels, u, l_mags, mirror, generator) -> dict:
 
 
 def _split(x, op_ids, levels, u, l_mags, mirror, generator) -> dict:
-    """A CPU batch with some RandResizeCrop images: one C call over the whole batch (those
-    images copied), and those images resized apart (_execute sends them to the C resize);
-    {(h, w): (indices, images)} as _grouped returns. When the resize keeps the size (224 x
-    224 input) its images are written back in place, with no reordering copy. The generator
-    is consumed as on the torch path (the uniforms, then the crops' boxes), so the pixels
-    are the same."""
+    """A CPU batch with some RandResizeCrop images: the other images through one C call,
+    and the RandResizeCrop images resized apart (_execute sends them to the C resize);
+    {(h, w): (indices, images)} as _grouped returns. With a 224 x 224 input the resize keeps
+    the size, so the whole batch goes through the C call (those images as Identity) and the
+    resized images are written back in place, with no reordering copy. The generator is
+    consumed as on the torch path (the uniforms, then the crops' boxes), so the pixels are
+    the same."""
     resize = op_ids == _OP_ID["RandResizeCrop"]
     rows = resize.nonzero().view(-1)
-    done = _native(x, torch.where(resize, _OP_ID["Identity"], op_ids), levels, u, l_mags,
-                   mirror, generator)
+    same_size = tuple(x.shape[2:]) == (IMAGENET_SIZE, IMAGENET_SIZE)
+    others = torch.arange(x.shape[0]) if same_size else (~resize).nonzero().view(-1)
+    done = None
+    if others.numel():
+        ids = torch.where(resize, _OP_ID["Identity"], op_ids)[others]
+        done = _native(x if same_size else x.index_select(0, others), ids, levels[others],
+                       None if u is None else u[others], l_mags, mirror, generator)
     resized = _apply_one_op(x.index_select(0, rows), "RandResizeCrop", _values(
         "RandResizeCrop", levels[rows], l_mags), None if u is None else u[rows], mirror,
         generator)
-    if resized.shape[2:] == x.shape[2:]:
+    if same_size:
         done.index_copy_(0, rows, resized)
-        return {tuple(x.shape[2:]): (torch.arange(x.shape[0]), done)}
+        return {tuple(x.shape[2:]): (others, done)}
     groups = {tuple(resized.shape[2:]): (rows, resized)}
-    others = (~resize).nonzero().view(-1)
-    if others.numel():
-        groups[tuple(x.shape[2:])] = (others, done.index_select(0, others))
+    if done is not None:
+        groups[tuple(x.shape[2:])] = (others, done)
     return groups
 
 

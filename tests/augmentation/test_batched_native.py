@@ -176,7 +176,7 @@ def test_a_shared_temp_cache_folder_is_refused(monkeypatch, tmp_path):
 def test_imagenet_batches_with_resize_crops_split_between_executors():
     """RandResizeCrop changes the size: in a mixed call its images are resized apart and the
     others go through one C call, with the same pixels as the torch executor alone (input 224
-    and larger, where the others are centre-cropped)."""
+    and larger, where the others are centre-cropped; a batch of resize crops alone)."""
     cands = space.candidates("imagenet", 13)
     rng = np.random.default_rng(9)
     for size in (224, 240):
@@ -187,6 +187,10 @@ def test_imagenet_batches_with_resize_crops_split_between_executors():
         native, reference = both(lambda: batched.apply_ops(
             x, names, levels, mirror=True, generator=torch.Generator().manual_seed(size)))
         assert native.shape == (24, 3, 224, 224) and torch.equal(native, reference), size
+    x = to_tensor(photo_like(5, 240, 250, seed=3))  # only resize crops: no C call for others
+    native, reference = both(lambda: batched.apply_ops(
+        x, ["RandResizeCrop"] * 5, [0] * 5, generator=torch.Generator().manual_seed(5)))
+    assert native.shape == (5, 3, 224, 224) and torch.equal(native, reference)
 
 
 def test_the_c_resize_on_tiny_images_views_and_empty_batches():
