@@ -14,6 +14,7 @@ trainer's key: stop after that epoch, keeping the schedule of the full run).
 """
 from __future__ import annotations
 
+import argparse
 import copy
 
 import yaml
@@ -243,3 +244,22 @@ def config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
         elif va != vb:
             out.append(prefix + k)
     return out
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2
+        raise ConfigError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m DeepAA_evaluate.train", allow_abbrev=False,
+                description="Train a model with a DeepAA policy (SPEC §3). Any config key can "
+                            "be overridden: --key.sub value.")
+    p.add_argument("-c", "--config", required=True, help="trainer config YAML (confs/)")
+    p.add_argument("--dataroot", default="./data", help="folder with the datasets")
+    p.add_argument("--save", default="", help="checkpoint path; results JSON beside it")
+    p.add_argument("--tag", default="", help="TensorBoard run name: logs/<tag>/")
+    p.add_argument("--only-eval", action="store_true", help="evaluate the --save checkpoint")
+    p.add_argument("--resume", action="store_true", help="continue the --save checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="start over if --save exists")
+    return p

@@ -7,8 +7,11 @@ Every (config, seed) run is one trainer process (``python -m DeepAA_evaluate.tra
 ``RUNS_DIR/<config stem>/seed<S>.pth`` and, when it finishes, the results JSON beside it. Long
 experiments get interrupted, so the harness
 
-- skips a run whose finished results JSON exists,
-- resumes (``--resume``) a run that left a checkpoint but no finished JSON,
+- skips a run whose finished results JSON exists, after checking that it was trained with the
+  config this call would use (the file, the overrides after ``--``, the seed; keys that only
+  change how a run executes, RESULT_FREE_KEYS, may differ); another config is an error,
+- resumes (``--resume``) a run that left a checkpoint but no finished JSON; a checkpoint the
+  trainer refuses (another config) is reported and kept, never overwritten,
 - builds the table from *all* results files present under RUNS_DIR, so the table grows run by
   run and can be rebuilt any time with ``--table_only``.
 
@@ -32,6 +35,8 @@ import sys
 import time
 
 from augmentation.policy import atomic_write
+from DeepAA_evaluate.config import (ConfigError, build_parser, config_diff, load_config,
+                                    parse_overrides)
 
 # SPEC §4: (dataset, model, aug, batch augmentation) -> paper top-1 (%), and a note.
 PAPER = {
@@ -114,6 +119,55 @@ def mean_ci(values, confidence: float = 0.95) -> tuple[float, float | None]:
     return mean, t_quantile(0.5 + confidence / 2.0, n - 1) * sd / math.sqrt(n)
 
 
+# Config keys that change how a run executes but not what it computes: runs that differ only
+# in these fill the same cell. (The trainer's RESUME_FREE_KEYS also hold early_finish_epoch,
+# which changes the result.)
+RESULT_FREE_KEYS = ("num_workers", "save_model", "compile", "channels_last", "test_interval")
+
+
+# ----------------------------------------------------------------------------- configs
+def expected_config(conf: str, seed: int, extra: list[str]) -> dict:
+    """The validated config a harness run of ``conf`` trains with: the trainer's own reading
+    of the file, ``--seed`` and the arguments after ``--`` (raises ConfigError)."""
+    _, rest = build_parser().parse_known_args(["-c", conf, "--seed", str(seed), *extra])
+    return load_config(conf, parse_overrides(rest))
+
+
+def config_changes(trained: dict | None, wanted: dict) -> list[str]:
+    """Dotted keys, outside RESULT_FREE_KEYS, in which two configs differ."""
+    return [k for k in config_diff(trained or {}, wanted)
+            if k.split(".")[0] not in RESULT_FREE_KEYS]
+
+
+def _dotted(cfg: dict, key: str):
+    for part in key.split("."):
+        cfg = cfg.get(part) if isinstance(cfg, dict) else None
+    return cfg
+
+
+def _variants(results: list[dict]) -> list[tuple[str, list[dict]]]:
+    """One folder's results split by config (seed aside): [(row label suffix, results)]. The
+    variant with most runs keeps the plain label; the others name the keys that differ, so
+    that a smoke run never averages into a full run's cell."""
+    groups: list[list[dict]] = []
+    for r in results:
+        cfg = {**(r.get("config") or {}), "seed": None}
+        for group in groups:
+            if not config_changes({**(group[0].get("config") or {}), "seed": None}, cfg):
+                group.append(r)
+                break
+        else:
+            groups.append([r])
+    groups.sort(key=len, reverse=True)
+    base = groups[0][0].get("config") or {}
+    out = [("", groups[0])]
+    for group in groups[1:]:
+        cfg = group[0].get("config") or {}
+        keys = [k for k in config_changes(base, cfg) if k != "seed"]
+        out.append((" (" + ", ".join(f"{k}={_dotted(cfg, k)}" for k in keys) + ")", group))
+    return out
+
+
 # ----------------------------------------------------------------------------- result files
 def run_paths(runs_dir: str, conf: str, seed: int) -> tuple[str, str, str]:
     """(checkpoint, results JSON, log) of one (config, seed) run."""
@@ -173,14 +227,14 @@ def build_table(runs_dir: str, order: list[str] | None = None) -> str:
     lines = ["| config | runs | top-1 % (mean ± 95 % CI) | paper (SPEC §4) | time / run |",
              "|---|---|---|---|---|"]
     for name in names:
-        results = groups[name]
-        top1 = [100.0 * float(r["top1_test"]) for r in results]
-        mean, half = mean_ci(top1)
-        ci = f"{mean:.2f} ± {half:.2f}" if half is not None else f"{mean:.2f} (one run)"
-        paper = paper_number(results[0].get("config"))
-        wall = sum(float(r.get("wall_time_s") or 0.0) for r in results) / len(results)
-        lines.append(f"| {name} | {len(results)} | {ci} | {paper[1] if paper else '—'} | "
-                     f"{_fmt_time(wall)} |")
+        for suffix, results in _variants(groups[name]):
+            top1 = [100.0 * float(r["top1_test"]) for r in results]
+            mean, half = mean_ci(top1)
+            ci = f"{mean:.2f} ± {half:.2f}" if half is not None else f"{mean:.2f} (one run)"
+            paper = paper_number(results[0].get("config"))
+            wall = sum(float(r.get("wall_time_s") or 0.0) for r in results) / len(results)
+            lines.append(f"| {name}{suffix} | {len(results)} | {ci} | "
+                         f"{paper[1] if paper else '—'} | {_fmt_time(wall)} |")
     if not names:
         lines.append("| (no finished runs yet) | 0 | — | — | — |")
     return "\n".join(lines) + "\n"
@@ -196,20 +250,28 @@ def trainer_command(conf: str, seed: int, runs_dir: str, dataroot: str, extra: l
             "--resume" if resume else "--overwrite", *extra]
 
 
-def plan(confs: list[str], seeds: list[int], runs_dir: str) -> tuple[list, int]:
+def plan(confs: list[str], seeds: list[int], runs_dir: str,
+         extra: list[str] = ()) -> tuple[list, int]:
     """The (conf, seed, resume) runs still to do, and how many were skipped as done.
 
     Seed-major order (every config's seed 1, then every config's seed 2, ...), so that an
-    interrupted campaign leaves a table whose cells have equal numbers of runs.
+    interrupted campaign leaves a table whose cells have equal numbers of runs. A finished
+    result trained with another config than ``conf`` + ``extra`` raises ConfigError.
     """
     todo, done = [], 0
     for seed in seeds:
         for conf in confs:
-            ckpt, result, _ = run_paths(runs_dir, conf, seed)
-            if read_result(result) is not None:
-                done += 1
-            else:
+            ckpt, path, _ = run_paths(runs_dir, conf, seed)
+            result = read_result(path)
+            if result is None:
                 todo.append((conf, seed, os.path.exists(ckpt)))
+                continue
+            changed = config_changes(result.get("config"), expected_config(conf, seed, extra))
+            if changed:
+                raise ConfigError(f"{path} was trained with another config (differs in "
+                                  f"{', '.join(changed)}); move it away or use another "
+                                  "--runs_dir")
+            done += 1
     return todo, done
 
 
@@ -239,7 +301,7 @@ def run_all(confs, seeds, runs_dir, dataroot, extra, gpus, out, progress=True, j
     from tqdm import tqdm
 
     order = [os.path.splitext(os.path.basename(c))[0] for c in confs]
-    todo, done = plan(confs, seeds, runs_dir)
+    todo, done = plan(confs, seeds, runs_dir, extra)
     print(f"{done} run(s) already finished, {len(todo)} to run", file=sys.stderr)
     slots = gpus or ([None] if jobs <= 1 else [f"cpu{i}" for i in range(jobs)])
     threads = max(1, (os.cpu_count() or 1) // jobs) if not gpus and jobs > 1 else None
@@ -259,15 +321,13 @@ def run_all(confs, seeds, runs_dir, dataroot, extra, gpus, out, progress=True, j
                 continue
             del running[gpu]
             conf, seed, resume = job
-            if rc != 0 and resume:  # a checkpoint that cannot be resumed: start over once
-                queue.insert(0, (conf, seed, False))
-                print(f"{conf} seed {seed}: resume failed (exit {rc}), starting over",
-                      file=sys.stderr)
-                continue
-            if rc != 0:
+            if rc != 0:  # the checkpoint stays: the next call resumes it
                 failures += 1
-                print(f"{conf} seed {seed}: failed (exit {rc}); see "
-                      f"{run_paths(runs_dir, conf, seed)[2]}", file=sys.stderr)
+                ckpt, _, log = run_paths(runs_dir, conf, seed)
+                hint = (f"; {ckpt} is kept (move it away to start over)"
+                        if resume and rc == 2 else "")
+                print(f"{conf} seed {seed}: failed (exit {rc}); see {log}{hint}",
+                      file=sys.stderr)
             bar.update(1)
             atomic_write(out, build_table(runs_dir, order))
     bar.close()
@@ -325,8 +385,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     gpus = [g.strip() for g in args.gpus.split(",") if g.strip()]
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
-    failures = run_all(args.confs, seeds, args.runs_dir, args.dataroot, extra, gpus, args.out,
-                       progress=not args.no_progress, jobs=args.jobs)
+    try:  # every config and override is checked before anything runs or is written
+        for conf in args.confs:
+            expected_config(conf, seeds[0], extra)
+        failures = run_all(args.confs, seeds, args.runs_dir, args.dataroot, extra, gpus,
+                           args.out, progress=not args.no_progress, jobs=args.jobs)
+    except ConfigError as exc:
+        return fail(" ".join(str(exc).split()))
     print(open(args.out, encoding="utf-8").read())
     return 1 if failures else 0
 

@@ -20,7 +20,6 @@ Python API: :func:`main` takes the argument list and returns that results dict.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -32,31 +31,12 @@ import torch.distributed as dist
 from DeepAA_evaluate import data as D
 from DeepAA_evaluate.checkpoint import (CheckpointError, load_checkpoint, save_checkpoint,
                                         set_rng_state)
-from DeepAA_evaluate.config import (RESUME_FREE_KEYS, ConfigError, config_diff, load_config,
-                                    parse_overrides)
+from DeepAA_evaluate.config import (RESUME_FREE_KEYS, ConfigError, build_parser, config_diff,
+                                    load_config, parse_overrides)
 from DeepAA_evaluate.engine import Normalizer, Runtime, evaluate, train_epoch
 from DeepAA_evaluate.logs import MetricWriter, write_json
 from DeepAA_evaluate.schedules import build_optimizer, build_scheduler
 from networks.torch_models import get_model
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, exit 2
-        raise ConfigError(message)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m DeepAA_evaluate.train", allow_abbrev=False,
-                description="Train a model with a DeepAA policy (SPEC §3). Any config key can "
-                            "be overridden: --key.sub value.")
-    p.add_argument("-c", "--config", required=True, help="trainer config YAML (confs/)")
-    p.add_argument("--dataroot", default="./data", help="folder with the datasets")
-    p.add_argument("--save", default="", help="checkpoint path; results JSON beside it")
-    p.add_argument("--tag", default="", help="TensorBoard run name: logs/<tag>/")
-    p.add_argument("--only-eval", action="store_true", help="evaluate the --save checkpoint")
-    p.add_argument("--resume", action="store_true", help="continue the --save checkpoint")
-    p.add_argument("--overwrite", action="store_true", help="start over if --save exists")
-    return p
 
 
 def parse_args(argv):

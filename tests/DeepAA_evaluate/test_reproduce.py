@@ -49,10 +49,21 @@ def _fake_result(runs, stem, seed, top1, cfg=None, finished=True, wall=120.0):
     return path
 
 
+TINY_CONF = ("model: {type: wresnet10_1}\ndataset: cifar10\naug: none\nbatch: 20\nepoch: 100\n"
+             "lr: 0.05\nlr_schedule: {type: cosine}\n"
+             "optimizer: {type: sgd, nesterov: true, decay: 0.0005}\n")
+
+
+def _conf(tmp_path, name="a"):
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(TINY_CONF)
+    return str(path)
+
+
 def test_plan_skips_finished_and_resumes_interrupted(tmp_path):
     runs = tmp_path / "runs"
-    conf = str(tmp_path / "a.yaml")
-    _fake_result(runs, "a", 1, 0.5)
+    conf = _conf(tmp_path)
+    _fake_result(runs, "a", 1, 0.5, cfg=R.expected_config(conf, 1, []))
     _fake_result(runs, "a", 2, 0.5, finished=False)  # interrupted: checkpoint left behind
     (runs / "a" / "seed2.pth").write_bytes(b"x")
     todo, done = R.plan([conf], [1, 2, 3], str(runs))
@@ -63,10 +74,69 @@ def test_plan_skips_finished_and_resumes_interrupted(tmp_path):
     assert cmd[cmd.index("--save") + 1] == str(runs / "a" / "seed2.pth")
 
 
+def test_a_result_of_another_config_is_refused_not_counted(tmp_path):
+    """A finished smoke run (-- --epoch 2) left in the runs folder must not count as a seed of
+    the full config; keys that only change execution (num_workers) may differ."""
+    runs = tmp_path / "runs"
+    conf = _conf(tmp_path)
+    _fake_result(runs, "a", 1, 0.3, cfg=R.expected_config(conf, 1, ["--epoch", "2"]))
+    _fake_result(runs, "a", 2, 0.5, cfg=R.expected_config(conf, 2, ["--num_workers", "3"]))
+    with pytest.raises(R.ConfigError, match=r"seed1\.json was trained with another config "
+                                            r"\(differs in epoch\)"):
+        R.plan([conf], [1, 2], str(runs))
+    assert R.plan([conf], [1], str(runs), ["--epoch", "2"]) == ([], 1)
+    assert R.plan([conf], [2], str(runs)) == ([], 1)
+    _fake_result(runs, "a", 3, 0.5, cfg=R.expected_config(conf, 4, []))  # filed as seed 3
+    with pytest.raises(R.ConfigError, match=r"differs in seed\)"):
+        R.plan([conf], [3], str(runs))
+    out = tmp_path / "out.md"
+    res = subprocess.run([sys.executable, "-m", "DeepAA_evaluate.reproduce", "--confs", conf,
+                          "--seeds", "2", "--runs_dir", str(runs), "--out", str(out)],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "epoch" in res.stderr
+    assert not out.exists() and sorted(os.listdir(runs / "a")) == [
+        "seed1.json", "seed2.json", "seed3.json"]
+
+
+def test_table_keeps_runs_of_other_configs_apart(tmp_path):
+    runs = tmp_path / "runs"
+    conf = _conf(tmp_path)
+    for seed, top1 in ((1, 0.70), (2, 0.72)):
+        _fake_result(runs, "a", seed, top1, cfg=R.expected_config(conf, seed, []))
+    _fake_result(runs, "a", 3, 0.20, cfg=R.expected_config(conf, 3, ["--epoch", "2"]))
+    rows = [line for line in R.build_table(str(runs)).splitlines()[2:]]
+    assert rows[0].startswith("| a | 2 | 71.00 ± ") and rows[1].startswith(
+        "| a (epoch=2) | 1 | 20.00 (one run) |") and len(rows) == 2
+
+
+def test_a_resume_the_trainer_refuses_keeps_its_checkpoint(tmp_path, monkeypatch, capsys):
+    """Exit 2 on --resume (the checkpoint's config differs) is reported; the run is not
+    started over with --overwrite, which would lose the checkpoint's epochs."""
+    started = []
+
+    class Proc:
+        def __init__(self, cmd, **kw):
+            started.append(cmd)
+
+        def poll(self):
+            return 2
+
+    monkeypatch.setattr(R.subprocess, "Popen", Proc)
+    runs = tmp_path / "runs"
+    conf = _conf(tmp_path)
+    (runs / "a").mkdir(parents=True)
+    (runs / "a" / "seed1.pth").write_bytes(b"checkpoint")
+    assert R.run_all([conf], [1], str(runs), "data", [], [], str(tmp_path / "out.md"),
+                     progress=False) == 1
+    assert len(started) == 1 and "--resume" in started[0]
+    assert (runs / "a" / "seed1.pth").read_bytes() == b"checkpoint"
+    assert "seed1.pth is kept" in capsys.readouterr().err
+
+
 def test_plan_is_seed_major_so_cells_fill_evenly(tmp_path):
     runs = tmp_path / "runs"
-    a, b = str(tmp_path / "a.yaml"), str(tmp_path / "b.yaml")
-    _fake_result(runs, "a", 1, 0.5)
+    a, b = _conf(tmp_path, "a"), _conf(tmp_path, "b")
+    _fake_result(runs, "a", 1, 0.5, cfg=R.expected_config(a, 1, []))
     todo, done = R.plan([a, b], [1, 2], str(runs))
     assert done == 1 and [(c, s) for c, s, _ in todo] == [(b, 1), (a, 2), (b, 2)]
 
