@@ -200,6 +200,12 @@ def run(cfg: dict, args, rt: Runtime) -> dict:
     cfg = {**cfg, "seed": _shared_seed(rt, cfg["seed"])}
     exp = Experiment(cfg, args, rt)
     stem = os.path.splitext(args.save)[0] if args.save else ""
+    if args.overwrite and stem and rt.is_main:
+        # Starting over: the previous run's results must not outlive it beside the new
+        # checkpoint (a crash of the new run would leave them looking current).
+        for old in (stem + ".json", stem + "_eval.json"):
+            if os.path.isfile(old):
+                os.remove(old)
 
     if args.only_eval:
         exp.load(ckpt, full=False)

@@ -12,7 +12,7 @@ def _weights(path):
     return torch.load(path, map_location="cpu", weights_only=True)["model"]
 
 
-def test_one_epoch_writes_checkpoint_results_and_logs(tiny, capsys):
+def test_one_epoch_writes_checkpoint_results_and_logs(tiny, capsys, monkeypatch):
     path, work = tiny
     save = work / "ck" / "run.pth"
     one = ["--epoch", "1", "--lr_schedule.warmup.epoch", "0"]
@@ -43,6 +43,22 @@ def test_one_epoch_writes_checkpoint_results_and_logs(tiny, capsys):
     ev = main(["-c", str(path), "--save", str(save), "--only-eval"] + one)
     assert ev["top1_test"] == pytest.approx(res["top1_test"])
     assert (work / "ck" / "run_eval.json").exists()
+
+    # --overwrite starts over: a bad config changes nothing; once the new run starts, the old
+    # run's results are gone even if it then fails.
+    with pytest.raises(SystemExit):
+        main(["-c", str(path), "--save", str(save), "--overwrite", "--lr", "-1"] + one)
+    assert (work / "ck" / "run.json").exists() and (work / "ck" / "run_eval.json").exists()
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("crashed in epoch 1")
+
+    monkeypatch.setattr("DeepAA_evaluate.train.train_epoch", crash)
+    with pytest.raises(RuntimeError, match="crashed"):
+        main(["-c", str(path), "--save", str(save), "--overwrite"] + one)
+    assert not (work / "ck" / "run.json").exists()
+    assert not (work / "ck" / "run_eval.json").exists()
+    assert _weights_epoch(save) == 1  # the old checkpoint stays until an epoch replaces it
 
 
 def _weights_epoch(path):
