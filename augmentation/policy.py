@@ -308,13 +308,16 @@ def _umask() -> int:
 
 def atomic_write(path, data: bytes | str) -> None:
     """Write via a temporary file in the same directory and os.replace (no half-written file
-    is ever visible under ``path``)."""
+    is ever visible under ``path``). The data reach the disk (fsync) before the rename, so a
+    power loss cannot leave an empty file in place of a good checkpoint or result."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode("utf-8") if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual file mode
         os.replace(tmp, path)
     except BaseException:
