@@ -30,7 +30,10 @@ CIFAR_MEAN = np.array([0.49139968, 0.48215841, 0.44653091], np.float32)  # SPEC 
 CIFAR_STD = np.array([0.2023, 0.1994, 0.2010], np.float32)
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
-MAX_VALIDATION = 10000
+MAX_VALIDATION = 10000  # CIFAR: 10,000 of the 50,000 training images (SPEC §2 "Data")
+# ImageNet: SPEC §2 holds out "a part of the training set"; the released search held out
+# 400,000 images (about 310 a class), so that the 64 validation images of a point are distinct.
+IMAGENET_VALIDATION = 400000
 # Stream identifiers of the derived random generators.
 SPLIT, POINTS, DENSE, GTR_PREFIX, GTR_LAST, VAL, PRETRAIN = range(7)
 
@@ -61,13 +64,17 @@ class Splits:
     search: np.ndarray
 
 
-def validation_size(n: int) -> int:
+def validation_size(n: int, space: str = "cifar") -> int:
+    """Validation images out of ``n`` training images: 20 % up to 10,000 (CIFAR and custom
+    data), or the released 400,000 for ImageNet (at most half of ``n``)."""
+    if space == "imagenet":
+        return min(IMAGENET_VALIDATION, n // 2)
     return min(MAX_VALIDATION, n // 5)
 
 
-def make_splits(n: int, pretrain_size: int, seed: int) -> Splits:
+def make_splits(n: int, pretrain_size: int, seed: int, space: str = "cifar") -> Splits:
     perm = derive_rng(seed, SPLIT).permutation(n)
-    n_val = validation_size(n)
+    n_val = validation_size(n, space)
     rest = perm[n_val:]
     n_pre = min(int(pretrain_size), len(rest) // 2)
     return Splits(val=np.sort(perm[:n_val]), pretrain=np.sort(rest[:n_pre]),
@@ -95,6 +102,11 @@ class PointSampler:
         self.classes = np.array(sorted(set(self.search_by_class) & set(self.val_by_class)))
         if len(self.classes) == 0:
             raise ValueError("no class has images in both the search and the validation split")
+
+    def short_classes(self) -> list[int]:
+        """Classes whose validation images are fewer than a point's batch (drawn with
+        replacement, so a batch repeats images)."""
+        return [int(c) for c in self.classes if len(self.val_by_class[c]) < self.n_val]
 
     def sample(self, rng: np.random.Generator, n_points: int):
         """(classes [P], search indices [P], validation indices [P, V]) into the train split."""

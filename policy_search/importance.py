@@ -13,8 +13,11 @@ Choices, all following the released search code:
 
 * Only the data loss is differentiated: the model's regularisation terms (``model.losses``, the
   L2 weight decay used in pretraining) are left out of every gradient and JVP.
-* θ is ``model.trainable_variables``. The search freezes batch normalisation by making those
-  layers non-trainable, so their γ/β take no part in the matching (SPEC §2 "Pretraining").
+* θ is the model's trainable variables outside batch normalisation. The search freezes batch
+  normalisation by making those layers non-trainable (SPEC §2 "Pretraining"), and their γ/β
+  take no part in the matching in either mode: ``--policy_bn_training`` changes how batch
+  norm normalises, not the space of gradients that are matched (the released θ never held
+  γ/β).
 * The model runs in inference mode unless ``bn_training`` (``--policy_bn_training``) is set.
   Then batch norm normalises with the statistics of each chunk (so importances depend on the
   chunking), and the moving statistics, which Keras updates in training mode, are put back
@@ -34,13 +37,20 @@ import contextlib
 import tensorflow as tf
 
 
+def theta(model) -> list:
+    """θ: the model's trainable variables, less those of its batch-norm layers."""
+    norm = {id(v) for layer in model._flatten_layers()
+            if isinstance(layer, tf.keras.layers.BatchNormalization) for v in layer.weights}
+    return [v for v in model.trainable_variables if id(v) not in norm]
+
+
 class GradientMatcher:
     """Gradients and importances of one Keras model (the search model, batch norm frozen).
 
     Inputs are normalised float NHWC tensors; they are cast to the dtype of the model's
-    weights. Gradients are lists of tensors aligned with ``self.variables``, which are the
-    model's trainable variables when the matcher is built: build it after pretraining and
-    after batch norm has been frozen.
+    weights. Gradients are lists of tensors aligned with ``self.variables`` (θ), which are the
+    model's trainable variables outside batch normalisation when the matcher is built: build
+    it after pretraining.
     """
 
     def __init__(self, model, strategy=None, chunk_size: int = 256, bn_training: bool = False):
@@ -50,7 +60,7 @@ class GradientMatcher:
         self.strategy = strategy if strategy is not None else tf.distribute.get_strategy()
         self.chunk_size = int(chunk_size)
         self.bn_training = bool(bn_training)
-        self.variables = list(model.trainable_variables)
+        self.variables = theta(model)
         if not self.variables:
             raise ValueError("the model has no trainable variables to match gradients on")
         self.dtype = tf.as_dtype(self.variables[0].dtype)

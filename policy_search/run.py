@@ -64,7 +64,8 @@ class Prepared:
             self.size = int(min(self.train.image(0).size))
         self.input_shape = (self.size, self.size, 3)
         self.candidates = space_candidates(self.space, args.l_mags)
-        self.splits = data.make_splits(len(self.train), args.pretrain_size, args.seed)
+        self.splits = data.make_splits(len(self.train), args.pretrain_size, args.seed,
+                                       self.space)
         if len(self.splits.val) == 0 or len(self.splits.search) == 0:
             raise UsageError("--dataset", f"{args.dataset} has too few images "
                              f"({len(self.train)}) for validation and search splits")
@@ -203,6 +204,11 @@ def _main_from_strategy(args, prep, resume, strategy, started) -> int:
              "val/pretrain/search = %d/%d/%d", args.dataset, args.use_model, args.n_classes,
              len(prep.candidates), replicas, len(prep.splits.val), len(prep.splits.pretrain),
              len(prep.splits.search))
+    short = prep.sampler.short_classes()
+    if short:
+        log.warning("%d of %d classes have fewer than %d validation images (--n_val_per_point); "
+                    "their validation batches repeat images", len(short),
+                    len(prep.sampler.classes), args.n_val_per_point)
     augmenter = Augmenter(prep.candidates, args.l_mags, prep.size)
     executor = make_executor(augmenter, args.use_pool, args.aug_backend)
     try:

@@ -39,6 +39,22 @@ def test_split_sizes_of_cifar_and_pretrain_cap():
     assert (len(small.val), len(small.pretrain), len(small.search)) == (20, 40, 40)
 
 
+def test_imagenet_holds_out_the_released_validation_split():
+    """400,000 of ImageNet's 1,281,167 training images (about 310 a class, so a point's 64
+    validation images are distinct); at most half of a smaller ImageNet-space dataset."""
+    s = data.make_splits(1281167, 5000, seed=1, space="imagenet")
+    assert (len(s.val), len(s.pretrain), len(s.search)) == (400000, 5000, 876167)
+    assert len(data.make_splits(1000, 100, seed=1, space="imagenet").val) == 500
+
+
+def test_classes_with_too_few_validation_images_are_named():
+    labels = np.repeat(np.arange(4), [50, 50, 50, 400])
+    splits = data.make_splits(len(labels), 60, seed=0)
+    sampler = data.PointSampler(labels, splits, n_val=16)
+    counts = [np.sum(labels[splits.val] == c) for c in range(4)]
+    assert sampler.short_classes() == [c for c in range(4) if counts[c] < 16] != []
+
+
 def test_points_are_class_conditional():
     ds = _dataset()
     splits = data.make_splits(len(ds), 60, seed=0)

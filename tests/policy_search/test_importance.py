@@ -132,7 +132,11 @@ def test_bn_training_uses_chunk_statistics_and_leaves_the_model_unchanged(setup)
     before = [v.numpy() for v in model.weights]
     inference = GradientMatcher(model, chunk_size=7)
     training = GradientMatcher(model, chunk_size=7, bn_training=True)
-    assert len(training.variables) == 6  # γ and β join θ when batch norm is trainable
+    # θ is the same in both modes: γ and β stay out although batch norm is trainable here.
+    assert len(model.trainable_variables) == 6
+    assert [v.path for v in training.variables] == [v.path for v in inference.variables]
+    assert len(training.variables) == 4 and not any(
+        "batch_normalization" in v.path for v in training.variables)
     g_val = training.val_grad(val, val_labels)
     g_tr = training.weighted_grad(aug, labels, p)
     r = training.importance(aug, labels, g_val, g_tr).numpy()
@@ -141,7 +145,7 @@ def test_bn_training_uses_chunk_statistics_and_leaves_the_model_unchanged(setup)
         logits = model(aug, training=True)
         loss = tf.reduce_sum(p * keras.losses.sparse_categorical_crossentropy(
             labels, logits, from_logits=True))
-    ref = tape.gradient(loss, model.trainable_variables)
+    ref = tape.gradient(loss, training.variables)
     for var, value in zip(model.weights, before):
         var.assign(value)
     assert rel_err(flat(g_tr), flat(ref)) < 1e-10
