@@ -81,14 +81,15 @@ def bench(name, cfg, steps, l_mags, use_pool, backend):
             t_data.append(a + b)
             p = cfg["points"]
             tv = tt = tj = 0.0
-            for i in range(p):
-                g_val, dt = _timed(matcher.val_grad, batch["val"][i], batch["val_labels"][i])
+            for i in range(p):  # the batch is uint8; the separate passes take normalised
+                val = data.normalize(batch["val"][i], "cifar")
+                g_val, dt = _timed(matcher.val_grad, val, batch["val_labels"][i])
                 tv += dt
                 m = batch["gtr"].shape[1]
-                g_tr, dt = _timed(matcher.weighted_grad, batch["gtr"][i],
+                g_tr, dt = _timed(matcher.weighted_grad, data.normalize(batch["gtr"][i], "cifar"),
                                   np.full(m, batch["labels"][i]), np.full(m, 1.0 / m))
                 tt += dt
-                dense = batch["dense"][i].reshape(-1, 32, 32, 3)
+                dense = data.normalize(batch["dense"][i].reshape(-1, 32, 32, 3), "cifar")
                 r, dt = _timed(lambda: matcher.importance(
                     dense, np.full(len(dense), batch["labels"][i]), g_val, g_tr).numpy())
                 tj += dt

@@ -46,9 +46,14 @@ def derive_seed(seed: int, *keys: int) -> int:
     return int(np.random.SeedSequence([int(seed), *map(int, keys)]).generate_state(1)[0])
 
 
+def statistics(space: str) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, std) of the normalisation after augmentation (SPEC §2 "Normalisation")."""
+    return (IMAGENET_MEAN, IMAGENET_STD) if space == "imagenet" else (CIFAR_MEAN, CIFAR_STD)
+
+
 def normalize(images_u8: np.ndarray, space: str) -> np.ndarray:
     """uint8 [..., H, W, 3] -> float32 (x / 255 - mean) / std (SPEC §2 "Normalisation")."""
-    mean, std = (IMAGENET_MEAN, IMAGENET_STD) if space == "imagenet" else (CIFAR_MEAN, CIFAR_STD)
+    mean, std = statistics(space)
     out = images_u8.astype(np.float32)
     out *= np.float32(1.0 / 255.0)
     out -= mean
@@ -145,7 +150,9 @@ class StepBuilder:
     ``finish(part, k, s, probs_k)`` (the layer-k op of the g_tr copies) together give
     stage 1: "aug" [P, D', H, W, C]; stage k: "gtr" [P, M, ...] (M = D * EXP_gT_factor) and
     "dense" [P, G, D', ...]; always "labels" [P], "val" [P, V, ...], "val_labels" [P, V] and,
-    with repeated random ops, "dense_groups" [D'].
+    with repeated random ops, "dense_groups" [D']. Images stay uint8: the Searcher normalises
+    them on the device one point at a time, so a step holds a quarter of the float32 memory
+    on the host and on the device (ImageNet steps are tens of gigabytes otherwise).
     """
 
     def __init__(self, dataset, sampler: PointSampler, executor, space: str, n_points: int,
@@ -175,13 +182,13 @@ class StepBuilder:
         xs = [source_of(self.dataset, i) for i in x_idx]
         out = {"labels": classes.astype(np.int32),
                "val_labels": np.repeat(classes[:, None], val_idx.shape[1], 1).astype(np.int32),
-               "val": normalize(self._val_images(k, s, val_idx), self.space)}
+               "val": self._val_images(k, s, val_idx)}
         if self.groups is not None:
             out["dense_groups"] = self.groups
         if k == 0:
             tasks = [([x], [[]], self.columns, derive_seed(self.seed, DENSE, k, s, p), True)
                      for p, x in enumerate(xs)]
-            out["aug"] = normalize(np.stack(self.executor.map(tasks)), self.space)
+            out["aug"] = np.stack(self.executor.map(tasks))
             return out
         seq_rng = derive_rng(self.seed, DENSE, k, s)
         tasks = []
@@ -190,8 +197,7 @@ class StepBuilder:
             tasks += [([x], [seqs[g]], self.columns, derive_seed(self.seed, DENSE, k, s, p, g),
                        True) for g in range(self.exp_g)]
         dense = np.stack(self.executor.map(tasks))  # [P*G, D', H, W, C]
-        out["dense"] = normalize(dense.reshape(self.n_points, self.exp_g, *dense.shape[1:]),
-                                 self.space)
+        out["dense"] = dense.reshape(self.n_points, self.exp_g, *dense.shape[1:])
         pre_rng = derive_rng(self.seed, GTR_PREFIX, k, s)
         tasks = [([x] * self.n_gtr, self._sample_seq(pre_rng, frozen, self.n_gtr), None,
                   derive_seed(self.seed, GTR_PREFIX, k, s, p), False) for p, x in enumerate(xs)]
@@ -206,7 +212,7 @@ class StepBuilder:
         rng = derive_rng(self.seed, GTR_LAST, k, s)
         tasks = [(imgs, rng.choice(len(probs_k), size=(len(imgs), 1), p=probs_k), None,
                   derive_seed(self.seed, GTR_LAST, k, s, p), True) for p, imgs in enumerate(prefix)]
-        batch["gtr"] = normalize(np.stack(self.executor.map(tasks)), self.space)
+        batch["gtr"] = np.stack(self.executor.map(tasks))
         return batch
 
 

@@ -11,6 +11,7 @@ import numpy as np
 import tensorflow as tf
 import keras
 
+from policy_search import data
 from policy_search.devices import n_replicas
 from policy_search.importance import GradientMatcher
 
@@ -148,11 +149,14 @@ class Searcher:
     the same batch.
     """
 
-    def __init__(self, matcher: GradientMatcher, logits: PolicyLogits):
+    def __init__(self, matcher: GradientMatcher, logits: PolicyLogits, space: str = "cifar"):
+        """``space`` picks the normalisation of uint8 batches (data.StepBuilder's); float
+        batches are taken as normalised already."""
         self.matcher = matcher
         self.policy = logits
         self.strategy = matcher.strategy
         self.replicas = n_replicas(self.strategy)
+        self.mean, self.std = (tf.constant(v, tf.float32) for v in data.statistics(space))
         self._dist_fns = {}
 
     # ----- public steps -----------------------------------------------------------------------
@@ -227,9 +231,14 @@ class Searcher:
                              "the points of the batch")
         dtype = self.matcher.dtype
         per = n_points // self.replicas
-        arrays = [(labels, tf.int32), (val, dtype), (val_labels, tf.int32), (dense, dtype)]
+
+        def image_dtype(a):  # uint8 goes to the device as it is (normalised there per point)
+            return tf.uint8 if a.dtype == np.uint8 else dtype
+
+        arrays = [(labels, tf.int32), (val, image_dtype(val)), (val_labels, tf.int32),
+                  (dense, image_dtype(dense))]
         if gtr is not None:
-            arrays.append((gtr, dtype))
+            arrays.append((gtr, image_dtype(gtr)))
 
         def value_fn(ctx):
             block = slice(ctx.replica_id_in_sync_group * per,
@@ -258,6 +267,13 @@ class Searcher:
         """Per-replica work on its block of points, one point at a time (bounded memory)."""
         m = self.matcher
 
+        def normalize(x):
+            """uint8 -> (x / 255 - mean) / std in float32, the ops of data.normalize."""
+            if x.dtype != tf.uint8:
+                return x
+            y = tf.cast(x, tf.float32) * np.float32(1.0 / 255.0)
+            return tf.cast((y - self.mean) / self.std, m.dtype)
+
         def fn(weights, labels, val, val_labels, dense, gtr=None):
             train = dense if shared else gtr
             n = tf.shape(labels)[0]
@@ -265,11 +281,13 @@ class Searcher:
             def point(i, cos_out, r_out):
                 n_val = tf.shape(val_labels[i])[0]
                 g_val = m.weighted_grad_ops(
-                    val[i], val_labels[i],
+                    normalize(val[i]), val_labels[i],
                     tf.fill([n_val], 1.0 / tf.cast(n_val, m.dtype)))
+                dense_i = normalize(dense[i])
+                train_i = dense_i if shared else normalize(train[i])
                 g_tr = m.weighted_grad_ops(
-                    train[i], tf.fill([tf.shape(train[i])[0]], labels[i]), weights)
-                cos, r = m.match_ops(dense[i], tf.fill([tf.shape(dense[i])[0]], labels[i]),
+                    train_i, tf.fill([tf.shape(train_i)[0]], labels[i]), weights)
+                cos, r = m.match_ops(dense_i, tf.fill([tf.shape(dense_i)[0]], labels[i]),
                                      g_val, g_tr)
                 return i + 1, cos_out.write(i, cos), r_out.write(i, r)
 

@@ -276,7 +276,7 @@ def _search(args, tf, model, strategy, prep, executor, weights, resume, started)
         args.use_model), bn_training=args.policy_bn_training)
     logits = PolicyLogits(args.n_policies, len(prep.candidates),
                           identity_index(prep.space, args.l_mags), args.policy_lr, strategy)
-    searcher = Searcher(matcher, logits)
+    searcher = Searcher(matcher, logits, prep.space)
     columns, groups = data.dense_columns(prep.candidates, args.repeat_random_ops,
                                          args.N_repeat_random)
     builder = data.StepBuilder(prep.train, prep.sampler, executor, prep.space,

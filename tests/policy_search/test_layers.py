@@ -166,6 +166,31 @@ def test_repeated_random_candidates_average_their_copies(searcher_parts, stage):
     np.testing.assert_allclose(results[0][2], results[1][2], atol=1e-6)
 
 
+@pytest.mark.parametrize("space", ["cifar", "imagenet"])
+def test_uint8_batches_are_normalised_on_the_device(searcher_parts, space):
+    """data.StepBuilder's uint8 batches give the steps of the same batches normalised on the
+    host (data.normalize) with the space's statistics."""
+    from policy_search import data
+
+    model, matcher = searcher_parts
+    rng = np.random.default_rng(4)
+    shape = search_batch(2, 4, 3, n_gtr=3, n_copies=2)
+    raw = {k: rng.integers(0, 256, v.shape, dtype=np.uint8) if v.dtype == np.float64 else v
+           for k, v in shape.items()}
+    floats = {k: data.normalize(v, space).astype(np.float64) if v.dtype == np.uint8 else v
+              for k, v in raw.items()}
+    outs = []
+    for batch in (raw, floats):
+        searcher = Searcher(matcher, PolicyLogits(2, 4, 0, 0.025), space)
+        outs.append((searcher.stage1_step(batch)["importance"],
+                     searcher.stagek_step(1, batch)["importance"]))
+    for got, want in zip(*outs):
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-14)
+    other = "imagenet" if space == "cifar" else "cifar"
+    wrong = Searcher(matcher, PolicyLogits(2, 4, 0, 0.025), other).stage1_step(raw)
+    assert not np.allclose(wrong["importance"], outs[1][0], rtol=1e-3)
+
+
 def test_searcher_refuses_bad_batches(searcher_parts):
     model, matcher = searcher_parts
     searcher = Searcher(matcher, PolicyLogits(2, 4, 0, 0.025))
