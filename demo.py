@@ -137,6 +137,8 @@ def run_search(args, prof, spec, dataroot, out) -> str:
            "--dataroot", dataroot, "--n_classes", "10", "--use_model", "WRN_10_1",
            *prof["search"], "--seed", "1", "--out", policy,
            "--results_dir", os.path.join(out, "search")]
+    if os.path.exists(os.path.join(out, "search", "checkpoint.npz")):
+        cmd.append("--resume")  # an interrupted demo search continues where it stopped
     print(" ".join(cmd[1:]), flush=True)
     rc = subprocess.call(cmd, cwd=out, env=_env())
     if rc != 0 or not os.path.exists(policy):

@@ -87,22 +87,24 @@ class Executor:
     """Maps tasks to results, in order, in this process or in a pool (``--use_pool``).
 
     The pool uses the ``spawn`` start method: forking a process that runs TensorFlow threads is
-    unsafe. The workers import this module (Pillow and numpy), never TensorFlow.
+    unsafe. The workers import this module (Pillow and numpy), never TensorFlow. The pool starts
+    with the first tasks that need it, so an executor whose work never reaches the Pillow path
+    (TensorExecutor on CIFAR-sized data) starts no idle processes.
     """
 
     def __init__(self, augmenter: Augmenter, processes: int = 0):
         self.augmenter = augmenter
+        self.processes = int(processes)
         self.pool = None
-        if processes > 0:
-            ctx = multiprocessing.get_context("spawn")
-            self.pool = ctx.Pool(processes, initializer=_init_worker,
-                                 initargs=(augmenter.candidates, augmenter.l_mags,
-                                           augmenter.out_size))
-            self.processes = processes
 
     def map(self, tasks: list) -> list:
-        if self.pool is None:
+        if self.processes <= 0:
             return [self.augmenter(t) for t in tasks]
+        if self.pool is None:
+            ctx = multiprocessing.get_context("spawn")
+            self.pool = ctx.Pool(self.processes, initializer=_init_worker,
+                                 initargs=(self.augmenter.candidates, self.augmenter.l_mags,
+                                           self.augmenter.out_size))
         chunk = max(1, len(tasks) // (4 * self.processes))
         return self.pool.map(_run_in_worker, tasks, chunksize=chunk)
 
@@ -111,6 +113,7 @@ class Executor:
             self.pool.terminate()
             self.pool.join()
             self.pool = None
+        self.processes = 0  # later tasks, if any, run in this process
 
 
 class TensorExecutor(Executor):

@@ -82,7 +82,7 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
     r.add_argument("--clip_policy_gradient_norm", type=float, **_d(suppress_defaults, 5.0),
                    help="parsed for compatibility; unused, as in the released code (SPEC §2)")
     r.add_argument("--debug", action="store_true", **_d(suppress_defaults, False),
-                   help="log every step's timings and importances at debug level")
+                   help="log every step's cos similarity, entropy and timings at debug level")
     r.add_argument("--seed", type=int, **_d(suppress_defaults, 1), help="random seed")
     r.add_argument("--policy_bn_training", action="store_true", **_d(suppress_defaults, False),
                    help="run batch norm in training mode during the search (default: frozen)")
@@ -96,10 +96,13 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
     r.add_argument("--N_repeat_random", type=int, **_d(suppress_defaults, 1),
                    help="copies of each random candidate with --repeat_random_ops")
     r.add_argument("--use_pool", action="store_true", **_d(suppress_defaults, False),
-                   help="augment in a process pool (one process per CPU core)")
+                   help="augment in a process pool (one process per CPU core); with "
+                        "--aug_backend tensor only images the batched path cannot take "
+                        "(ImageNet sizes) go to the pool")
     r.add_argument("--chunk_size", type=int, **_d(suppress_defaults, None),
                    help="images per gradient/JVP chunk (default: 256 for WRN-40-2, 128 for "
-                   "WRN-28-10, 16 for ResNet-50)")
+                   "WRN-28-10, 16 for ResNet-50); the released flag of this name set the "
+                   "augmentation pool's chunk size, which is automatic here")
     r.add_argument("--EXP_gT_factor", type=int, **_d(suppress_defaults, 4),
                    help="stage k: g_tr averages D * EXP_gT_factor sampled copies of each point")
     r.add_argument("--EXP_G", type=int, **_d(suppress_defaults, 16),
@@ -167,7 +170,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.results_dir = os.path.join("results", f"search_{slug}_{args.use_model}_seed{args.seed}")
     if args.out is None:
         args.out = os.path.join(args.results_dir, "policy.yaml")
-    if args.pretrained is None and args.dataset == "imagenet" and not args.pretrain_only:
+    if args.pretrained is None and args.dataset == "imagenet" and not args.pretrain_only \
+            and not args.resume:  # a resumed search takes the weights its checkpoint names
         args.pretrained = os.path.join("pretrained_imagenet", "imagenet_resnet50.weights.h5")
     return args
 

@@ -138,14 +138,22 @@ def _check_resume(args, meta):
         if meta["flags"].get(key) != getattr(args, key):
             raise UsageError("--resume", f"the checkpoint was made with --{key} "
                              f"{meta['flags'].get(key)!r}, not {getattr(args, key)!r}")
+    saved = meta.get("weights")
+    if args.pretrained is not None and saved is not None and \
+            os.path.abspath(args.pretrained) != os.path.abspath(saved):
+        raise UsageError("--pretrained", f"the checkpoint searches with the weights {saved!r}; "
+                         "leave --pretrained out to resume it")
 
 
 # ------------------------------------------------------------------ the run
 def main(args) -> int:
     """Run the search described by ``args`` (parsed and validated by ``config``)."""
     started = time.time()
-    prep = Prepared(args)
     ckpt_path = os.path.join(args.results_dir, CHECKPOINT)
+    if not args.resume and os.path.exists(ckpt_path):  # a fresh run would overwrite it
+        raise UsageError("--results_dir", f"{args.results_dir} holds a search checkpoint; pass "
+                         "--resume to continue it or choose another --results_dir")
+    prep = Prepared(args)
     resume = None
     if args.resume:
         resume = load_checkpoint(ckpt_path)
@@ -351,6 +359,7 @@ def _search(args, tf, model, strategy, prep, executor, weights, resume, started)
         if in_flight is not None:
             layer, step, state = in_flight
             logits.set_state(state)
+            del traces[layer][step:]  # the cut step's cos, if it got that far
             checkpoint(layer, step)
         else:
             checkpoint(*_position(traces, args.search_bno))

@@ -66,6 +66,17 @@ def test_resume_refuses_a_checkpoint_of_other_search_flags():
     args = config.parse_args(["--preset", "cpu"])
     meta = {"flags": {key: getattr(args, key) for key in run.RESUME_KEYS}}
     run._check_resume(args, meta)  # the same flags resume
+    weights = dict(meta, weights="results/pretrained_WRN_10_1.weights.h5")
+    run._check_resume(args, weights)
+    with_same = config.parse_args(["--preset", "cpu", "--pretrained", weights["weights"]])
+    run._check_resume(with_same, weights)
+    other = config.parse_args(["--preset", "cpu", "--pretrained", "other.weights.h5"])
+    with pytest.raises(config.UsageError, match="--pretrained.*leave --pretrained out"):
+        run._check_resume(other, weights)
+    # ImageNet's default weights are filled in for a new search, not for a resumed one.
+    assert config.parse_args(["--dataset", "imagenet"]).pretrained.endswith(
+        "imagenet_resnet50.weights.h5")
+    assert config.parse_args(["--dataset", "imagenet", "--resume"]).pretrained is None
     for key, other in (("aug_backend", "pil"), ("EXP_G", 5), ("seed", 2)):
         changed = {"flags": dict(meta["flags"], **{key: other})}
         with pytest.raises(config.UsageError, match=f"--{key}"):
@@ -88,6 +99,9 @@ def dataset(tmp_path_factory):
 def _bad_cases(dataset, tmp):
     garbage = tmp / "garbage.weights.h5"
     garbage.write_bytes(b"not a weights file")
+    earlier = tmp / "earlier_search"  # a fresh run must not overwrite its checkpoint
+    earlier.mkdir()
+    (earlier / "checkpoint.npz").write_bytes(b"a search's progress")
     base = ["--dataset", f"npz:{dataset}", "--n_classes", "4", "--use_model", "WRN_10_1",
             "--preset", "cpu"]
     return [
@@ -103,6 +117,7 @@ def _bad_cases(dataset, tmp):
         (["--pretrained", str(garbage)], "--pretrained"),
         (["--resume"], "--resume"),
         (["--n_classes", "x"], "--n_classes"),
+        (["--results_dir", str(earlier)], "--results_dir"),
     ], base
 
 
@@ -115,6 +130,8 @@ def test_bad_input_one_line_exit_2_nothing_written(dataset, tmp_path):
         assert res.returncode == 2, (extra, res.stderr)
         assert len(lines) == 1 and flag in lines[0], (extra, res.stderr)
         assert sorted(p.name for p in tmp_path.iterdir()) == before, extra
+    assert os.listdir(tmp_path / "earlier_search") == ["checkpoint.npz"]
+    assert (tmp_path / "earlier_search" / "checkpoint.npz").read_bytes() == b"a search's progress"
 
 
 def test_missing_cifar_while_offline(tmp_path):

@@ -197,3 +197,21 @@ def test_tensor_backend_equals_pillow_on_deterministic_ops():
     for w, g in zip(want, got):
         np.testing.assert_array_equal(np.stack(g), np.stack(w))
     assert not np.array_equal(want[0][1], want[0][0])  # the rows really differ
+
+
+def test_the_pool_starts_only_when_the_pillow_path_needs_it():
+    """--use_pool with the tensor backend: CIFAR-sized tasks never reach the Pillow path, so no
+    worker process starts; other sizes fall back to Pillow in the pool."""
+    from policy_search.augment import TensorExecutor
+
+    ex = TensorExecutor(Augmenter(CANDS, L_MAGS, 8), processes=2)
+    try:
+        images = _dataset(n=2).images
+        ex.map([([images[0], images[1]], [[1], [2]], None, 1, True)])
+        assert ex.pool is None
+        big = np.zeros((10, 12, 3), np.uint8)
+        out = ex.map([([big], [[0]], None, 2, True)])
+        assert ex.pool is not None and out[0].shape == (1, 8, 8, 3)
+    finally:
+        ex.close()
+    assert ex.pool is None
