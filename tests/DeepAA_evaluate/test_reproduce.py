@@ -143,24 +143,29 @@ def test_plan_is_seed_major_so_cells_fill_evenly(tmp_path):
 
 def test_cpu_jobs_run_side_by_side_with_split_threads(tmp_path, monkeypatch):
     """--jobs 2 without GPUs keeps two runs going at once, each told to use half the cores."""
-    started = []
+    started, running, most = [], set(), [0]
 
     class Proc:
-        polls = 0
-
         def __init__(self, cmd, env, **kw):
             started.append((cmd, env))
+            running.add(id(self))
+            most[0] = max(most[0], len(running))
+            self.polls = 0
 
-        def poll(self):  # finishes once both run (or after a while, if only one was started)
-            Proc.polls += 1
-            return 0 if len(started) >= 2 or Proc.polls > 3 else None
+        def poll(self):  # each run lasts a few polls, long enough for a second to start
+            self.polls += 1
+            if self.polls < 3:
+                return None
+            running.discard(id(self))
+            return 0
 
     monkeypatch.setattr(R.subprocess, "Popen", Proc)
     monkeypatch.setattr(R.os, "cpu_count", lambda: 8)
     confs = [str(tmp_path / "a.yaml"), str(tmp_path / "b.yaml")]
     assert R.run_all(confs, [1], str(tmp_path / "runs"), "data", [], [],
                      str(tmp_path / "out.md"), progress=False, jobs=2) == 0
-    assert len(started) == 2 and all(env["OMP_NUM_THREADS"] == "4" for _, env in started)
+    assert len(started) == 2 and most[0] == 2  # both ran at once
+    assert all(env["OMP_NUM_THREADS"] == "4" for _, env in started)
     assert all("CUDA_VISIBLE_DEVICES" not in env or env["CUDA_VISIBLE_DEVICES"] ==
                os.environ.get("CUDA_VISIBLE_DEVICES") for _, env in started)
 
@@ -190,12 +195,17 @@ def test_cli_table_only_and_bad_input(tmp_path):
     out = tmp_path / "results.md"
     assert R.main(["--table_only", "--runs_dir", str(runs), "--out", str(out)]) == 0
     assert re.search(r"\| x \| 1 \| 50\.00 \(one run\)", out.read_text())
-    for args in (["--confs", str(tmp_path / "missing.yaml")], ["--confs", "a.yaml", "--seeds", "0"], [],
-                 ["--confs", "a.yaml", "--jobs", "0"]):
+    conf = _conf(tmp_path)  # a valid config: each case fails for its own reason
+    for args, words in ((["--confs", str(tmp_path / "missing.yaml")], "config not found"),
+                        (["--confs", conf, "--seeds", "0"], "--seeds"),
+                        ([], "--confs"),
+                        (["--confs", conf, "--jobs", "0"], "--jobs"),
+                        (["--confs", conf, "--", "--no_such_key", "1"], "no_such_key")):
         res = subprocess.run([sys.executable, "-m", "DeepAA_evaluate.reproduce", *args, "--out",
                               str(tmp_path / "bad.md"), "--runs_dir", str(tmp_path / "r2")],
                              capture_output=True, text=True, cwd=ROOT)
         assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
+        assert words in res.stderr, (args, res.stderr)
         assert not (tmp_path / "bad.md").exists() and not (tmp_path / "r2").exists()
 
 

@@ -377,6 +377,30 @@ def test_policy_batch_applies_each_images_own_layers():
     assert len({tuple(c) for c in choice}) > 20  # images really draw separately
 
 
+def test_policy_batch_mirrors_each_layer_per_image():
+    """The trainer's semantics (mirror=True): each layer's signed op acts at +v or -v per
+    image, each image's result is one of Pillow's four sign combinations, and both signs occur
+    in both layers."""
+    pol = _policy({("Rotate", 2): (0.5, 0.0), ("ShearX", 3): (0.5, 0.0),
+                   ("TranslateY", 1): (0.0, 1.0)}, 2)
+    arr = np.repeat(photo_like(1, 32, 32, seed=17), 40, axis=0)
+    got = to_numpy(apply_policy_batch(pol, to_tensor(arr), mirror=True,
+                                      generator=torch.Generator().manual_seed(12)))
+    first = {}
+    for name, level in (("Rotate", 2), ("ShearX", 3)):
+        for sign, lv in ((1, level), (-1, 12 - level)):  # level 12 - l mirrors level l
+            once = ops.apply_op(Image.fromarray(arr[0]), name, lv)
+            for sign2, lv2 in ((1, 1), (-1, 11)):
+                first[(name, sign, sign2)] = np.asarray(ops.apply_op(once, "TranslateY", lv2))
+    seen = []
+    for i in range(40):
+        match = [key for key, img in first.items() if np.array_equal(got[i], img)]
+        assert match, i
+        seen.append(match[0])
+    assert {s[0] for s in seen} == {"Rotate", "ShearX"}
+    assert {s[1] for s in seen} == {1, -1} and {s[2] for s in seen} == {1, -1}
+
+
 def test_policy_batch_imagenet_ends_at_224():
     """Images keep their size until RandResizeCrop (then 224) and are centre-cropped to 224
     after the last layer (SPEC §2, §3); the later layers act on each image's current size."""

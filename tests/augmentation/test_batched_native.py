@@ -22,14 +22,33 @@ def images():
 
 
 def both(fn):
-    """fn() with the kernels on and off; the torch executor's result second."""
+    """fn() with the kernels on and off; the torch executor's result second. The C kernels (the
+    candidate table or the resize) must really run with the kernels on, else the comparison
+    would be torch against torch."""
     outs = []
+    real_run, real_resize, calls = (batched_native.CandidateTable.run,
+                                    batched_native.resized_crop, [])
+
+    def counted(real):
+        def call(*args):
+            calls.append(1)
+            return real(*args)
+        return call
+
     for flag in (True, False):
         batched_native.set_enabled(flag)
+        batched_native.CandidateTable.run = counted(real_run)
+        batched_native.resized_crop = counted(real_resize)
         try:
             outs.append(fn())
         finally:
+            batched_native.CandidateTable.run = real_run
+            batched_native.resized_crop = real_resize
             batched_native.set_enabled(True)
+        if flag:
+            assert calls, "the C kernels did not run"
+            ran = len(calls)
+    assert len(calls) == ran, "the C kernels ran with the kernels off"
     return outs
 
 

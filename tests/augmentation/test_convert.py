@@ -136,13 +136,17 @@ def test_cli_bad_input_exits_2_and_writes_nothing(tmp_path, case, capsys):
 def test_cli_bad_yaml_and_bad_direction(tmp_path, capsys):
     (tmp_path / "p.yaml").write_text("format: deepaa-policy/9\n")
     assert main([str(tmp_path / "p.yaml"), str(tmp_path / "o.npz")]) == 2
-    assert main([str(tmp_path / "p.yaml"), str(tmp_path / "o.txt")]) == 2
-    assert main([str(tmp_path / "p.yaml"), str(tmp_path / "o.yaml")]) == 2
     src = write_npz(tmp_path / "in.npz", **released_arrays())
+    assert main([str(src), str(tmp_path / "good.yaml")]) == 0  # a valid policy: only the
+    good = tmp_path / "good.yaml"                              # direction is wrong below
+    assert main([str(good), str(tmp_path / "o.txt")]) == 2
+    assert main([str(good), str(tmp_path / "o.yaml")]) == 2
     assert main([str(src), str(tmp_path / "o.yaml"), "--meta", "novalue"]) == 2
     errs = capsys.readouterr().err.strip().split("\n")
-    assert len(errs) == 4 and all(e.startswith("error:") for e in errs)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.npz", "p.yaml"]
+    errs = [e for e in errs if e.startswith("error:")]
+    assert len(errs) == 4
+    assert "cannot convert" in errs[1] and "cannot convert" in errs[2], errs
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["good.yaml", "in.npz", "p.yaml"]
 
 
 def test_module_entry_point(tmp_path):

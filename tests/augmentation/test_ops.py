@@ -235,6 +235,35 @@ def test_resized_crop_box_inside_image(size):
         assert left + cw <= w and top + ch <= h
 
 
+def test_resized_crop_box_follows_torchvisions_distribution():
+    """The box rule checked against an independent implementation: torchvision's
+    RandomResizedCrop.get_params (same scale 0.08-1, aspect 3/4-4/3, 10 tries, centred
+    fallback). Seeded draws; the means and spreads of area and aspect agree."""
+    import torch
+    from torchvision.transforms import RandomResizedCrop
+
+    w, h, n = 500, 400, 6000
+    rng = np.random.default_rng(9)
+    ours = np.array([ops.resized_crop_box(w, h, rng) for _ in range(n)], float)
+    torch.manual_seed(9)
+    img = torch.zeros(3, h, w)
+    theirs = np.array([RandomResizedCrop.get_params(img, (0.08, 1.0), (3 / 4, 4 / 3))
+                       for _ in range(n)], float)[:, [1, 0, 3, 2]]  # (top, left, h, w)
+    for boxes in (ours, theirs):
+        boxes[:, 0] = boxes[:, 2] * boxes[:, 3] / (w * h)  # area fraction
+        boxes[:, 1] = boxes[:, 2] / boxes[:, 3]  # aspect
+    assert ours[:, 0].min() >= 0.075 and ours[:, 0].max() <= 1.0
+    assert ours[:, 1].min() >= 0.74 and ours[:, 1].max() <= 1.35
+    for col in (0, 1):
+        assert abs(ours[:, col].mean() - theirs[:, col].mean()) < 0.02, col
+        assert abs(ours[:, col].std() - theirs[:, col].std()) < 0.02, col
+    # A strip no try can fit: the centred crop of aspect 4/3, as torchvision.
+    assert ops.resized_crop_box(1000, 10, rng) == (493, 0, 13, 10)
+    left_top = RandomResizedCrop.get_params(torch.zeros(3, 10, 1000), (0.08, 1.0),
+                                            (3 / 4, 4 / 3))
+    assert (left_top[1], left_top[0], left_top[3], left_top[2]) == (493, 0, 13, 10)
+
+
 def test_rand_resize_crop_is_bicubic_resize_of_box():
     img = photo(300, 280, seed=1)
     out = ops.apply_op(img, "RandResizeCrop", 6, L, rng=np.random.default_rng(8))

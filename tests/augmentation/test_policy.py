@@ -300,6 +300,14 @@ def test_batch_delegates_lazily(monkeypatch):
     g = torch.Generator().manual_seed(0)
     assert t.batch(x, g) is x
     assert calls == [(pol, x, False, g)]
+    monkeypatch.undo()  # the real module: the same call as apply_policy_batch itself
+    from augmentation.batched import apply_policy_batch
+
+    x = torch.from_numpy(np.random.default_rng(1).integers(0, 256, (4, 3, 32, 32), np.uint8))
+    for mirror in (False, True):
+        got = DeepAAPolicy(pol, mirror=mirror).batch(x, torch.Generator().manual_seed(5))
+        assert torch.equal(got, apply_policy_batch(pol, x, mirror=mirror,
+                                                   generator=torch.Generator().manual_seed(5)))
 
 
 def test_apply_candidate_by_index_is_the_dense_augmentation_of_that_candidate():

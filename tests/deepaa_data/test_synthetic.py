@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from deepaa_data import load_dataset
-from deepaa_data.synthetic import CLASSES, SPLIT_RANGES, generate, main, make_synthetic
+from deepaa_data.synthetic import CLASSES, NARROW, SPLIT_RANGES, generate, main, make_synthetic
 
 
 def test_same_seed_same_images_other_seed_other_images():
@@ -94,3 +94,17 @@ def test_cli_writes_and_bad_input_exits_2(tmp_path, capsys):
                           "--n_train", "3"], capture_output=True, text=True)
     assert res.returncode == 2 and res.stderr.count("\n") == 1 and "at least" in res.stderr
     assert not (tmp_path / "e").exists()
+
+
+def test_each_drawn_parameter_changes_the_pixels():
+    """The renderer uses what it draws: with every other draw the same (one seed, one stream),
+    forcing the mirror, a rotation or the occluder on changes the images. The object sits in
+    the middle (cx = 16), where a mirror keeps its place: only the shape and its shading flip."""
+    n = 20
+    base = dict(NARROW, p_wide=0.0, cx=(16.0, 16.0), n_clutter=(0, 0))
+    plain = generate(n, "train", seed=3, ranges=base)[0].astype(int)
+    assert np.array_equal(generate(n, "train", seed=3, ranges=base)[0], plain)
+    for change in (dict(p_mirror=1.0), dict(angle=40.0), dict(p_occluder=1.0)):
+        other = generate(n, "train", seed=3, ranges={**base, **change})[0].astype(int)
+        differs = np.abs(other - plain).reshape(n, -1).max(axis=1) > 40
+        assert differs.mean() > 0.7, change

@@ -1,10 +1,9 @@
 """The Keras search models: structure, parameter counts and output shapes."""
 import numpy as np
 import pytest
+import tensorflow as tf
 
-tf = pytest.importorskip("tensorflow")
-
-from networks import tf_models  # noqa: E402
+from networks import tf_models
 
 
 def _n_params(model):

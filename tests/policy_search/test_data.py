@@ -115,6 +115,25 @@ def test_gtr_last_op_follows_current_layer_probs():
     np.testing.assert_array_equal(inverted, 255 - plain)
 
 
+def test_stage_k_images_go_through_the_frozen_layers_first():
+    """Layer k's dense set and g_tr copies start from x passed through layers 1..k-1 (drawn
+    from their probabilities ``frozen``): with Invert frozen they are the inverted images,
+    with Invert twice the plain ones again."""
+    ds = _dataset()
+    b = _builder(ds, Executor(Augmenter(CANDS, L_MAGS, 8)))
+    names = [n for n, _ in CANDS]
+    ident, invert = np.eye(29)[names.index("Identity")], np.eye(29)[names.index("Invert")]
+    col = names.index("Identity")  # the dense column of the Identity candidate
+    plain = b.finish(b.part(1, 2, [ident]), 1, 2, ident)
+    inverted = b.finish(b.part(1, 2, [invert]), 1, 2, ident)
+    np.testing.assert_array_equal(inverted["dense"][:, :, col], 255 - plain["dense"][:, :, col])
+    np.testing.assert_array_equal(inverted["gtr"], 255 - plain["gtr"])
+    np.testing.assert_array_equal(inverted["val"], plain["val"])  # validation: never augmented
+    twice = b.finish(b.part(2, 2, [invert, invert]), 2, 2, ident)
+    once = b.finish(b.part(2, 2, [ident, ident]), 2, 2, ident)
+    np.testing.assert_array_equal(twice["dense"][:, :, col], once["dense"][:, :, col])
+
+
 def test_pool_and_prefetch_give_the_same_augmentations():
     ds = _dataset()
     uniform = np.full(29, 1 / 29)
