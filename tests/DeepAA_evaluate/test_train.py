@@ -98,6 +98,14 @@ def test_resume_may_change_the_memory_layout(tiny):
     assert len(res["history"]) == 2 and res["config"]["channels_last"] is True
 
 
+def test_save_model_false_writes_results_but_no_checkpoint(tiny):
+    path, work = tiny
+    save = work / "nock" / "run.pth"
+    main(["-c", str(path), "--save", str(save), "--save_model", "false", "--epoch", "1",
+          "--lr_schedule.warmup.epoch", "0"])
+    assert (work / "nock" / "run.json").exists() and not save.exists()
+
+
 @pytest.mark.parametrize("aug", ["default", "trivialaugment", "randaugment", "none"])
 def test_baselines_run_in_the_same_trainer(tiny, aug):
     path, work = tiny

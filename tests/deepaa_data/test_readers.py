@@ -41,6 +41,31 @@ def test_cifar10_layout_is_read_as_hwc(tmp_path):
     assert train.image(6).size == (32, 32) and train.image(6).mode == "RGB"
 
 
+def test_cifar100_layout_reads_the_fine_labels(tmp_path):
+    """torchvision's cifar-100-python: files train/test, 100 fine labels (the 20 coarse ones
+    must not be taken), class names from meta's fine_label_names."""
+    rng = np.random.default_rng(2)
+    base = tmp_path / "cifar-100-python"
+    base.mkdir()
+    written = {}
+    for name, n in (("train", 7), ("test", 3)):
+        data = rng.integers(0, 256, (n, 3 * 32 * 32), dtype=np.uint8)
+        fine = rng.integers(20, 100, n).tolist()  # outside the coarse range 0..19
+        with open(base / name, "wb") as f:
+            pickle.dump({b"data": data, b"fine_labels": fine,
+                         b"coarse_labels": [f % 20 for f in fine]}, f)
+        written[name] = (data, fine)
+    with open(base / "meta", "wb") as f:
+        pickle.dump({b"fine_label_names": [f"f{i}".encode() for i in range(100)],
+                     b"coarse_label_names": [f"c{i}".encode() for i in range(20)]}, f)
+    for split in ("train", "test"):
+        ds = load_dataset("cifar100", str(tmp_path), split, download=False)
+        data, fine = written[split]
+        assert ds.n_classes == 100 and ds.classes[42] == "f42"
+        np.testing.assert_array_equal(ds.labels, fine)
+        np.testing.assert_array_equal(ds.images[-1], data[-1].reshape(3, 32, 32).transpose(1, 2, 0))
+
+
 def test_missing_cifar_offline_is_one_line_error(tmp_path):
     with pytest.raises(DatasetError) as err:
         load_dataset("cifar100", str(tmp_path), "train", download=False)

@@ -78,6 +78,15 @@ def test_end_to_end_writes_a_policy_that_moved(run):
     assert not [p for p in out.iterdir() if ".tmp." in p.name]  # atomic writes left no temp
 
 
+def test_pretrain_only_writes_weights_and_no_policy(run):
+    tmp, common = run
+    out = tmp / "pretrain_only"
+    _search(common + ["--nb_epochs", "1", "--batch_size", "32", "--pretrain_only",
+                      "--results_dir", str(out)], tmp)
+    assert (out / "pretrained_WRN_10_1.weights.h5").is_file()
+    assert not (out / "policy.yaml").exists() and not (out / "checkpoint.npz").exists()
+
+
 def test_two_workers_write_one_set_of_outputs(run):
     """MultiWorker (TF_CONFIG, two processes on loopback): both run the search, only the chief
     (worker 0) writes the results folder and the policy; the other's scratch folder is gone."""
