@@ -98,6 +98,27 @@ def test_resume_may_change_the_memory_layout(tiny):
     assert len(res["history"]) == 2 and res["config"]["channels_last"] is True
 
 
+def test_gradient_is_clipped_to_the_configured_norm(tiny):
+    """optimizer.clip bounds the global gradient norm: with plain SGD (no momentum, no decay)
+    one step moves the weights by lr x min(clip, |g|) along the same direction, so two clips
+    below |g| end lr x (c2 - c1) apart; without clipping the step is far longer."""
+    path, work = tiny
+    lr, weights = 0.05, {}
+    for clip in (1e-4, 3e-4, 0.0):
+        save = work / f"clip{clip}.pth"
+        main(["-c", str(path), "--save", str(save), "--aug", "none", "--epoch", "1",
+              "--train_size", "8", "--batch", "8", "--lr", str(lr),
+              "--lr_schedule.type", "constant", "--lr_schedule.warmup.epoch", "0",
+              "--optimizer.momentum", "0.0", "--optimizer.nesterov", "false",
+              "--optimizer.decay", "0.0", "--optimizer.clip", str(clip)])
+        state = _weights(save)
+        weights[clip] = torch.cat([v.flatten().double() for k, v in state.items()
+                                   if "running" not in k and "num_batches" not in k])
+    gap = (weights[3e-4] - weights[1e-4]).norm().item()
+    assert gap == pytest.approx(lr * 2e-4, rel=1e-2)  # float32 weights round the steps
+    assert (weights[0.0] - weights[1e-4]).norm().item() > 100 * gap
+
+
 def test_save_model_false_writes_results_but_no_checkpoint(tiny):
     path, work = tiny
     save = work / "nock" / "run.pth"
