@@ -19,8 +19,9 @@ Runs go one after another, or with ``--gpus 0,1,..`` one per GPU at a time
 (``CUDA_VISIBLE_DEVICES``). Arguments after ``--`` go to every trainer run unchanged.
 
 The table gives, per config, the number of finished runs, mean top-1 (%) +- the half-width of
-the 95 % Student-t interval, the paper's number where one exists for that setting (SPEC §4;
-only for full-scale configs: no ``train_size`` and at least 100 epochs) and the mean run time.
+the 95 % Student-t interval, each seed's top-1, the paper's number where one exists for that
+setting (SPEC §4; only for full-scale configs: no ``train_size`` and at least 100 epochs) and
+the mean run time.
 """
 from __future__ import annotations
 
@@ -201,7 +202,7 @@ def collect(runs_dir: str) -> dict[str, list[dict]]:
     """Finished results under ``runs_dir``, grouped by config stem (seed order)."""
     groups: dict[str, list[dict]] = {}
     pattern = os.path.join(runs_dir, "*", "seed*.json")
-    for path in sorted(glob.glob(pattern), key=lambda p: (p, _seed_of(p))):
+    for path in sorted(glob.glob(pattern), key=lambda p: (os.path.dirname(p), _seed_of(p))):
         result = read_result(path)
         if result is not None:
             groups.setdefault(os.path.basename(os.path.dirname(path)), []).append(result)
@@ -224,19 +225,22 @@ def build_table(runs_dir: str, order: list[str] | None = None) -> str:
     groups = collect(runs_dir)
     names = [n for n in (order or []) if n in groups] + sorted(n for n in groups
                                                                if n not in (order or []))
-    lines = ["| config | runs | top-1 % (mean ± 95 % CI) | paper (SPEC §4) | time / run |",
-             "|---|---|---|---|---|"]
+    lines = ["| config | runs | top-1 % (mean ± 95 % CI) | seed: top-1 % | paper (SPEC §4) "
+             "| time / run |",
+             "|---|---|---|---|---|---|"]
     for name in names:
         for suffix, results in _variants(groups[name]):
             top1 = [100.0 * float(r["top1_test"]) for r in results]
             mean, half = mean_ci(top1)
             ci = f"{mean:.2f} ± {half:.2f}" if half is not None else f"{mean:.2f} (one run)"
+            seeds = ", ".join(f"{(r.get('config') or {}).get('seed', '?')}: {v:.2f}"
+                              for r, v in zip(results, top1))
             paper = paper_number(results[0].get("config"))
             wall = sum(float(r.get("wall_time_s") or 0.0) for r in results) / len(results)
-            lines.append(f"| {name}{suffix} | {len(results)} | {ci} | "
+            lines.append(f"| {name}{suffix} | {len(results)} | {ci} | {seeds} | "
                          f"{paper[1] if paper else '—'} | {_fmt_time(wall)} |")
     if not names:
-        lines.append("| (no finished runs yet) | 0 | — | — | — |")
+        lines.append("| (no finished runs yet) | 0 | — | — | — | — |")
     return "\n".join(lines) + "\n"
 
 

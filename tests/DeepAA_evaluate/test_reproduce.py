@@ -101,12 +101,13 @@ def test_a_result_of_another_config_is_refused_not_counted(tmp_path):
 def test_table_keeps_runs_of_other_configs_apart(tmp_path):
     runs = tmp_path / "runs"
     conf = _conf(tmp_path)
-    for seed, top1 in ((1, 0.70), (2, 0.72)):
+    for seed, top1 in ((10, 0.74), (1, 0.70), (2, 0.72)):
         _fake_result(runs, "a", seed, top1, cfg=R.expected_config(conf, seed, []))
     _fake_result(runs, "a", 3, 0.20, cfg=R.expected_config(conf, 3, ["--epoch", "2"]))
     rows = [line for line in R.build_table(str(runs)).splitlines()[2:]]
-    assert rows[0].startswith("| a | 2 | 71.00 ± ") and rows[1].startswith(
-        "| a (epoch=2) | 1 | 20.00 (one run) |") and len(rows) == 2
+    assert rows[0].startswith("| a | 3 | 72.00 ± ") and len(rows) == 2
+    assert "| 1: 70.00, 2: 72.00, 10: 74.00 |" in rows[0]  # in seed order, not file-name order
+    assert rows[1].startswith("| a (epoch=2) | 1 | 20.00 (one run) | 3: 20.00 |")
 
 
 def test_a_resume_the_trainer_refuses_keeps_its_checkpoint(tmp_path, monkeypatch, capsys):
@@ -182,10 +183,11 @@ def test_table_from_result_files(tmp_path):
     (runs / "broken" / "seed1.json").write_text("{not json")
     table = R.build_table(str(runs), order=["wresnet28x10_cifar10_DeepAA_1"])
     rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line]
-    assert rows[1].startswith("| wresnet28x10_cifar10_DeepAA_1 | 1 | 97.50 (one run) | 97.56")
+    assert rows[1].startswith("| wresnet28x10_cifar10_DeepAA_1 | 1 | 97.50 (one run) | ?: 97.50 "
+                              "| 97.56")
     assert rows[1].endswith("| 2.0 h |")
     half = R.t_quantile(0.975, 2) * 2.0 / math.sqrt(3)  # values 80, 82, 84: sd 2
-    assert rows[2] == f"| cpu_none | 3 | 82.00 ± {half:.2f} | — | 10.0 min |"
+    assert rows[2] == f"| cpu_none | 3 | 82.00 ± {half:.2f} | ?: 80.00, ?: 82.00, ?: 84.00 | — | 10.0 min |"
     assert "broken" not in table and len(rows) == 3
 
 
@@ -228,7 +230,8 @@ def test_one_real_tiny_run_then_skip(tmp_path, monkeypatch):
     assert R.main(argv) == 0, (runs / "tiny" / "seed1.log").read_text()[-2000:]
     result = json.loads((runs / "tiny" / "seed1.json").read_text())
     assert result["finished"] and 0.0 <= result["top1_test"] <= 1.0
-    assert re.search(r"\| tiny \| 1 \| \d+\.\d\d \(one run\) \| — \|", out.read_text())
+    assert re.search(r"\| tiny \| 1 \| \d+\.\d\d \(one run\) \| 1: \d+\.\d\d \| — \|",
+                     out.read_text())
     log_size = (runs / "tiny" / "seed1.log").stat().st_size
     assert R.main(argv) == 0
     assert (runs / "tiny" / "seed1.log").stat().st_size == log_size  # skipped: nothing ran
