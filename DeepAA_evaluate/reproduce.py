@@ -202,7 +202,8 @@ def collect(runs_dir: str) -> dict[str, list[dict]]:
     """Finished results under ``runs_dir``, grouped by config stem (seed order)."""
     groups: dict[str, list[dict]] = {}
     pattern = os.path.join(runs_dir, "*", "seed*.json")
-    for path in sorted(glob.glob(pattern), key=lambda p: (os.path.dirname(p), _seed_of(p))):
+    paths = [p for p in glob.glob(pattern) if _seed_of(p) >= 0]  # not seed<S>_eval.json
+    for path in sorted(paths, key=lambda p: (os.path.dirname(p), _seed_of(p))):
         result = read_result(path)
         if result is not None:
             groups.setdefault(os.path.basename(os.path.dirname(path)), []).append(result)
@@ -210,7 +211,7 @@ def collect(runs_dir: str) -> dict[str, list[dict]]:
 
 
 def _seed_of(path: str) -> int:
-    m = re.search(r"seed(\d+)\.json$", path)
+    m = re.fullmatch(r"seed(\d+)\.json", os.path.basename(path))
     return int(m.group(1)) if m else -1
 
 
@@ -295,6 +296,16 @@ def _start(job, runs_dir, dataroot, extra, gpu, threads=None):
                                 stdout=f, stderr=subprocess.STDOUT, env=env)
 
 
+def _refused_resume(log: str) -> bool:
+    """Whether the run's log ends with the trainer refusing its checkpoint's config."""
+    try:
+        with open(log, encoding="utf-8", errors="replace") as f:
+            f.seek(max(0, os.path.getsize(log) - 4096))
+            return "cannot resume" in f.read()
+    except OSError:
+        return False
+
+
 def run_all(confs, seeds, runs_dir, dataroot, extra, gpus, out, progress=True, jobs=1) -> int:
     """Run what is missing, rewriting ``out`` after each finished run; returns failures.
 
@@ -329,7 +340,7 @@ def run_all(confs, seeds, runs_dir, dataroot, extra, gpus, out, progress=True, j
                 failures += 1
                 ckpt, _, log = run_paths(runs_dir, conf, seed)
                 hint = (f"; {ckpt} is kept (move it away to start over)"
-                        if resume and rc == 2 else "")
+                        if resume and rc == 2 and _refused_resume(log) else "")
                 print(f"{conf} seed {seed}: failed (exit {rc}); see {log}{hint}",
                       file=sys.stderr)
             bar.update(1)

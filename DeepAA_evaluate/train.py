@@ -42,8 +42,8 @@ from networks.torch_models import get_model
 def parse_args(argv):
     args, rest = build_parser().parse_known_args(argv)
     cfg = load_config(args.config, parse_overrides(rest))
-    if args.resume and args.overwrite:
-        raise ConfigError("--resume and --overwrite exclude each other")
+    if args.overwrite and (args.resume or args.only_eval):
+        raise ConfigError("--overwrite excludes --resume and --only-eval")
     if (args.resume or args.only_eval) and not args.save:
         raise ConfigError("--resume and --only-eval need --save CHECKPOINT")
     exists = bool(args.save) and os.path.exists(args.save)

@@ -104,6 +104,8 @@ def test_table_keeps_runs_of_other_configs_apart(tmp_path):
     for seed, top1 in ((10, 0.74), (1, 0.70), (2, 0.72)):
         _fake_result(runs, "a", seed, top1, cfg=R.expected_config(conf, seed, []))
     _fake_result(runs, "a", 3, 0.20, cfg=R.expected_config(conf, 3, ["--epoch", "2"]))
+    # an --only-eval file beside a run is no run of its own
+    (runs / "a" / "seed1_eval.json").write_text(json.dumps({"top1_test": 0.99}))
     rows = [line for line in R.build_table(str(runs)).splitlines()[2:]]
     assert rows[0].startswith("| a | 3 | 72.00 ± ") and len(rows) == 2
     assert "| 1: 70.00, 2: 72.00, 10: 74.00 |" in rows[0]  # in seed order, not file-name order
@@ -113,11 +115,12 @@ def test_table_keeps_runs_of_other_configs_apart(tmp_path):
 def test_a_resume_the_trainer_refuses_keeps_its_checkpoint(tmp_path, monkeypatch, capsys):
     """Exit 2 on --resume (the checkpoint's config differs) is reported; the run is not
     started over with --overwrite, which would lose the checkpoint's epochs."""
-    started = []
+    started, message = [], ["error: cannot resume: config differs from the checkpoint's in lr"]
 
     class Proc:
-        def __init__(self, cmd, **kw):
+        def __init__(self, cmd, stdout, **kw):
             started.append(cmd)
+            stdout.write(message[0] + "\n")
 
         def poll(self):
             return 2
@@ -132,6 +135,13 @@ def test_a_resume_the_trainer_refuses_keeps_its_checkpoint(tmp_path, monkeypatch
     assert len(started) == 1 and "--resume" in started[0]
     assert (runs / "a" / "seed1.pth").read_bytes() == b"checkpoint"
     assert "seed1.pth is kept" in capsys.readouterr().err
+    # Exit 2 for another reason (the dataset is missing): no advice to drop the checkpoint.
+    message[0] = "error: no dataset at data/cifar10"
+    (runs / "a" / "seed1.log").write_text("")
+    assert R.run_all([conf], [1], str(runs), "data", [], [], str(tmp_path / "out.md"),
+                     progress=False) == 1
+    err = capsys.readouterr().err
+    assert "failed (exit 2)" in err and "is kept" not in err
 
 
 def test_plan_is_seed_major_so_cells_fill_evenly(tmp_path):

@@ -47,6 +47,11 @@ def test_one_epoch_writes_checkpoint_results_and_logs(tiny, capsys, monkeypatch)
     assert ev["loss_test"] == pytest.approx(res["loss_test"], rel=1e-6)
     assert (work / "ck" / "run_eval.json").exists()
 
+    # --overwrite with --only-eval is refused (it would delete the run's results).
+    with pytest.raises(SystemExit):
+        main(["-c", str(path), "--save", str(save), "--only-eval", "--overwrite"] + one)
+    assert (work / "ck" / "run.json").exists()
+
     # --overwrite starts over: a bad config changes nothing; once the new run starts, the old
     # run's results are gone even if it then fails.
     with pytest.raises(SystemExit):
