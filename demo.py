@@ -30,7 +30,10 @@ flags stay small but meaningful:
 
 TensorFlow and PyTorch never share a process here: the search and every training run are
 subprocesses; this process imports neither. ``--smoke`` shrinks everything to seconds (tests).
-Every stage skips work whose output exists (rerunning after an interruption continues); pass
+Every stage skips work whose output exists (rerunning after an interruption continues): the
+search and the runs of each dataset and profile live in their own folders
+(``OUT/search_<dataset>``, ``OUT/runs_<dataset>``, ``_smoke`` for the smoke profile), and a
+run's result is reused only if it was trained with the config the demo would use now. Pass
 ``--fresh`` to start over.
 """
 from __future__ import annotations
@@ -103,8 +106,8 @@ def _stage(n: int, total: int, text: str) -> None:
 def prepare_data(args, prof, out) -> tuple[str, str]:
     """Returns (dataset spec, dataroot) for the search and the trainer."""
     if args.dataset == "cifar10":
-        if args.dataroot.startswith("npz:"):
-            return args.dataroot, os.path.abspath(".")
+        if args.dataroot.startswith("npz:"):  # absolute: the search and trainers run in OUT
+            return "npz:" + os.path.abspath(args.dataroot[4:]), os.path.abspath(".")
         return "cifar10", os.path.abspath(args.dataroot)
     from deepaa_data.synthetic import make_synthetic
 
@@ -128,16 +131,22 @@ def prepare_data(args, prof, out) -> tuple[str, str]:
     return "npz:" + data, out
 
 
+def _work(args, out: str, stage: str) -> str:
+    """OUT/<stage>_<dataset>[_smoke]: each dataset and profile keeps its own search and runs, so
+    a rerun with other ones never picks up (or resumes) the wrong work."""
+    return os.path.join(out, f"{stage}_{args.dataset}{'_smoke' if args.smoke else ''}")
+
+
 def run_search(args, prof, spec, dataroot, out) -> str:
-    policy = os.path.join(out, "search", "policy.yaml")
+    folder = _work(args, out, "search")
+    policy = os.path.join(folder, "policy.yaml")
     if os.path.exists(policy):
         print(f"search already done: {policy}")
         return policy
     cmd = [sys.executable, os.path.join(ROOT, "DeepAA_search.py"), "--dataset", spec,
            "--dataroot", dataroot, "--n_classes", "10", "--use_model", "WRN_10_1",
-           *prof["search"], "--seed", "1", "--out", policy,
-           "--results_dir", os.path.join(out, "search")]
-    if os.path.exists(os.path.join(out, "search", "checkpoint.npz")):
+           *prof["search"], "--seed", "1", "--out", policy, "--results_dir", folder]
+    if os.path.exists(os.path.join(folder, "checkpoint.npz")):
         cmd.append("--resume")  # an interrupted demo search continues where it stopped
     print(" ".join(cmd[1:]), flush=True)
     rc = subprocess.call(cmd, cwd=out, env=_env())
@@ -167,15 +176,19 @@ def train_all(args, prof, spec, dataroot, policy, out) -> dict[str, list[float]]
     seeds = args.seeds or prof["seeds"]
     epochs = args.epochs or prof["epochs"]
     jobs = [(aug, s) for s in range(1, seeds + 1) for aug in AUGS]
-    os.makedirs(os.path.join(out, "confs"), exist_ok=True)
+    from DeepAA_evaluate.reproduce import config_changes, expected_config, read_result
+
+    work = _work(args, out, "runs")
+    os.makedirs(os.path.join(work, "confs"), exist_ok=True)
     results: dict[str, list[float]] = {aug: [] for aug in AUGS}
     for i, (aug, seed) in enumerate(jobs, 1):
-        conf = os.path.join(out, "confs", f"demo_{aug}.yaml")
+        conf = os.path.join(work, "confs", f"demo_{aug}.yaml")
         with open(conf, "w") as f:
             yaml.safe_dump(train_config(aug, prof, spec, policy, epochs), f, sort_keys=False)
-        save = os.path.join(out, "runs", aug, f"seed{seed}.pth")
+        save = os.path.join(work, aug, f"seed{seed}.pth")
         result_file = save[:-4] + ".json"
-        if not os.path.exists(result_file):
+        done = read_result(result_file)  # reused only if trained with this very config
+        if done is None or config_changes(done.get("config"), expected_config(conf, seed, [])):
             print(f"--- run {i}/{len(jobs)}: aug={aug} seed={seed} "
                   f"({prof['model']}, {epochs} epochs)", flush=True)
             cmd = [sys.executable, "-m", "DeepAA_evaluate.train", "-c", conf, "--dataroot",

@@ -72,7 +72,7 @@ def test_smoke_run_end_to_end(tmp_path):
     assert sorted(results["top1_test"]) == ["DeepAA", "default", "none"]
     assert all(len(v) == 1 and 0 <= v[0] <= 100 for v in results["top1_test"].values())
     for aug in ("DeepAA", "default", "none"):
-        assert (out / "runs" / aug / "seed1.json").is_file()
+        assert (out / "runs_synthetic_smoke" / aug / "seed1.json").is_file()
     pictures = sorted(p.name for p in (out / "pictures").iterdir())
     assert "operations.png" in pictures and "examples.png" in pictures
     assert pictures == ["examples.png", "magnitudes_layer1.png", "operations.png"]
@@ -82,3 +82,11 @@ def test_smoke_run_end_to_end(tmp_path):
                            text=True, timeout=600)
     assert again.returncode == 0 and "--- run" not in again.stdout
     assert "synthetic shapes already in" in again.stdout
+    # Another budget reuses nothing trained with the old one: every run trains again.
+    third = subprocess.run([sys.executable, "-m", "demo", "--smoke", "--policy", str(policy),
+                            "--out", str(out), "--epochs", "2"], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=600)
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert third.stdout.count("--- run") == 3
+    assert json.loads((out / "runs_synthetic_smoke" / "none" / "seed1.json").read_text())[
+        "config"]["epoch"] == 2
