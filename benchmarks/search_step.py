@@ -64,7 +64,7 @@ def bench(name, cfg, steps, l_mags, use_pool, backend):
     freeze_batch_norm(model)
     matcher = GradientMatcher(model, strategy, cfg["chunk"])
     logits = PolicyLogits(3, len(cands), identity_index("cifar", l_mags), 0.025, strategy)
-    searcher = Searcher(matcher, logits)
+    searcher = Searcher(matcher, logits, "cifar")
     cols, groups = data.dense_columns(cands, False, 1)
     builder = data.StepBuilder(ds, data.PointSampler(ds.labels, splits, cfg["n_val"]), executor,
                                "cifar", cfg["points"], cfg["exp_g"], cfg["factor"], cols, groups,

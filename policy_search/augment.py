@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import threading
 
 import numpy as np
 from PIL import Image
@@ -96,15 +97,17 @@ class Executor:
         self.augmenter = augmenter
         self.processes = int(processes)
         self.pool = None
+        self._starting = threading.Lock()  # map runs in the prefetch thread and the main one
 
     def map(self, tasks: list) -> list:
         if self.processes <= 0:
             return [self.augmenter(t) for t in tasks]
-        if self.pool is None:
-            ctx = multiprocessing.get_context("spawn")
-            self.pool = ctx.Pool(self.processes, initializer=_init_worker,
-                                 initargs=(self.augmenter.candidates, self.augmenter.l_mags,
-                                           self.augmenter.out_size))
+        with self._starting:
+            if self.pool is None:
+                ctx = multiprocessing.get_context("spawn")
+                self.pool = ctx.Pool(self.processes, initializer=_init_worker,
+                                     initargs=(self.augmenter.candidates, self.augmenter.l_mags,
+                                               self.augmenter.out_size))
         chunk = max(1, len(tasks) // (4 * self.processes))
         return self.pool.map(_run_in_worker, tasks, chunksize=chunk)
 

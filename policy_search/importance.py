@@ -34,13 +34,14 @@ from __future__ import annotations
 
 import contextlib
 
+import keras
 import tensorflow as tf
 
 
 def theta(model) -> list:
     """θ: the model's trainable variables, less those of its batch-norm layers."""
     norm = {id(v) for layer in model._flatten_layers()
-            if isinstance(layer, tf.keras.layers.BatchNormalization) for v in layer.weights}
+            if isinstance(layer, keras.layers.BatchNormalization) for v in layer.weights}
     return [v for v in model.trainable_variables if id(v) not in norm]
 
 

@@ -149,9 +149,11 @@ class Searcher:
     the same batch.
     """
 
-    def __init__(self, matcher: GradientMatcher, logits: PolicyLogits, space: str = "cifar"):
-        """``space`` picks the normalisation of uint8 batches (data.StepBuilder's); float
-        batches are taken as normalised already."""
+    def __init__(self, matcher: GradientMatcher, logits: PolicyLogits, space: str):
+        """``space`` ("cifar" or "imagenet") picks the normalisation of uint8 batches
+        (data.StepBuilder's); float batches are taken as normalised already."""
+        if space not in ("cifar", "imagenet"):
+            raise ValueError(f"space must be 'cifar' or 'imagenet', got {space!r}")
         self.matcher = matcher
         self.policy = logits
         self.strategy = matcher.strategy
@@ -233,7 +235,11 @@ class Searcher:
         per = n_points // self.replicas
 
         def image_dtype(a):  # uint8 goes to the device as it is (normalised there per point)
-            return tf.uint8 if a.dtype == np.uint8 else dtype
+            if a.dtype == np.uint8:
+                return tf.uint8
+            if not np.issubdtype(a.dtype, np.floating):
+                raise ValueError(f"search images must be uint8 or normalised floats, got {a.dtype}")
+            return dtype
 
         arrays = [(labels, tf.int32), (val, image_dtype(val)), (val_labels, tf.int32),
                   (dense, image_dtype(dense))]

@@ -11,6 +11,7 @@ That file is what ``--pretrained`` and ``--resume`` reuse.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -40,6 +41,25 @@ def save_weights(model, path: str) -> None:
     tmp = os.path.join(folder, f".{os.getpid()}.tmp.{name}")
     model.save_weights(tmp)
     os.replace(tmp, path)
+
+
+def write_provenance(weights: str, info: dict) -> None:
+    """``<weights>.json``: the dataset, seed and split the weights were pretrained on, so that
+    a search reusing them (``--pretrained``) can tell whether its validation images were
+    among the pretraining images."""
+    from augmentation.policy import atomic_write
+
+    atomic_write(weights + ".json", json.dumps(info, indent=1) + "\n")
+
+
+def read_provenance(weights: str) -> dict | None:
+    """The ``write_provenance`` record of ``weights``, or None (absent or unreadable)."""
+    try:
+        with open(weights + ".json", encoding="utf-8") as f:
+            info = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) else None
 
 
 def load_weights(model, path: str) -> None:

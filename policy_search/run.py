@@ -4,16 +4,13 @@ Order matters for bad input (SPEC-independent project rule): every check that ca
 user's input (flags, data, ``--n_classes``, replicas, weights file) runs before the results
 folder is created, so a failed start writes nothing.
 
-Resuming: the checkpoint holds the logits and every layer's Adam state
-(``PolicyLogits.get_state``), the position (next layer, next step), the traces and the path of
-the pretrained weights. All randomness of a step is derived from (seed, layer, step) (see
-``policy_search.data``), so that position *is* the random state: a resumed run draws exactly
-what the uninterrupted run drew and ends with the same policy.
+Resuming: see ``policy_search.checkpoint``. All randomness of a step is derived from (seed,
+layer, step) (see ``policy_search.data``), so the checkpoint's position *is* the random state:
+a resumed run draws exactly what the uninterrupted run drew and ends with the same policy.
 """
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import logging
 import os
@@ -28,16 +25,11 @@ from augmentation.space import candidates as space_candidates, identity_index
 from deepaa_data import DatasetError, load_dataset
 from policy_search import data
 from policy_search.augment import Augmenter, make_executor
+from policy_search.checkpoint import (CHECKPOINT, check_resume, load_checkpoint, occupied,
+                                      roll_back, save_checkpoint)
 from policy_search.config import UsageError
 
 log = logging.getLogger("deepaa.search")
-CHECKPOINT = "checkpoint.npz"
-# Flags that must be equal to resume a run (the others, e.g. --checkpoint_every, may change).
-# --aug_backend is one of them: the tensor ops draw their random ops from another generator.
-RESUME_KEYS = ("dataset", "n_classes", "use_model", "n_policies", "search_bno", "seed", "l_mags",
-               "policy_lr", "EXP_G", "EXP_gT_factor", "train_same_labels", "repeat_random_ops",
-               "N_repeat_random", "n_val_per_point", "policy_bn_training", "pretrain_size",
-               "aug_backend")
 
 
 class Prepared:
@@ -75,6 +67,13 @@ class Prepared:
                              f"images are fewer than one batch (--batch_size {args.batch_size})")
         self.sampler = data.PointSampler(self.train.labels, self.splits, args.n_val_per_point)
 
+    def split_sizes(self) -> list[int]:
+        return [len(self.splits.val), len(self.splits.pretrain), len(self.splits.search)]
+
+    def provenance(self, args) -> dict:
+        """Which images a model pretrained here has seen (kept beside its weights)."""
+        return {"dataset": args.dataset, "seed": args.seed, "splits": self.split_sizes()}
+
 
 def _quiet_tensorflow():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -111,53 +110,22 @@ def _entropy(p) -> float:
     return float(-np.sum(p[p > 0] * np.log(p[p > 0])))
 
 
-# ------------------------------------------------------------------ checkpoints
-def save_checkpoint(path, policy_state: dict, layer: int, step: int, traces, meta: dict):
-    arrays = {f"policy/{k}": np.asarray(v) for k, v in policy_state.items()}
-    arrays["position"] = np.array([layer, step], np.int64)
-    for k, trace in enumerate(traces):
-        arrays[f"cos_trace/{k}"] = np.asarray(trace, np.float64)
-    arrays["meta_json"] = np.array(json.dumps(meta))
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    atomic_write(path, buffer.getvalue())
-
-
-def load_checkpoint(path):
-    with np.load(path, allow_pickle=False) as z:
-        state = {k[len("policy/"):]: z[k] for k in z.files if k.startswith("policy/")}
-        layer, step = (int(v) for v in z["position"])
-        n = len([k for k in z.files if k.startswith("cos_trace/")])
-        traces = [list(z[f"cos_trace/{k}"]) for k in range(n)]
-        meta = json.loads(str(z["meta_json"]))
-    return state, layer, step, traces, meta
-
-
-def _check_resume(args, meta):
-    for key in RESUME_KEYS:
-        if meta["flags"].get(key) != getattr(args, key):
-            raise UsageError("--resume", f"the checkpoint was made with --{key} "
-                             f"{meta['flags'].get(key)!r}, not {getattr(args, key)!r}")
-    saved = meta.get("weights")
-    if args.pretrained is not None and saved is not None and \
-            os.path.abspath(args.pretrained) != os.path.abspath(saved):
-        raise UsageError("--pretrained", f"the checkpoint searches with the weights {saved!r}; "
-                         "leave --pretrained out to resume it")
-
-
 # ------------------------------------------------------------------ the run
 def main(args) -> int:
     """Run the search described by ``args`` (parsed and validated by ``config``)."""
     started = time.time()
     ckpt_path = os.path.join(args.results_dir, CHECKPOINT)
-    if not args.resume and os.path.exists(ckpt_path):  # a fresh run would overwrite it
-        raise UsageError("--results_dir", f"{args.results_dir} holds a search checkpoint; pass "
-                         "--resume to continue it or choose another --results_dir")
-    prep = Prepared(args)
     resume = None
-    if args.resume:
+    if args.resume:  # flags first: refusing needs no dataset
         resume = load_checkpoint(ckpt_path)
-        _check_resume(args, resume[4])
+        check_resume(args, resume[4])
+    elif os.path.exists(ckpt_path):  # a fresh run would overwrite it
+        raise UsageError("--results_dir", occupied(args.results_dir, ckpt_path))
+    prep = Prepared(args)
+    if resume is not None and resume[4].get("splits") not in (None, prep.split_sizes()):
+        raise UsageError("--resume", f"the checkpoint's val/pretrain/search split "
+                         f"{resume[4]['splits']} differs from this run's "
+                         f"{prep.split_sizes()}: the dataset changed")
 
     _quiet_tensorflow()
     from policy_search import devices
@@ -224,10 +192,18 @@ def _main_from_strategy(args, prep, resume, strategy, started) -> int:
             weights = resume[4]["weights"]
         elif args.pretrained is not None:
             weights = args.pretrained
+            made = pre.read_provenance(weights)
+            if made is not None and made != prep.provenance(args):
+                log.warning("the weights were pretrained on %s with seed %s (val/pretrain/search "
+                            "%s), this search splits %s with seed %s (%s): its validation images "
+                            "may include images the model was trained on", made.get("dataset"),
+                            made.get("seed"), made.get("splits"), args.dataset, args.seed,
+                            prep.split_sizes())
         else:
             weights = os.path.join(args.results_dir, f"pretrained_{args.use_model}.weights.h5")
             model = pre.pretrain(args, prep.train, prep.splits.pretrain, executor, prep.space,
                                  prep.input_shape, weights, progress=tqdm)
+            pre.write_provenance(weights, prep.provenance(args))
             _score(pre, model, prep, args, executor)
         if args.pretrain_only:
             log.info("--pretrain_only: weights in %s", weights)
@@ -304,7 +280,7 @@ def _search(args, tf, model, strategy, prep, executor, weights, resume, started)
 
     def checkpoint(layer, step):
         meta = {"flags": _flags(args), "weights": os.path.abspath(weights),
-                "elapsed_s": elapsed0 + time.time() - run_start}
+                "splits": prep.split_sizes(), "elapsed_s": elapsed0 + time.time() - run_start}
         save_checkpoint(ckpt_path, logits.get_state(), layer, step, traces, meta)
         log.debug("checkpoint at layer %d step %d", layer + 1, step)
 
@@ -357,10 +333,7 @@ def _search(args, tf, model, strategy, prep, executor, weights, resume, started)
         # their state before it, and the checkpoint points at it, so a resume repeats it
         # exactly once. Between steps, the position is what the traces say is done.
         if in_flight is not None:
-            layer, step, state = in_flight
-            logits.set_state(state)
-            del traces[layer][step:]  # the cut step's cos, if it got that far
-            checkpoint(layer, step)
+            checkpoint(*roll_back(in_flight, logits, traces))
         else:
             checkpoint(*_position(traces, args.search_bno))
         log.info("interrupted: checkpoint written; continue with --resume")

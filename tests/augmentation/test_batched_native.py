@@ -210,6 +210,20 @@ def test_imagenet_batches_with_resize_crops_split_between_executors():
     native, reference = both(lambda: batched.apply_ops(
         x, ["RandResizeCrop"] * 5, [0] * 5, generator=torch.Generator().manual_seed(5)))
     assert native.shape == (5, 3, 224, 224) and torch.equal(native, reference)
+    # Resized images that change size never pass through the candidate table as Identity.
+    sizes, real_run = [], batched_native.CandidateTable.run
+
+    def spy(self, images, *args):
+        sizes.append(images.shape[0])
+        return real_run(self, images, *args)
+
+    batched_native.CandidateTable.run = spy
+    try:
+        batched.apply_ops(x, ["RandResizeCrop"] * 5, [0] * 5)
+        batched.apply_ops(x, ["RandResizeCrop", "Invert"] * 2 + ["Invert"], [0] * 5)
+    finally:
+        batched_native.CandidateTable.run = real_run
+    assert sizes == [3]
 
 
 def test_the_c_resize_on_tiny_images_views_and_empty_batches():

@@ -1,4 +1,5 @@
 """Policy objects, the YAML format and its validation, and the DeepAAPolicy transform."""
+import os
 import pickle
 import sys
 import types
@@ -286,6 +287,22 @@ def test_dataloader_workers_draw_different_augmentations():
         torch.manual_seed(torch_seed)
         runs.append(torch.stack(_load(tf)))
     assert torch.equal(runs[0], runs[1]) and not torch.equal(runs[0], runs[2])
+
+
+def test_atomic_write_reaches_the_disk_before_the_rename(tmp_path, monkeypatch):
+    """The data are fsynced in the temporary file, then renamed over the target: a crash
+    leaves the old file or the new one, never an empty one."""
+    import augmentation.policy as P
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(P.os, "fsync", lambda fd: events.append("fsync") or real_fsync(fd))
+    monkeypatch.setattr(P.os, "replace",
+                        lambda a, b: events.append("replace") or real_replace(a, b))
+    target = tmp_path / "out.json"
+    target.write_text("old")
+    P.atomic_write(target, "new")
+    assert events == ["fsync", "replace"] and target.read_text() == "new"
 
 
 def test_batch_delegates_lazily(monkeypatch):

@@ -92,7 +92,7 @@ def run_steps(strategy, chunk_size=3):
         model = tiny_model(keras)
     matcher = GradientMatcher(model, strategy, chunk_size=chunk_size)
     policy = PolicyLogits(2, 6, 0, 0.025, strategy)
-    searcher = Searcher(matcher, policy)
+    searcher = Searcher(matcher, policy, "cifar")
     batch = search_batch(4, 6, 5, n_gtr=7, n_copies=2)
     s1 = searcher.stage1_step(batch)
     s2 = searcher.stagek_step(1, batch)

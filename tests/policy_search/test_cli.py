@@ -61,18 +61,18 @@ def test_defaults_are_the_released_ones_and_flags_override_presets():
 
 
 def test_resume_refuses_a_checkpoint_of_other_search_flags():
-    from policy_search import run
+    from policy_search import checkpoint
 
     args = config.parse_args(["--preset", "cpu"])
-    meta = {"flags": {key: getattr(args, key) for key in run.RESUME_KEYS}}
-    run._check_resume(args, meta)  # the same flags resume
+    meta = {"flags": {key: getattr(args, key) for key in checkpoint.RESUME_KEYS}}
+    checkpoint.check_resume(args, meta)  # the same flags resume
     weights = dict(meta, weights="results/pretrained_WRN_10_1.weights.h5")
-    run._check_resume(args, weights)
+    checkpoint.check_resume(args, weights)
     with_same = config.parse_args(["--preset", "cpu", "--pretrained", weights["weights"]])
-    run._check_resume(with_same, weights)
+    checkpoint.check_resume(with_same, weights)
     other = config.parse_args(["--preset", "cpu", "--pretrained", "other.weights.h5"])
     with pytest.raises(config.UsageError, match="--pretrained.*leave --pretrained out"):
-        run._check_resume(other, weights)
+        checkpoint.check_resume(other, weights)
     # ImageNet's default weights are filled in for a new search, not for a resumed one.
     assert config.parse_args(["--dataset", "imagenet"]).pretrained.endswith(
         "imagenet_resnet50.weights.h5")
@@ -80,7 +80,7 @@ def test_resume_refuses_a_checkpoint_of_other_search_flags():
     for key, other in (("aug_backend", "pil"), ("EXP_G", 5), ("seed", 2)):
         changed = {"flags": dict(meta["flags"], **{key: other})}
         with pytest.raises(config.UsageError, match=f"--{key}"):
-            run._check_resume(args, changed)
+            checkpoint.check_resume(args, changed)
 
 
 def test_help_lists_every_released_flag(tmp_path):

@@ -115,7 +115,7 @@ def test_stage1_step_matches_manual_computation(searcher_parts):
     reference = PolicyLogits(2, 6, 0, 0.025)
     batch = search_batch(2, 6, 5)
     p = policy.probs(0)
-    out = Searcher(matcher, policy).stage1_step(batch)
+    out = Searcher(matcher, policy, "cifar").stage1_step(batch)
     rows, cosines = [], []
     for i in range(2):
         labels = np.full(6, batch["labels"][i])
@@ -134,7 +134,7 @@ def test_stagek_step_matches_manual_computation(searcher_parts):
     policy = PolicyLogits(3, 6, 0, 0.025)
     reference = PolicyLogits(3, 6, 0, 0.025)
     batch = search_batch(2, 6, 5, n_gtr=5, n_copies=3)
-    out = Searcher(matcher, policy).stagek_step(2, batch)
+    out = Searcher(matcher, policy, "cifar").stagek_step(2, batch)
     rows = []
     for i in range(2):
         label = batch["labels"][i]
@@ -158,7 +158,7 @@ def test_repeated_random_candidates_average_their_copies(searcher_parts, stage):
                     dense_groups=groups)
     results = []
     for batch in (plain, repeated):
-        searcher = Searcher(matcher, PolicyLogits(2, 4, 0, 0.025))
+        searcher = Searcher(matcher, PolicyLogits(2, 4, 0, 0.025), "cifar")
         out = searcher.stage1_step(batch) if stage == 1 else searcher.stagek_step(1, batch)
         results.append((out["importance"], out["cos_sim"], searcher.policy.all_logits()))
     np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-9, atol=1e-14)
@@ -193,7 +193,7 @@ def test_uint8_batches_are_normalised_on_the_device(searcher_parts, space):
 
 def test_searcher_refuses_bad_batches(searcher_parts):
     model, matcher = searcher_parts
-    searcher = Searcher(matcher, PolicyLogits(2, 4, 0, 0.025))
+    searcher = Searcher(matcher, PolicyLogits(2, 4, 0, 0.025), "cifar")
     batch = search_batch(2, 4, 3, n_gtr=3, n_copies=2)
     with pytest.raises(ValueError, match="dense_groups"):
         searcher.stage1_step(dict(batch, dense_groups=np.array([0, 1, 1, 2])))
@@ -201,3 +201,7 @@ def test_searcher_refuses_bad_batches(searcher_parts):
         searcher.stagek_step(1, {k: v for k, v in batch.items() if k != "gtr"})
     with pytest.raises(ValueError, match="1 <= k"):
         searcher.stagek_step(0, batch)
+    with pytest.raises(ValueError, match="uint8 or normalised floats"):
+        searcher.stage1_step(dict(batch, aug=batch["aug"].astype(np.int64)))
+    with pytest.raises(ValueError, match="space"):
+        Searcher(matcher, PolicyLogits(2, 4, 0, 0.025), "svhn")

@@ -67,6 +67,8 @@ def test_end_to_end_writes_a_policy_that_moved(run):
     assert all(-1.0 - 1e-9 <= c <= 1.0 + 1e-9 for t in meta["cos_sim_trace"] for c in t)
     assert len(meta["entropy"]) == 2 and meta["flags"]["search_bno"] == 4
     assert (out / "pretrained_WRN_10_1.weights.h5").is_file()
+    made = json.loads((out / "pretrained_WRN_10_1.weights.h5.json").read_text())
+    assert made["seed"] == 3 and sum(made["splits"]) == 480  # the images it was trained on
     log = (out / "search.log").read_text()
     assert "pretrain epoch 1/1" in log
     # The pretraining taught the model something: well above chance (0.25) on validation.
@@ -84,6 +86,8 @@ def test_pretrain_only_writes_weights_and_no_policy(run):
     _search(common + ["--nb_epochs", "1", "--batch_size", "32", "--pretrain_only",
                       "--results_dir", str(out)], tmp)
     assert (out / "pretrained_WRN_10_1.weights.h5").is_file()
+    made = json.loads((out / "pretrained_WRN_10_1.weights.h5.json").read_text())
+    assert made["seed"] == 3 and sum(made["splits"]) == 480  # the images it was trained on
     assert not (out / "policy.yaml").exists() and not (out / "checkpoint.npz").exists()
 
 
@@ -108,6 +112,7 @@ def test_two_workers_write_one_set_of_outputs(run):
     log = (out / "search.log").read_text()
     assert log.count("DeepAA search:") == 1  # one writer
     assert "2 replica(s)" in log and policy.meta["flags"]["aug_backend"] == "pil"
+    assert "may include images" not in log  # the weights come from this seed's split
     assert not any(p.name.startswith("deepaa-worker-") for p in scratch_root.iterdir())
 
 

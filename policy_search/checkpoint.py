@@ -1,0 +1,87 @@
+"""Search checkpoints (``RESULTS_DIR/checkpoint.npz``): writing, reading, and the checks that
+decide whether a run may continue one.
+
+A checkpoint holds the logits and every layer's Adam state (``PolicyLogits.get_state``), the
+position (next layer, next step), the cosine traces and a meta record: the flags, the path of
+the pretrained weights and the sizes of the data splits. All randomness of a step is derived
+from (seed, layer, step), so the position is the random state and a resumed run ends with the
+policy of an uninterrupted one.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+
+import numpy as np
+
+from augmentation.policy import atomic_write
+from policy_search.config import UsageError
+
+CHECKPOINT = "checkpoint.npz"
+# Flags that must be equal to resume a run (the others, e.g. --checkpoint_every, may change).
+# --aug_backend is one of them: the tensor ops draw their random ops from another generator.
+RESUME_KEYS = ("dataset", "n_classes", "use_model", "n_policies", "search_bno", "seed", "l_mags",
+               "policy_lr", "EXP_G", "EXP_gT_factor", "train_same_labels", "repeat_random_ops",
+               "N_repeat_random", "n_val_per_point", "policy_bn_training", "pretrain_size",
+               "aug_backend")
+
+
+def save_checkpoint(path, policy_state: dict, layer: int, step: int, traces, meta: dict):
+    arrays = {f"policy/{k}": np.asarray(v) for k, v in policy_state.items()}
+    arrays["position"] = np.array([layer, step], np.int64)
+    for k, trace in enumerate(traces):
+        arrays[f"cos_trace/{k}"] = np.asarray(trace, np.float64)
+    arrays["meta_json"] = np.array(json.dumps(meta))
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    atomic_write(path, buffer.getvalue())
+
+
+def load_checkpoint(path):
+    with np.load(path, allow_pickle=False) as z:
+        state = {k[len("policy/"):]: z[k] for k in z.files if k.startswith("policy/")}
+        layer, step = (int(v) for v in z["position"])
+        n = len([k for k in z.files if k.startswith("cos_trace/")])
+        traces = [list(z[f"cos_trace/{k}"]) for k in range(n)]
+        meta = json.loads(str(z["meta_json"]))
+    return state, layer, step, traces, meta
+
+
+def occupied(results_dir: str, ckpt_path: str) -> str:
+    """Why a new search may not start in ``results_dir``: the finished or unfinished search
+    whose checkpoint is there (one line)."""
+    try:
+        with np.load(ckpt_path, allow_pickle=False) as z:
+            layer = int(z["position"][0])
+            finished = layer >= json.loads(str(z["meta_json"]))["flags"]["n_policies"]
+    except Exception:  # unreadable: still not ours to overwrite
+        finished = False
+    if finished:
+        return (f"{results_dir} holds a finished search; remove that folder or choose another "
+                "--results_dir")
+    return (f"{results_dir} holds a search checkpoint; pass --resume to continue it or choose "
+            "another --results_dir")
+
+
+def check_resume(args, meta) -> None:
+    """Refuse (UsageError) to resume a checkpoint made with other flags or other weights."""
+    for key in RESUME_KEYS:
+        if meta["flags"].get(key) != getattr(args, key):
+            raise UsageError("--resume", f"the checkpoint was made with --{key} "
+                             f"{meta['flags'].get(key)!r}, not {getattr(args, key)!r}")
+    saved = meta.get("weights")
+    if args.pretrained is not None and saved is not None and \
+            os.path.abspath(args.pretrained) != os.path.abspath(saved):
+        raise UsageError("--pretrained", f"the checkpoint searches with the weights {saved!r}; "
+                         "leave --pretrained out to resume it")
+
+
+def roll_back(in_flight, logits, traces) -> tuple[int, int]:
+    """After a Ctrl-C inside a step: the logits go back to their state before the step and its
+    cosine, if already recorded, is dropped, so a resume repeats the step exactly once.
+    ``in_flight`` is (layer, step, logits state before the step); returns (layer, step)."""
+    layer, step, state = in_flight
+    logits.set_state(state)
+    del traces[layer][step:]
+    return layer, step

@@ -1,0 +1,48 @@
+"""Search checkpoints: round trip, the message that keeps a fresh run out of a used folder,
+and the roll-back after a Ctrl-C inside a step."""
+import numpy as np
+
+from policy_search import checkpoint
+
+
+def _meta(n_policies=2):
+    return {"flags": {"n_policies": n_policies}, "weights": "w.weights.h5", "splits": [2, 3, 4]}
+
+
+def test_round_trip(tmp_path):
+    path = tmp_path / "checkpoint.npz"
+    state = {"logits": np.arange(6.0).reshape(2, 3), "adam_iterations": np.array([4, 0])}
+    checkpoint.save_checkpoint(path, state, 1, 3, [[0.1, 0.2], [0.3]], _meta())
+    got, layer, step, traces, meta = checkpoint.load_checkpoint(path)
+    assert (layer, step) == (1, 3) and traces == [[0.1, 0.2], [0.3]] and meta == _meta()
+    assert all(np.array_equal(got[k], v) for k, v in state.items())
+
+
+def test_a_used_results_folder_is_named_finished_or_not(tmp_path):
+    path = tmp_path / "checkpoint.npz"
+    checkpoint.save_checkpoint(path, {}, 1, 3, [[0.1], []], _meta())
+    assert "pass --resume" in checkpoint.occupied(str(tmp_path), str(path))
+    checkpoint.save_checkpoint(path, {}, 2, 0, [[0.1], [0.2]], _meta())  # after the last layer
+    assert "finished search" in checkpoint.occupied(str(tmp_path), str(path))
+    path.write_bytes(b"not a checkpoint")
+    assert "pass --resume" in checkpoint.occupied(str(tmp_path), str(path))
+
+
+class _Logits:
+    def __init__(self):
+        self.state = {"logits": np.ones(3)}
+
+    def set_state(self, state):
+        self.state = state
+
+
+def test_roll_back_drops_the_cut_steps_update_and_cosine():
+    """Ctrl-C after step 2 of layer 1 recorded its cosine: the logits return to their state
+    before the step and the trace to its two finished steps, so a resume repeats step 2 once."""
+    logits, before = _Logits(), {"logits": np.zeros(3)}
+    traces = [[0.5, 0.4, 0.3], [0.2, 0.1, 0.9]]
+    assert checkpoint.roll_back((1, 2, before), logits, traces) == (1, 2)
+    assert logits.state is before and traces == [[0.5, 0.4, 0.3], [0.2, 0.1]]
+    traces = [[0.5, 0.4, 0.3], [0.2, 0.1]]  # cut before the cosine was recorded
+    assert checkpoint.roll_back((1, 2, before), logits, traces) == (1, 2)
+    assert traces == [[0.5, 0.4, 0.3], [0.2, 0.1]]
