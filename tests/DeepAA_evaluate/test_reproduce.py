@@ -181,6 +181,31 @@ def test_cpu_jobs_run_side_by_side_with_split_threads(tmp_path, monkeypatch):
                os.environ.get("CUDA_VISIBLE_DEVICES") for _, env in started)
 
 
+def test_one_run_per_gpu_and_seeds_from_first_seed(tmp_path, monkeypatch):
+    """--gpus 0,1: each run sees its own GPU (CUDA_VISIBLE_DEVICES) and all cores; --first_seed
+    3 --seeds 2 runs seeds 3 and 4."""
+    started = []
+
+    class Proc:
+        def __init__(self, cmd, env, **kw):
+            started.append((cmd, env))
+
+        def poll(self):
+            return 0
+
+    monkeypatch.setattr(R.subprocess, "Popen", Proc)
+    conf = _conf(tmp_path)
+    out = tmp_path / "out.md"
+    assert R.main(["--confs", conf, "--seeds", "2", "--first_seed", "3", "--gpus", "0,1",
+                   "--runs_dir", str(tmp_path / "runs"), "--out", str(out),
+                   "--no_progress"]) == 0
+    seeds = sorted(int(cmd[cmd.index("--seed") + 1]) for cmd, _ in started)
+    assert seeds == [3, 4]
+    assert sorted(env["CUDA_VISIBLE_DEVICES"] for _, env in started) == ["0", "1"]
+    assert all("OMP_NUM_THREADS" not in env or env["OMP_NUM_THREADS"] ==
+               os.environ.get("OMP_NUM_THREADS") for _, env in started)
+
+
 def test_table_from_result_files(tmp_path):
     runs = tmp_path / "runs"
     for seed, top1 in enumerate([0.80, 0.82, 0.84], 1):

@@ -377,6 +377,20 @@ def test_policy_batch_applies_each_images_own_layers():
     assert len({tuple(c) for c in choice}) > 20  # images really draw separately
 
 
+def test_global_generator_and_empty_batches():
+    """Without a generator the draws come from torch's global one (seeded by
+    torch.manual_seed); a batch of no image comes back empty."""
+    pol = _policy({("RandCutout", 6): (0.5,), ("Invert", 6): (0.5,)}, 1)
+    x = to_tensor(photo_like(16, 32, 32, seed=3))
+    torch.manual_seed(21)
+    a = apply_policy_batch(pol, x)
+    torch.manual_seed(21)
+    assert torch.equal(a, apply_policy_batch(pol, x))
+    assert not torch.equal(a, apply_policy_batch(pol, x))  # the global stream moved on
+    assert apply_policy_batch(pol, x[:0]).shape == (0, 3, 32, 32)
+    assert batched.sample_candidates(pol, 0).shape == (0, 1)
+
+
 def test_policy_batch_mirrors_each_layer_per_image():
     """The trainer's semantics (mirror=True): each layer's signed op acts at +v or -v per
     image, each image's result is one of Pillow's four sign combinations, and both signs occur

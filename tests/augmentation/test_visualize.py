@@ -35,6 +35,25 @@ def test_released_policy_by_name(tmp_path):
     assert not [p for p in out.iterdir() if p.suffix != ".png"]  # no temp files left
 
 
+def test_examples_follow_the_seed_and_the_number_of_images(tmp_path):
+    """The examples grid is seeded (same seed, same pixels; another seed, other draws) and has
+    one row per image (--n_images)."""
+    policy = tmp_path / "one_layer.yaml"
+    save_policy(Policy.uniform(1, "cifar", 3, {"name": "one layer"}), policy)
+
+    def examples(name, *args):
+        out = tmp_path / name
+        assert main([str(policy), "--out", str(out), "--n_samples", "3", *args]) == 0
+        with Image.open(out / "examples.png") as img:
+            return np.asarray(img.convert("RGB"))
+
+    a = examples("a", "--n_images", "2", "--seed", "4")
+    assert np.array_equal(a, examples("b", "--n_images", "2", "--seed", "4"))
+    assert not np.array_equal(a, examples("c", "--n_images", "2", "--seed", "5"))
+    taller = examples("d", "--n_images", "4", "--seed", "4")
+    assert taller.shape[1] == a.shape[1] and taller.shape[0] > 1.6 * a.shape[0]
+
+
 def test_small_custom_policy_with_npz_images(tmp_path):
     from deepaa_data.synthetic import make_synthetic
 
