@@ -2,6 +2,7 @@
 import json
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -122,6 +123,22 @@ def test_gradient_is_clipped_to_the_configured_norm(tiny):
     gap = (weights[3e-4] - weights[1e-4]).norm().item()
     assert gap == pytest.approx(lr * 2e-4, rel=1e-2)  # float32 weights round the steps
     assert (weights[0.0] - weights[1e-4]).norm().item() > 100 * gap
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_mixed_precision_runs_the_model_in_half_precision(tiny, amp):
+    """amp: the forward pass runs under autocast in that dtype (checked on a linear layer of
+    the trainer's Runtime) and a training epoch ends with a finite loss."""
+    from DeepAA_evaluate.engine import Runtime
+
+    rt = Runtime({"amp": amp})
+    with rt.autocast():
+        out = torch.nn.functional.linear(torch.ones(2, 4), torch.ones(3, 4))
+    assert out.dtype == {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+    path, work = tiny
+    res = main(["-c", str(path), "--aug", "none", "--epoch", "1", "--amp", amp,
+                "--lr_schedule.warmup.epoch", "0", "--train_size", "8", "--batch", "8"])
+    assert res["finished"] and np.isfinite(res["history"][0]["train"]["loss"])
 
 
 def test_save_model_false_writes_results_but_no_checkpoint(tiny):
