@@ -91,6 +91,19 @@ def test_pretrain_only_writes_weights_and_no_policy(run):
     assert not (out / "policy.yaml").exists() and not (out / "checkpoint.npz").exists()
 
 
+def test_weights_of_another_split_are_flagged(run):
+    """Weights pretrained with seed 3 reused by a search with seed 4: its validation split
+    differs, so the log warns that validation images may have been trained on."""
+    tmp, common = run
+    weights = str(tmp / "full" / "pretrained_WRN_10_1.weights.h5")
+    out = tmp / "other_seed"
+    flags = list(common)
+    flags[flags.index("--seed") + 1] = "4"
+    _search(flags + ["--pretrained", weights, "--results_dir", str(out),
+                     "--stop_after_steps", "1"], tmp)
+    assert "may include images the model was trained on" in (out / "search.log").read_text()
+
+
 def test_two_workers_write_one_set_of_outputs(run):
     """MultiWorker (TF_CONFIG, two processes on loopback): both run the search, only the chief
     (worker 0) writes the results folder and the policy; the other's scratch folder is gone."""
