@@ -10,7 +10,7 @@
    ``OUT/results.md``);
 5. pictures of the searched policy (``OUT/pictures/``, :mod:`augmentation.visualize`).
 
-The budget (about 15 minutes on 2 CPU cores) is split into about 4 minutes of search and 10
+The budget (11-20 minutes on 2 CPU cores) is split into about 4 minutes of search and 10
 of training. The synthetic training split has 3,000 images: the search uses all of them (600
 validation, 1,200 pretraining, 1,200 search, SPEC §2), each trainer run a seeded class-balanced
 subset of 1,000 (``train_size``), so training costs what it did with 1,000 images. The search
@@ -51,7 +51,7 @@ import yaml
 ROOT = os.path.dirname(os.path.abspath(__file__))
 AUGS = ("DeepAA", "default", "none")
 
-# name -> sizes. "full" fits ~15 min on 2 cores; "smoke" runs in seconds. n_train is what the
+# name -> sizes. "full" fits 11-20 min on 2 cores; "smoke" runs in seconds. n_train is what the
 # search sees, train_size what each trainer run sees (see the module docstring). A small training
 # set trained long enough to overfit without augmentation (640 steps of 64 images): with fewer
 # steps an under-trained model cannot profit from augmentation and the baselines look harmful.
@@ -151,7 +151,7 @@ def run_search(args, prof, spec, dataroot, out) -> str:
     print(" ".join(cmd[1:]), flush=True)
     rc = subprocess.call(cmd, cwd=out, env=_env())
     if rc != 0 or not os.path.exists(policy):
-        raise SystemExit(f"error: the search failed (exit {rc}); see {out}/search/")
+        raise SystemExit(f"error: the search failed (exit {rc}); see {folder}/")
     return policy
 
 

@@ -1,7 +1,7 @@
 """Run trainer configs over seeds and tabulate mean +- 95 % confidence interval of top-1.
 
-    python -m DeepAA_evaluate.reproduce --confs confs/cpu/*.yaml --seeds 4 --out results.md \
-        --dataroot npz:data/cifar10 [--runs_dir reproduce_runs] [--gpus 0,1,2,3] [-- --epoch 2]
+    python -m DeepAA_evaluate.reproduce --confs confs/cpu/wresnet10x2_*.yaml --seeds 4 \
+        --out results.md [--runs_dir reproduce_runs] [--gpus 0,1,2,3 | --jobs 2] [-- --epoch 2]
 
 Every (config, seed) run is one trainer process (``python -m DeepAA_evaluate.train``) writing
 ``RUNS_DIR/<config stem>/seed<S>.pth`` and, when it finishes, the results JSON beside it. Long

@@ -4,9 +4,11 @@
         --dataroot ./data --save ckpt/DeepAA_cifar10.pth --tag Exp_DeepAA_cifar10
 
 Any config key can be overridden with its dotted name (``--epoch 2 --lr_schedule.warmup.epoch 0
---batch 64``). ``--only-eval`` evaluates the checkpoint at ``--save``; ``--resume`` continues it
-exactly; ``--overwrite`` starts over. An existing ``--save`` file is never resumed silently:
-without one of those flags the run stops (the released trainer resumed without saying so).
+--batch 64``). ``--only-eval`` evaluates the checkpoint at ``--save`` (into ``<stem>_eval.json``);
+``--resume`` continues it exactly; ``--overwrite`` starts over, deleting the old ``<stem>.json``
+and ``<stem>_eval.json`` as the new run starts, and cannot be combined with the other two. An
+existing ``--save`` file is never resumed silently: without one of those flags the run stops
+(the released trainer resumed without saying so).
 
 Runs on the CPU when there is no GPU, and on N GPUs or nodes under ``torchrun`` (DDP; gloo on
 CPUs). The global step of the released run (``batch`` x ``gpus`` images, or ``batch`` images x

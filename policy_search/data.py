@@ -4,7 +4,8 @@ SPEC §2 "Data": the training split is shuffled (seeded) and cut into a validati
 pretraining set of ``--pretrain_size`` images and a search set (the rest).
 
 Validation size rule (our choice): ``min(10000, N // 5)`` images for a training split of N
-images, i.e. the paper's 10,000 for CIFAR's 50,000 and 20 % of smaller sets. The pretraining
+images, i.e. the paper's 10,000 for CIFAR's 50,000 and 20 % of smaller sets; ImageNet holds out
+the released 400,000 (at most half of N). The pretraining
 set is capped at half of the remaining images so that small datasets keep a search set.
 
 Randomness is derived, never carried: every step's draws come from
@@ -32,7 +33,7 @@ IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 MAX_VALIDATION = 10000  # CIFAR: 10,000 of the 50,000 training images (SPEC §2 "Data")
 # ImageNet: SPEC §2 holds out "a part of the training set"; the released search held out
-# 400,000 images (about 310 a class), so that the 64 validation images of a point are distinct.
+# 400,000 images (about 400 a class), so that the 64 validation images of a point are distinct.
 IMAGENET_VALIDATION = 400000
 # Stream identifiers of the derived random generators.
 SPLIT, POINTS, DENSE, GTR_PREFIX, GTR_LAST, VAL, PRETRAIN = range(7)

@@ -7,7 +7,8 @@ norm 5, the L2 penalties of the model added to the loss, and RandCrop, RandFlip,
 applied to every image (ImageNet: RandResizeCrop, RandFlip). It runs on one device in a model
 of its own; the weights go to a ``.weights.h5`` file that the search model (built under the
 search's distribution strategy) then loads, as the released code did to synchronise replicas.
-That file is what ``--pretrained`` and ``--resume`` reuse.
+That file is what ``--pretrained`` and ``--resume`` reuse, with its ``<weights>.json``
+provenance record (``write_provenance``: the dataset, seed and split it was trained on).
 """
 from __future__ import annotations
 

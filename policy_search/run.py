@@ -193,7 +193,7 @@ def _main_from_strategy(args, prep, resume, strategy, started) -> int:
         elif args.pretrained is not None:
             weights = args.pretrained
             made = pre.read_provenance(weights)
-            if made is not None and made != prep.provenance(args):
+            if made is not None and not _same_validation(made, prep.provenance(args)):
                 log.warning("the weights were pretrained on %s with seed %s (val/pretrain/search "
                             "%s), this search splits %s with seed %s (%s): its validation images "
                             "may include images the model was trained on", made.get("dataset"),
@@ -214,6 +214,17 @@ def _main_from_strategy(args, prep, resume, strategy, started) -> int:
                        started)
     finally:
         executor.close()
+
+
+def _same_validation(made: dict, mine: dict) -> bool:
+    """Whether two runs hold out the same validation images: the split is one seeded
+    permutation of the N training images, cut at the validation size first, so the dataset,
+    the seed, N and the validation size decide it (the pretraining size does not)."""
+    try:
+        return (made["dataset"], made["seed"], made["splits"][0], sum(made["splits"])) == \
+            (mine["dataset"], mine["seed"], mine["splits"][0], sum(mine["splits"]))
+    except (KeyError, TypeError, IndexError):
+        return False
 
 
 def _score(pre, model, prep, args, executor):
