@@ -52,9 +52,8 @@ def occupied(results_dir: str, ckpt_path: str) -> str:
     """Why a new search may not start in ``results_dir``: the finished or unfinished search
     whose checkpoint is there (one line)."""
     try:
-        with np.load(ckpt_path, allow_pickle=False) as z:
-            layer = int(z["position"][0])
-            finished = layer >= json.loads(str(z["meta_json"]))["flags"]["n_policies"]
+        _, layer, _, _, meta = load_checkpoint(ckpt_path)
+        finished = layer >= meta["flags"]["n_policies"]
     except Exception:  # unreadable: still not ours to overwrite
         finished = False
     if finished:
