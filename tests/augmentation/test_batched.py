@@ -286,6 +286,28 @@ def test_resized_crop_pixels_are_bit_exact_with_pillow_bicubic(resize, h, w, box
         assert np.array_equal(got[i], np.asarray(ref)), i
 
 
+@pytest.mark.parametrize("chunk", [2, 64])
+def test_resized_crop_in_chunks_is_bit_exact_with_pillow_bicubic(monkeypatch, chunk):
+    """The torch port resizes a GPU batch in chunks, each image's kernels padded to the
+    chunk's widest and its rows read through a shared window; run that path on the CPU over
+    boxes whose kernels and row spans differ (shrink, enlarge, borders, a thin strip), for a
+    landscape and a portrait (vertical-first) image, with a chunk that splits the batch."""
+    monkeypatch.setattr(batched_geometry, "_resize_chunk", lambda device: chunk)
+    # no box spans the whole height, so the row windows start at different rows
+    for h, w, boxes in ((180, 150, ([0, 10, 33, 5, 149], [0, 20, 7, 60, 100],
+                                    [150, 100, 64, 145, 1], [120, 120, 100, 40, 80])),
+                        (500, 333, ([0, 10, 0, 200, 332], [50, 0, 100, 7, 400],
+                                    [300, 323, 333, 90, 1], [300, 250, 224, 380, 100]))):
+        arr = photo_like(len(boxes[0]), h, w, seed=h * w)
+        got = to_numpy(batched_geometry.resized_crop(
+            to_tensor(arr), tuple(torch.tensor(b) for b in boxes), 224))
+        for i in range(len(arr)):
+            l, t, cw, ch = (b[i] for b in boxes)
+            ref = Image.fromarray(arr[i]).resize((224, 224), Image.BICUBIC,
+                                                 box=(l, t, l + cw, t + ch))
+            assert np.array_equal(got[i], np.asarray(ref)), (h, w, i)
+
+
 def test_resized_crop_follows_pillow_at_the_pass_order_boundary():
     """Images on either side of Pillow 13's switch to vertical-first (H - S = 2 (W - S)):
     the rule's threshold, not just the probe's answer, must agree with Pillow."""
