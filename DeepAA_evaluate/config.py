@@ -7,7 +7,7 @@ wrong type or a missing required key raises :class:`ConfigError` with a one-line
 names the key. Defaults are those of the released trainer (gradient clip 5, momentum 0.9,
 test every 20 epochs, cosine schedule), so the released files mean what they meant.
 
-Keys of ours (CONTRACTS): ``train_size``/``test_size`` (seeded class-balanced subsets),
+Keys of ours (not in the released files): ``train_size``/``test_size`` (seeded class-balanced subsets),
 ``seed``, ``num_workers``, ``aug_backend``, ``amp``, ``channels_last``, ``compile``,
 ``randaug.{N,M}`` for the RandAugment baseline and ``early_finish_epoch`` (the released
 trainer's key: stop after that epoch, keeping the schedule of the full run).

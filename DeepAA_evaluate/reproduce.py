@@ -359,18 +359,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m DeepAA_evaluate.reproduce",
                                      description="Run configs x seeds; write a Markdown table.")
     parser.add_argument("--confs", nargs="+", default=[], help="trainer config YAMLs")
-    parser.add_argument("--seeds", type=int, default=4, help="number of seeds (1..N)")
-    parser.add_argument("--first_seed", type=int, default=1)
+    parser.add_argument("--seeds", type=int, default=4,
+                        help="number of seeds (first_seed .. first_seed + N - 1)")
+    parser.add_argument("--first_seed", type=int, default=1,
+                        help="first seed: runs seeds first_seed .. first_seed + seeds - 1")
     parser.add_argument("--out", default="results.md", help="Markdown table to write")
     parser.add_argument("--runs_dir", default="reproduce_runs",
                         help="one folder per config with seed<S>.pth/.json/.log")
-    parser.add_argument("--dataroot", default="./data")
+    parser.add_argument("--dataroot", default="./data", help="passed to every trainer run")
     parser.add_argument("--gpus", default="", help="comma-separated GPU ids: one run per GPU")
     parser.add_argument("--jobs", type=int, default=1,
                         help="without --gpus: CPU runs side by side, sharing the cores")
     parser.add_argument("--table_only", action="store_true",
                         help="only rebuild the table from the results present")
-    parser.add_argument("--no_progress", action="store_true")
+    parser.add_argument("--no_progress", action="store_true",
+                        help="no progress bar over the runs (for logs)")
     args = parser.parse_args(argv)
 
     def fail(msg: str) -> int:

@@ -199,9 +199,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="data set for the examples (npz:DIR, folder:DIR, cifar10, ...); "
                              "default: built-in synthetic shapes")
     parser.add_argument("--dataroot", default="./data", help="root for cifar10/cifar100/imagenet")
-    parser.add_argument("--n_images", type=int, default=8)
-    parser.add_argument("--n_samples", type=int, default=7)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--n_images", type=int, default=8, help="rows of the example grid")
+    parser.add_argument("--n_samples", type=int, default=7,
+                        help="policy draws per image (columns after the original)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the example images and the policy draws")
     args = parser.parse_args(argv)
 
     def fail(msg: str) -> int:

@@ -65,8 +65,8 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
     r.add_argument("--nb_epochs", type=int, **_d(suppress_defaults, 45),
                    help="pretraining epochs")
     r.add_argument("--pretrain_size", type=int, **_d(suppress_defaults, 5000),
-                   help="images of the pretraining split (capped at half of the non-validation "
-                   "images of small datasets)")
+                   help="images of the pretraining split (capped at half of the images not "
+                   "held out for validation)")
     r.add_argument("--l_mags", type=int, **_d(suppress_defaults, 13),
                    help="magnitude levels per op, odd and >= 3 (13 gives 139 candidates)")
     r.add_argument("--policy_lr", type=float, **_d(suppress_defaults, 0.025),
