@@ -176,9 +176,9 @@ def _main_from_strategy(args, prep, resume, strategy, started) -> int:
 
     from policy_search import pretrain as pre
 
-    log.info("DeepAA search: %s, %s, %d classes, %d candidates, %d replica(s); split "
-             "val/pretrain/search = %d/%d/%d", args.dataset, args.use_model, args.n_classes,
-             len(prep.candidates), replicas, len(prep.splits.val), len(prep.splits.pretrain),
+    log.info("DeepAA search: %s, %s on %dx%d images, %d classes, %d candidates, %d replica(s); "
+             "split val/pretrain/search = %d/%d/%d", args.dataset, args.use_model, prep.size,
+             prep.size, args.n_classes, len(prep.candidates), replicas, len(prep.splits.val), len(prep.splits.pretrain),
              len(prep.splits.search))
     short = prep.sampler.short_classes()
     if short:

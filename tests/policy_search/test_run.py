@@ -7,9 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from augmentation import load_policy
 from augmentation.convert import npz_to_policy
+from augmentation.space import candidates
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -224,3 +226,45 @@ def test_same_validation_ignores_the_pretraining_size():
     assert not _same_validation(dict(made, seed=2), mine)
     assert not _same_validation(dict(made, splits=[10000, 5000, 1266167]), mine)
     assert not _same_validation({"dataset": "imagenet"}, mine)
+
+
+def _make_imagenet_folder(root, classes=4, per_class=24, seed=0):
+    """An ImageFolder tree ``root/train/<wnid>/*.JPEG`` of small non-square colour-coded
+    photos: the ImageNet path reads, crops and resizes them like the real thing."""
+    rng = np.random.default_rng(seed)
+    for c in range(classes):
+        folder = root / "train" / f"n{c:08d}"
+        folder.mkdir(parents=True)
+        for i in range(per_class):
+            h, w = rng.integers(36, 60, 2)
+            x = rng.integers(0, 80, (h, w, 3))
+            x[..., c % 3] += 140
+            x[: h // 2] += 30 * (c >= 3)
+            Image.fromarray(np.clip(x, 0, 255).astype(np.uint8)).save(folder / f"{i}.JPEG")
+    return root
+
+
+def test_imagenet_search_end_to_end(tmp_path):
+    """The ImageNet space end to end on a tiny ImageFolder tree: pretrain-only weights, then a
+    search that restores them (as the ImageNet search always does), on 224 x 224 crops of the
+    ImageNet candidates; half the images are held out for validation (at most 400,000)."""
+    data = _make_imagenet_folder(tmp_path / "imagenet")
+    common = ["--dataset", "imagenet", "--dataroot", str(data), "--n_classes", "4",
+              "--use_model", "WRN_10_1", "--preset", "cpu", "--l_mags", "3", "--seed", "2",
+              "--pretrain_size", "24"]
+    _search(common + ["--pretrain_only", "--nb_epochs", "1", "--batch_size", "8",
+                      "--results_dir", str(tmp_path / "pre")], tmp_path)
+    weights = tmp_path / "pre" / "pretrained_WRN_10_1.weights.h5"
+    assert json.loads(weights.with_name(weights.name + ".json").read_text())["splits"] == \
+        [48, 24, 24]
+    out = tmp_path / "search"
+    _search(common + ["--pretrained", str(weights), "--n_policies", "1", "--search_bno", "2",
+                      "--EXP_G", "1", "--EXP_gT_factor", "1", "--train_same_labels", "1",
+                      "--n_val_per_point", "4", "--results_dir", str(out)], tmp_path)
+    policy = load_policy(out / "policy.yaml")
+    assert policy.space == "imagenet" and policy.n_layers == 1
+    assert policy.candidates == candidates("imagenet", 3)
+    assert len(policy.meta["cos_sim_trace"][0]) == 2
+    assert abs(policy.probs.sum() - 1) < 1e-6
+    log = (out / "search.log").read_text()
+    assert "on 224x224 images" in log and "may include images" not in log
