@@ -11,7 +11,8 @@ from ``augmentation.space``; the Pillow ops in ``augmentation.ops`` are the grou
 * RandFlip, RandCutout(60) and RandCrop draw their parameters from the same distributions as
   the Pillow path and move pixels exactly as it does for given parameters;
 * RandResizeCrop draws its box by the same rule (ops.resized_crop_box) and resizes with a
-  bit-exact port of Pillow's fixed-point BICUBIC resampling, passes in Pillow's order.
+  bit-exact port of Pillow's fixed-point BICUBIC resampling, passes in Pillow's order
+  (batched_resize).
 
 Randomness comes from an optional ``torch.Generator`` (on the CPU or on the images' device);
 without one, torch's global generator is used.
@@ -38,6 +39,7 @@ import torch
 from . import batched_color as colour
 from . import batched_geometry as geometry
 from . import batched_native as native
+from . import batched_resize as resize
 from .ops import CROP_PAD, CUTOUT_SIDE, IMAGENET_SIZE
 from .space import OPS, check_l_mags, level_to_value
 
@@ -106,7 +108,7 @@ def _params(name: str, values, u, shape, mirror: bool, generator):
         return offsets[:, 0], offsets[:, 1]
     if name == "RandResizeCrop":
         draws = _uniform((4, n, 10), generator, torch.device("cpu"))
-        return geometry.resized_crop_boxes(w, h, *draws)
+        return resize.resized_crop_boxes(w, h, *draws)
     if mirror and OPS[name].signed:
         values = torch.where(u[:, 0] < 0.5, -values, values)
     return values
@@ -125,7 +127,7 @@ def _execute(x: torch.Tensor, name: str, params) -> torch.Tensor:
     if name == "RandResizeCrop":
         if native.usable(x, ()):  # the C resize: the same pixels, about 4x faster on a CPU
             return native.resized_crop(x, params, IMAGENET_SIZE)
-        return geometry.resized_crop(x, params, IMAGENET_SIZE)
+        return resize.resized_crop(x, params, IMAGENET_SIZE)
     if name in _AFFINE:
         return geometry.affine(x, name, params.tolist())
     return _COLOUR[name](x, params)
@@ -266,7 +268,7 @@ def _merge(groups, n: int, like: torch.Tensor, crop: bool) -> torch.Tensor:
     centre-crop to 224 (ops.center_crop) when ``crop`` or when the sizes differ."""
     square = (IMAGENET_SIZE, IMAGENET_SIZE)
     if crop or len(groups) > 1:
-        parts = [(idx, imgs if size == square else geometry.center_crop(imgs, IMAGENET_SIZE))
+        parts = [(idx, imgs if size == square else resize.center_crop(imgs, IMAGENET_SIZE))
                  for size, (idx, imgs) in groups.items()]
         size = square
     else:
@@ -386,7 +388,7 @@ def apply_policy_batch(policy, x, mirror: bool = True,
             u = _draw_uniforms(n, names, mirror, generator)
             x = _native(x, ops_all[picked], levels_all[picked], u, policy.l_mags, mirror,
                         generator)
-        return geometry.center_crop(x, IMAGENET_SIZE) if policy.space == "imagenet" else x
+        return resize.center_crop(x, IMAGENET_SIZE) if policy.space == "imagenet" else x
     groups = {tuple(x.shape[2:]): (torch.arange(n), x)}
     for layer in range(choice.shape[1]):
         u = _draw_uniforms(n, names, mirror, generator)

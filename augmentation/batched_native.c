@@ -2,10 +2,10 @@
  *
  * One call applies one op per image to a batch of uint8 images N x C x H x W (contiguous), each
  * image with its own op and parameters, in a single pass over the image: no grouping, no
- * intermediate tensors. The semantics are those of augmentation/batched_color.py and
- * batched_geometry.py (themselves bit-exact with Pillow, SPEC §1); the Python side computes the
- * parameters (geometry maps, LUT thresholds, factors, random draws) exactly as the torch path
- * does and the tests check that both paths give the same pixels.
+ * intermediate tensors. The semantics are those of augmentation/batched_color.py,
+ * batched_geometry.py and batched_resize.py (themselves bit-exact with Pillow, SPEC §1); the
+ * Python side computes the parameters (geometry maps, LUT thresholds, factors, random draws)
+ * exactly as the torch path does and the tests check that both paths give the same pixels.
  *
  * Build with -ffp-contract=off: the ImageEnhance blend is float32 arithmetic
  * (d + a * (x - d), Blend.c) and a fused multiply-add would round differently.
@@ -353,7 +353,7 @@ static void resample_lines(const uint8_t *in, int64_t len, int64_t base, int64_t
 /* Pillow's 8-bit BICUBIC resize of a box, per image (RandResizeCrop, SPEC §1): the horizontal
  * pass over source rows first..last-1 into 8-bit rows, then the vertical pass, each output
  * sample clip8 of its taps' pixel * weight summed from 2^21. The taps come from Python
- * (batched_geometry.bicubic_taps, the same as the torch executor's): for image i, plan[8 i ..]
+ * (batched_resize.bicubic_taps, the same as the torch executor's): for image i, plan[8 i ..]
  * = offset of its column starts in `starts`, of its column weights in `weights`, taps per
  * column, the same three for rows, first, last. Both passes run along rows so that the
  * inner loop is contiguous: the horizontal one on the transposed band, whose result is

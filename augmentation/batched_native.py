@@ -41,7 +41,8 @@ import torch
 from . import batched_color as colour
 from . import batched_lut as lut_ops
 from . import batched_geometry as geometry
-from .batched_geometry import bicubic_taps, source_index
+from .batched_geometry import source_index
+from .batched_resize import bicubic_taps, resized_crop as _resized_crop
 from .ops import CROP_PAD
 from .space import FILL_GREY, OPS, level_to_value
 
@@ -309,9 +310,9 @@ def _taps32(in_size: int, in0: int, in1: int, out_size: int):
 
 
 def resized_crop(x: torch.Tensor, boxes, size: int) -> torch.Tensor:
-    """batched_geometry.resized_crop (Pillow's BICUBIC resize of each image's box to size x
+    """batched_resize.resized_crop (Pillow's BICUBIC resize of each image's box to size x
     size, bit-exact, in Pillow's pass order) with the passes in one C call."""
-    return geometry.resized_crop(x, boxes, size, resample=_resize_horizontal_first)
+    return _resized_crop(x, boxes, size, resample=_resize_horizontal_first)
 
 
 def _resize_horizontal_first(x: torch.Tensor, boxes, size: int) -> torch.Tensor:

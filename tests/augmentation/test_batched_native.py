@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from augmentation import batched, batched_native, space
+from augmentation import batched, batched_native, batched_resize, space
 from augmentation.policy import Policy, load_policy
 
 from .test_batched import edge_cases, photo_like, to_tensor
@@ -229,10 +229,8 @@ def test_imagenet_batches_with_resize_crops_split_between_executors():
 def test_the_c_resize_on_tiny_images_views_and_empty_batches():
     """The C resize against Pillow on a 5 x 7 image (an enlarged 1-px box, the whole image)
     and against the torch port on a strided view; larger images and Pillow's pass orders are
-    in test_batched.test_resized_crop_pixels_are_bit_exact_with_pillow_bicubic."""
+    in test_batched_resize."""
     from PIL import Image
-
-    from augmentation import batched_geometry
 
     arr = photo_like(3, 5, 7, seed=4)
     box = (torch.tensor([0, 3, 6]), torch.tensor([0, 1, 4]), torch.tensor([7, 4, 1]),
@@ -247,7 +245,7 @@ def test_the_c_resize_on_tiny_images_views_and_empty_batches():
     box = (torch.tensor([0, 5, 40]), torch.tensor([0, 9, 30]), torch.tensor([80, 30, 40]),
            torch.tensor([64, 20, 34]))
     assert torch.equal(batched_native.resized_crop(wide, box, 224),
-                       batched_geometry.resized_crop(wide, box, 224))
+                       batched_resize.resized_crop(wide, box, 224))
     assert batched_native.resized_crop(wide[:0], tuple(b[:0] for b in box), 224).shape == \
         (0, 3, 224, 224)
 
@@ -276,15 +274,13 @@ def test_imagenet_policies_equal_the_torch_executor():
 def test_resize_crops_run_in_c_and_outputs_never_alias_the_input(monkeypatch):
     """With the kernels on, RandResizeCrop never reaches the torch port; no result shares
     memory with its input, also when nothing changes the pixels."""
-    from augmentation import batched_geometry
-
     x = to_tensor(photo_like(6, 224, 224, seed=2))
 
     def torch_port(*args):
         raise AssertionError("the torch resize ran")
 
     with monkeypatch.context() as patch:
-        patch.setattr(batched_geometry, "_resize_horizontal_first", torch_port)
+        patch.setattr(batched_resize, "_resize_horizontal_first", torch_port)
         out = batched.apply_ops(x, ["RandResizeCrop", "Identity"] * 3, [0] * 6)
     assert out.shape == x.shape
     from types import SimpleNamespace
