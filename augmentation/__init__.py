@@ -4,8 +4,9 @@ Framework-free at import time (Pillow and numpy only); the batched tensor path i
 ``augmentation.batched`` imports torch when used.
 """
 from .ops import apply_op, center_crop
-from .policy import DeepAAPolicy, Policy, PolicyError, load_policy, save_policy
+from .policy import Policy, PolicyError, load_policy, save_policy
 from .space import OP_TABLE, OPS, candidates, identity_index, level_to_value, op_names
+from .transform import DeepAAPolicy
 
 __all__ = [
     "apply_op",

@@ -25,8 +25,9 @@ import sys
 import numpy as np
 from PIL import Image
 
-from .policy import DeepAAPolicy, Policy, PolicyError, atomic_write, load_policy
+from .policy import Policy, PolicyError, atomic_write, load_policy
 from .space import OP_TABLE, identity_level
+from .transform import DeepAAPolicy
 
 DISPLAY = 64  # pixels per example tile (32x32 CIFAR images are upscaled, 224 ones downscaled)
 
