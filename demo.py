@@ -176,7 +176,8 @@ def train_all(args, prof, spec, dataroot, policy, out) -> dict[str, list[float]]
     seeds = args.seeds or prof["seeds"]
     epochs = args.epochs or prof["epochs"]
     jobs = [(aug, s) for s in range(1, seeds + 1) for aug in AUGS]
-    from DeepAA_evaluate.reproduce import config_changes, expected_config, read_result
+    from DeepAA_evaluate.reproduce import expected_config
+    from DeepAA_evaluate.results_table import config_changes, read_result
 
     work = _work(args, out, "runs")
     os.makedirs(os.path.join(work, "confs"), exist_ok=True)

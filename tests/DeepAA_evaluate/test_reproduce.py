@@ -1,4 +1,4 @@
-"""The reproduction harness: Student-t intervals, skipping finished runs, tables from files."""
+"""The reproduction harness: skipping finished runs, resuming, refusing other configs, slots."""
 import json
 import math
 import os
@@ -9,34 +9,9 @@ import sys
 import pytest
 
 from DeepAA_evaluate import reproduce as R
+from DeepAA_evaluate.results_table import build_table
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def test_t_quantiles_match_closed_forms():
-    p = 0.975
-    # df = 1 (Cauchy): tan(pi (p - 1/2)); df = 2: (2p - 1) / sqrt(2 p (1 - p)).
-    assert R.t_quantile(p, 1) == pytest.approx(math.tan(math.pi * (p - 0.5)), rel=1e-9)
-    assert R.t_quantile(p, 2) == pytest.approx((2 * p - 1) / math.sqrt(2 * p * (1 - p)), rel=1e-9)
-    # df = 4: t = 2 sqrt(q - 1), q = cos(arccos(sqrt(a)) / 3) / sqrt(a), a = 4 p (1 - p).
-    a = 4 * p * (1 - p)
-    q = math.cos(math.acos(math.sqrt(a)) / 3) / math.sqrt(a)
-    assert R.t_quantile(p, 4) == pytest.approx(2 * math.sqrt(q - 1), rel=1e-9)
-    # Large df tends to the normal quantile 1.959964.
-    assert R.t_quantile(p, 100000) == pytest.approx(1.959964, abs=1e-4)
-    for df in (3, 7, 30):
-        assert R.t_cdf(R.t_quantile(0.9, df), df) == pytest.approx(0.9, abs=1e-12)
-        assert R.t_cdf(-1.5, df) == pytest.approx(1 - R.t_cdf(1.5, df), abs=1e-14)
-
-
-def test_mean_ci_on_known_data():
-    mean, half = R.mean_ci([90.0, 92.0])  # sd = sqrt(2): half = t_1 * sqrt(2) / sqrt(2)
-    assert mean == 91.0 and half == pytest.approx(math.tan(math.pi * 0.475), rel=1e-9)
-    mean, half = R.mean_ci([1.0, 2.0, 3.0])  # sd = 1: half = t_2 / sqrt(3)
-    t2 = 0.95 / math.sqrt(2 * 0.975 * 0.025)
-    assert mean == 2.0 and half == pytest.approx(t2 / math.sqrt(3), rel=1e-9)
-    assert R.mean_ci([5.0]) == (5.0, None)
-    assert R.mean_ci([3.0, 3.0, 3.0])[1] == 0.0
 
 
 def _fake_result(runs, stem, seed, top1, cfg=None, finished=True, wall=120.0):
@@ -106,7 +81,7 @@ def test_table_keeps_runs_of_other_configs_apart(tmp_path):
     _fake_result(runs, "a", 3, 0.20, cfg=R.expected_config(conf, 3, ["--epoch", "2"]))
     # an --only-eval file beside a run is no run of its own
     (runs / "a" / "seed1_eval.json").write_text(json.dumps({"top1_test": 0.99}))
-    rows = [line for line in R.build_table(str(runs)).splitlines()[2:]]
+    rows = [line for line in build_table(str(runs)).splitlines()[2:]]
     assert rows[0].startswith("| a | 3 | 72.00 ± ") and len(rows) == 2
     assert "| 1: 70.00, 2: 72.00, 10: 74.00 |" in rows[0]  # in seed order, not file-name order
     assert rows[1].startswith("| a (epoch=2) | 1 | 20.00 (one run) | 3: 20.00 |")
@@ -204,26 +179,6 @@ def test_one_run_per_gpu_and_seeds_from_first_seed(tmp_path, monkeypatch):
     assert sorted(env["CUDA_VISIBLE_DEVICES"] for _, env in started) == ["0", "1"]
     assert all("OMP_NUM_THREADS" not in env or env["OMP_NUM_THREADS"] ==
                os.environ.get("OMP_NUM_THREADS") for _, env in started)
-
-
-def test_table_from_result_files(tmp_path):
-    runs = tmp_path / "runs"
-    for seed, top1 in enumerate([0.80, 0.82, 0.84], 1):
-        _fake_result(runs, "cpu_none", seed, top1, wall=600.0)
-    paper_cfg = {"dataset": "cifar10", "epoch": 200, "aug": "DeepAA",
-                 "model": {"type": "wresnet28_10"}}
-    _fake_result(runs, "wresnet28x10_cifar10_DeepAA_1", 1, 0.975, cfg=paper_cfg, wall=7200.0)
-    _fake_result(runs, "cpu_none", 4, 0.10, finished=False)  # unfinished: left out
-    (runs / "broken").mkdir()
-    (runs / "broken" / "seed1.json").write_text("{not json")
-    table = R.build_table(str(runs), order=["wresnet28x10_cifar10_DeepAA_1"])
-    rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line]
-    assert rows[1].startswith("| wresnet28x10_cifar10_DeepAA_1 | 1 | 97.50 (one run) | ?: 97.50 "
-                              "| 97.56")
-    assert rows[1].endswith("| 2.0 h |")
-    half = R.t_quantile(0.975, 2) * 2.0 / math.sqrt(3)  # values 80, 82, 84: sd 2
-    assert rows[2] == f"| cpu_none | 3 | 82.00 ± {half:.2f} | ?: 80.00, ?: 82.00, ?: 84.00 | — | 10.0 min |"
-    assert "broken" not in table and len(rows) == 3
 
 
 def test_cli_table_only_and_bad_input(tmp_path):
