@@ -13,7 +13,7 @@ import random
 import numpy as np
 import torch
 
-from augmentation.policy import atomic_write
+from augmentation.files import atomic_write
 
 
 def rng_state() -> dict:

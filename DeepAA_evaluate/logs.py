@@ -8,7 +8,7 @@ import os
 import sys
 import types
 
-from augmentation.policy import atomic_write
+from augmentation.files import atomic_write
 
 
 def write_json(path: str, obj) -> None:

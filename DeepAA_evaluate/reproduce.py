@@ -28,7 +28,7 @@ import subprocess
 import sys
 import time
 
-from augmentation.policy import atomic_write
+from augmentation.files import InUse, atomic_write, exclusive
 from DeepAA_evaluate.config import ConfigError, build_parser, load_config, parse_overrides
 from DeepAA_evaluate.results_table import build_table, config_changes, read_result
 
@@ -209,10 +209,14 @@ def main(argv: list[str] | None = None) -> int:
     try:  # every config and override is checked before anything runs or is written
         for conf in args.confs:
             expected_config(conf, seeds[0], extra)
-        failures = run_all(args.confs, seeds, args.runs_dir, args.dataroot, extra, gpus,
-                           args.out, progress=not args.no_progress, jobs=args.jobs)
+        # one harness per runs folder: a second would start the same runs a second time
+        with exclusive(os.path.join(args.runs_dir, ".harness.lock"), args.runs_dir):
+            failures = run_all(args.confs, seeds, args.runs_dir, args.dataroot, extra, gpus,
+                               args.out, progress=not args.no_progress, jobs=args.jobs)
     except ConfigError as exc:
         return fail(" ".join(str(exc).split()))
+    except InUse as exc:
+        return fail(f"--runs_dir: {exc}, another harness")
     print(open(args.out, encoding="utf-8").read())
     return 1 if failures else 0
 

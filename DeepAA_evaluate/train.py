@@ -22,6 +22,7 @@ Python API: :func:`main` takes the argument list and returns that results dict.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -30,6 +31,7 @@ import time
 import torch
 import torch.distributed as dist
 
+from augmentation.files import InUse, exclusive
 from DeepAA_evaluate import data as D
 from DeepAA_evaluate.checkpoint import (CheckpointError, load_checkpoint, save_checkpoint,
                                         set_rng_state)
@@ -278,15 +280,28 @@ def main(argv: list[str] | None = None) -> dict:
     Bad arguments, configs, datasets or policies print one line on stderr and raise
     ``SystemExit(2)`` before anything is written.
     """
-    from augmentation import PolicyError
-    from deepaa_data import DatasetError
-
     rank, world, local = _dist_env()
     try:
         args, cfg = parse_args(sys.argv[1:] if argv is None else list(argv))
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    # One trainer at a time per checkpoint (the main process holds the lock): a second run
+    # on the same --save, say a --resume started twice, would overwrite the first one's epochs.
+    writes = bool(args.save) and not args.only_eval and rank == 0
+    try:
+        with exclusive(args.save + ".lock", args.save) if writes else contextlib.nullcontext():
+            return _run_in_group(cfg, args, rank, world, local)
+    except InUse as exc:
+        print(f"error: --save: {exc}, another run", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _run_in_group(cfg, args, rank, world, local) -> dict:
+    """main's work inside the process group (when there are several processes)."""
+    from augmentation import PolicyError
+    from deepaa_data import DatasetError
+
     started = False
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")

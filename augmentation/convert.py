@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from .policy import FORMAT, Policy, PolicyError, atomic_write, load_policy, save_policy
+from .files import atomic_write
+from .policy import FORMAT, Policy, PolicyError, load_policy, save_policy
 from .space import OP_TABLE, RELEASED_NAMES
 
 _NAME_RE = re.compile(r"^([A-Za-z0-9_]+):\((-?[0-9.eE+-]+),,(-?[0-9.eE+-]+)\)$")

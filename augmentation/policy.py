@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import yaml
+
+from .files import atomic_write
 from .space import OP_TABLE, SPACES, candidates as space_candidates, identity_index
 
 FORMAT = "deepaa-policy/1"
@@ -295,32 +296,6 @@ def load_policy(path_or_name) -> Policy:
         return policy_from_dict(data)
     except PolicyError as e:
         raise PolicyError(f"{path}: {e}") from None
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write(path, data: bytes | str) -> None:
-    """Write via a temporary file in the same directory and os.replace (no half-written file
-    is ever visible under ``path``). The data reach the disk (fsync) before the rename, so a
-    power loss cannot leave an empty file in place of a good checkpoint or result."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode("utf-8") if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual file mode
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def save_policy(policy: Policy, path, digits: int | None = None, probs=None) -> Path:

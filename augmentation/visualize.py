@@ -25,7 +25,8 @@ import sys
 import numpy as np
 from PIL import Image
 
-from .policy import Policy, PolicyError, atomic_write, load_policy
+from .files import atomic_write
+from .policy import Policy, PolicyError, load_policy
 from .space import OP_TABLE, identity_level
 from .transform import DeepAAPolicy
 

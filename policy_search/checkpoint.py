@@ -1,5 +1,5 @@
-"""Search checkpoints (``RESULTS_DIR/checkpoint.npz``): writing, reading, and the checks that
-decide whether a run may continue one.
+"""Search checkpoints (``RESULTS_DIR/checkpoint.npz``): writing, reading, the checks that
+decide whether a run may continue one, and the lock that keeps one search per folder.
 
 A checkpoint holds the logits and every layer's Adam state (``PolicyLogits.get_state``), the
 position (next layer, next step), the cosine traces and a meta record: the flags, the path of
@@ -9,13 +9,14 @@ policy of an uninterrupted one.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 
 import numpy as np
 
-from augmentation.policy import atomic_write
+from augmentation.files import atomic_write, exclusive
 from policy_search.config import UsageError
 
 CHECKPOINT = "checkpoint.npz"
@@ -84,3 +85,28 @@ def roll_back(in_flight, logits, traces) -> tuple[int, int]:
     logits.set_state(state)
     del traces[layer][step:]
     return layer, step
+
+
+def writes_results(environ=os.environ) -> bool:
+    """Whether this process writes the results folder, read from ``TF_CONFIG`` before
+    TensorFlow starts, by the rule devices.is_chief applies once it has: every process of a
+    one-machine run, and worker 0 (or the chief) of a multi-worker one."""
+    try:
+        config = json.loads(environ.get("TF_CONFIG", "").strip() or "{}")
+        cluster, task = config.get("cluster") or {}, config.get("task") or {}
+        if len(cluster.get("worker") or []) + len(cluster.get("chief") or []) <= 1:
+            return True
+        kind = task.get("type")
+        return kind in (None, "chief") or (kind == "worker" and int(task.get("index", 0)) == 0)
+    except (ValueError, AttributeError, TypeError):
+        return True  # devices.make_strategy reports a malformed TF_CONFIG
+
+
+def results_lock(args):
+    """Held for the whole run by the process that writes ``--results_dir``: a second search
+    there (say a --resume started twice) would overwrite the first one's checkpoints, so it
+    is refused (augmentation.files.InUse) before it reads anything."""
+    if not writes_results():
+        return contextlib.nullcontext()
+    return exclusive(os.path.join(args.results_dir, ".search.lock"), args.results_dir)
+

@@ -48,7 +48,7 @@ def write_provenance(weights: str, info: dict) -> None:
     """``<weights>.json``: the dataset, seed and split the weights were pretrained on, so that
     a search reusing them (``--pretrained``) can tell whether its validation images were
     among the pretraining images."""
-    from augmentation.policy import atomic_write
+    from augmentation.files import atomic_write
 
     atomic_write(weights + ".json", json.dumps(info, indent=1) + "\n")
 
@@ -61,6 +61,17 @@ def read_provenance(weights: str) -> dict | None:
     except (OSError, ValueError):
         return None
     return info if isinstance(info, dict) else None
+
+
+def same_validation(made: dict, mine: dict) -> bool:
+    """Whether two runs hold out the same validation images: the split is one seeded
+    permutation of the N training images, cut at the validation size first, so the dataset,
+    the seed, N and the validation size decide it (the pretraining size does not)."""
+    try:
+        return (made["dataset"], made["seed"], made["splits"][0], sum(made["splits"])) == \
+            (mine["dataset"], mine["seed"], mine["splits"][0], sum(mine["splits"]))
+    except (KeyError, TypeError, IndexError):
+        return False
 
 
 def load_weights(model, path: str) -> None:

@@ -20,13 +20,13 @@ import time
 
 import numpy as np
 
-from augmentation.policy import atomic_write
+from augmentation.files import InUse, atomic_write
 from augmentation.space import candidates as space_candidates, identity_index
 from deepaa_data import DatasetError, load_dataset
 from policy_search import data
 from policy_search.augment import Augmenter, make_executor
 from policy_search.checkpoint import (CHECKPOINT, check_resume, load_checkpoint, occupied,
-                                      roll_back, save_checkpoint)
+                                      results_lock, roll_back, save_checkpoint)
 from policy_search.config import UsageError
 
 log = logging.getLogger("deepaa.search")
@@ -112,7 +112,16 @@ def _entropy(p) -> float:
 
 # ------------------------------------------------------------------ the run
 def main(args) -> int:
-    """Run the search described by ``args`` (parsed and validated by ``config``)."""
+    """Run the search described by ``args`` (parsed and validated by ``config``), holding
+    ``--results_dir`` for the whole run (checkpoint.results_lock)."""
+    try:
+        with results_lock(args):
+            return _main(args)
+    except InUse as err:
+        raise UsageError("--results_dir", f"{err}, another search") from None
+
+
+def _main(args) -> int:
     started = time.time()
     ckpt_path = os.path.join(args.results_dir, CHECKPOINT)
     resume = None
@@ -178,8 +187,8 @@ def _main_from_strategy(args, prep, resume, strategy, started) -> int:
 
     log.info("DeepAA search: %s, %s on %dx%d images, %d classes, %d candidates, %d replica(s); "
              "split val/pretrain/search = %d/%d/%d", args.dataset, args.use_model, prep.size,
-             prep.size, args.n_classes, len(prep.candidates), replicas, len(prep.splits.val), len(prep.splits.pretrain),
-             len(prep.splits.search))
+             prep.size, args.n_classes, len(prep.candidates), replicas,
+             *prep.split_sizes())
     short = prep.sampler.short_classes()
     if short:
         log.warning("%d of %d classes have fewer than %d validation images (--n_val_per_point); "
@@ -193,7 +202,7 @@ def _main_from_strategy(args, prep, resume, strategy, started) -> int:
         elif args.pretrained is not None:
             weights = args.pretrained
             made = pre.read_provenance(weights)
-            if made is not None and not _same_validation(made, prep.provenance(args)):
+            if made is not None and not pre.same_validation(made, prep.provenance(args)):
                 log.warning("the weights were pretrained on %s with seed %s (val/pretrain/search "
                             "%s), this search splits %s with seed %s (%s): its validation images "
                             "may include images the model was trained on", made.get("dataset"),
@@ -214,17 +223,6 @@ def _main_from_strategy(args, prep, resume, strategy, started) -> int:
                        started)
     finally:
         executor.close()
-
-
-def _same_validation(made: dict, mine: dict) -> bool:
-    """Whether two runs hold out the same validation images: the split is one seeded
-    permutation of the N training images, cut at the validation size first, so the dataset,
-    the seed, N and the validation size decide it (the pretraining size does not)."""
-    try:
-        return (made["dataset"], made["seed"], made["splits"][0], sum(made["splits"])) == \
-            (mine["dataset"], mine["seed"], mine["splits"][0], sum(mine["splits"]))
-    except (KeyError, TypeError, IndexError):
-        return False
 
 
 def _score(pre, model, prep, args, executor):

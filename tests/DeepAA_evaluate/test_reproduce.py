@@ -225,3 +225,16 @@ def test_one_real_tiny_run_then_skip(tmp_path, monkeypatch):
     log_size = (runs / "tiny" / "seed1.log").stat().st_size
     assert R.main(argv) == 0
     assert (runs / "tiny" / "seed1.log").stat().st_size == log_size  # skipped: nothing ran
+
+
+def test_a_runs_dir_in_use_by_another_harness_is_refused(tmp_path, capsys):
+    from augmentation.files import exclusive
+
+    runs = tmp_path / "runs"
+    conf = _conf(tmp_path)
+    with exclusive(runs / ".harness.lock", "x"):
+        code = R.main(["--confs", conf, "--seeds", "1", "--runs_dir", str(runs), "--out",
+                       str(tmp_path / "out.md"), "--no_progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and f"in use by pid {os.getpid()}, another harness" in err
+    assert not runs.exists() and not (tmp_path / "out.md").exists()

@@ -196,3 +196,22 @@ def test_test_accuracy_every_interval_and_in_the_last_five_epochs():
     assert {e for e in range(1, 201) if evaluates_at(e, cfg)} == want
     cfg["early_finish_epoch"] = 33
     assert evaluates_at(33, cfg) and not evaluates_at(32, cfg)
+
+
+def test_a_checkpoint_in_use_is_refused_and_a_refused_run_leaves_no_folder(tiny, capsys):
+    """A second trainer on a --save that a live run holds stops with exit 2 (it would
+    overwrite the other run's epochs); a run refused for bad input leaves no folder behind."""
+    from augmentation.files import exclusive
+
+    path, work = tiny
+    save = work / "ck" / "run.pth"
+    with exclusive(str(save) + ".lock", str(save)):  # this process stands in for the live run
+        with pytest.raises(SystemExit) as exc:
+            main(["-c", str(path), "--save", str(save)])
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and err.count("\n") == 0
+    assert f"is in use by pid {os.getpid()}" in err
+    assert not (work / "ck").exists()
+    with pytest.raises(SystemExit):
+        main(["-c", str(path), "--save", str(work / "new" / "run.pth"), "--deepaa.EXP", "nope"])
+    assert not (work / "new").exists()

@@ -1,4 +1,4 @@
-"""Policy objects, the YAML format and its validation, and atomic writes."""
+"""Policy objects, the YAML format and its validation."""
 import os
 
 import numpy as np
@@ -175,19 +175,3 @@ def test_cifar_1_matches_its_published_description():
     per_op = pol.op_probs()
     assert per_op["RandCutout"][1] == pytest.approx(0.92, abs=0.006)
     assert per_op["Identity"][5] == pytest.approx(0.97, abs=0.006)
-
-
-def test_atomic_write_reaches_the_disk_before_the_rename(tmp_path, monkeypatch):
-    """The data are fsynced in the temporary file, then renamed over the target: a crash
-    leaves the old file or the new one, never an empty one."""
-    import augmentation.policy as P
-
-    events = []
-    real_fsync, real_replace = os.fsync, os.replace
-    monkeypatch.setattr(P.os, "fsync", lambda fd: events.append("fsync") or real_fsync(fd))
-    monkeypatch.setattr(P.os, "replace",
-                        lambda a, b: events.append("replace") or real_replace(a, b))
-    target = tmp_path / "out.json"
-    target.write_text("old")
-    P.atomic_write(target, "new")
-    assert events == ["fsync", "replace"] and target.read_text() == "new"

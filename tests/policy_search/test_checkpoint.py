@@ -1,5 +1,7 @@
 """Search checkpoints: round trip, the message that keeps a fresh run out of a used folder,
 and the roll-back after a Ctrl-C inside a step."""
+import json
+
 import numpy as np
 
 from policy_search import checkpoint
@@ -46,3 +48,20 @@ def test_roll_back_drops_the_cut_steps_update_and_cosine():
     traces = [[0.5, 0.4, 0.3], [0.2, 0.1]]  # cut before the cosine was recorded
     assert checkpoint.roll_back((1, 2, before), logits, traces) == (1, 2)
     assert traces == [[0.5, 0.4, 0.3], [0.2, 0.1]]
+
+
+def test_only_the_process_that_writes_the_results_takes_the_lock():
+    """TensorFlow's rule, read before TensorFlow starts: one machine, worker 0 or the chief."""
+    from policy_search.checkpoint import writes_results
+
+    two = {"cluster": {"worker": ["a:1", "b:2"]}}
+    assert writes_results({})
+    assert writes_results({"TF_CONFIG": json.dumps({"cluster": {"worker": ["a:1"]},
+                                                    "task": {"type": "worker", "index": 0}})})
+    assert writes_results({"TF_CONFIG": json.dumps({**two, "task": {"type": "worker",
+                                                                    "index": 0}})})
+    assert not writes_results({"TF_CONFIG": json.dumps({**two, "task": {"type": "worker",
+                                                                        "index": 1}})})
+    chief = {"cluster": {"chief": ["c:0"], "worker": ["a:1"]}}
+    assert writes_results({"TF_CONFIG": json.dumps({**chief, "task": {"type": "chief"}})})
+    assert writes_results({"TF_CONFIG": "{not json"})  # make_strategy reports it

@@ -134,6 +134,20 @@ def test_bad_input_one_line_exit_2_nothing_written(dataset, tmp_path):
     assert (tmp_path / "earlier_search" / "checkpoint.npz").read_bytes() == b"a search's progress"
 
 
+def test_a_results_dir_in_use_is_refused(dataset, tmp_path):
+    """A second search in a folder where one runs (say a --resume started twice) would
+    overwrite its checkpoints: exit 2, one line naming the holder's pid."""
+    from augmentation.files import exclusive
+
+    _, base = _bad_cases(dataset, tmp_path)
+    busy = tmp_path / "busy"
+    with exclusive(busy / ".search.lock", "x"):  # this process stands in for the live search
+        res = _cli(base + ["--batch_size", "16", "--results_dir", str(busy)], tmp_path)
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert f"in use by pid {os.getpid()}" in res.stderr and "--results_dir" in res.stderr
+    assert not busy.exists()
+
+
 def test_missing_cifar_while_offline(tmp_path):
     # No cifar-10-batches-py/ under the root and no network (every proxy points at a closed
     # local port, so the test never downloads even where a network exists): a clean failure.

@@ -218,14 +218,14 @@ def test_same_validation_ignores_the_pretraining_size():
     """Weights pretrained on all non-validation images (as pretrained_imagenet/README.md does)
     suit a search with the default --pretrain_size: the same seed and validation size hold out
     the same images."""
-    from policy_search.run import _same_validation
+    from policy_search.pretrain import same_validation
 
     made = {"dataset": "imagenet", "seed": 1, "splits": [400000, 440583, 440584]}
     mine = {"dataset": "imagenet", "seed": 1, "splits": [400000, 5000, 876167]}
-    assert _same_validation(made, mine)
-    assert not _same_validation(dict(made, seed=2), mine)
-    assert not _same_validation(dict(made, splits=[10000, 5000, 1266167]), mine)
-    assert not _same_validation({"dataset": "imagenet"}, mine)
+    assert same_validation(made, mine)
+    assert not same_validation(dict(made, seed=2), mine)
+    assert not same_validation(dict(made, splits=[10000, 5000, 1266167]), mine)
+    assert not same_validation({"dataset": "imagenet"}, mine)
 
 
 def _make_imagenet_folder(root, classes=4, per_class=24, seed=0):

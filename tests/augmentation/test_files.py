@@ -1,0 +1,83 @@
+"""Atomic writes and the one-process-per-output lock (augmentation/files.py)."""
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from augmentation import files
+from augmentation.files import InUse, atomic_write, exclusive
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def test_atomic_write_reaches_the_disk_before_the_rename(tmp_path, monkeypatch):
+    """The data are fsynced in the temporary file, then renamed over the target: a crash
+    leaves the old file or the new one, never an empty one."""
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(files.os, "fsync", lambda fd: events.append("fsync") or real_fsync(fd))
+    monkeypatch.setattr(files.os, "replace",
+                        lambda a, b: events.append("replace") or real_replace(a, b))
+    target = tmp_path / "out.json"
+    target.write_text("old")
+    atomic_write(target, "new")
+    assert events == ["fsync", "replace"] and target.read_text() == "new"
+
+
+def _holder(lock, marker):
+    """A child process that takes the lock, says so in ``marker``, and waits on stdin."""
+    code = textwrap.dedent(f"""
+        import sys
+        from pathlib import Path
+        from augmentation.files import exclusive
+        with exclusive({str(lock)!r}, "thing"):
+            Path({str(marker)!r}).write_text("held")
+            sys.stdin.read()
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, cwd=ROOT,
+                            env=dict(os.environ, PYTHONPATH=ROOT))
+    for _ in range(600):
+        if marker.exists() or proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    assert marker.exists(), "the child never took the lock"
+    return proc
+
+
+@pytest.mark.skipif(files.fcntl is None, reason="no advisory locks on this platform")
+def test_a_second_process_is_refused_while_the_first_holds_the_lock(tmp_path):
+    lock = tmp_path / "out" / "run.lock"
+    proc = _holder(lock, tmp_path / "held")
+    try:
+        with pytest.raises(InUse, match=rf"^thing is in use by pid {proc.pid}$"):
+            with exclusive(lock, "thing"):
+                pass
+    finally:
+        proc.communicate(b"", timeout=30)
+    assert not lock.exists()  # released and removed on the way out
+    with exclusive(lock, "thing"):  # free again
+        assert lock.read_text() == str(os.getpid())
+    assert not lock.exists()
+
+
+@pytest.mark.skipif(files.fcntl is None, reason="no advisory locks on this platform")
+def test_a_killed_holder_leaves_a_file_that_blocks_no_one(tmp_path):
+    lock = tmp_path / "run.lock"
+    proc = _holder(lock, tmp_path / "held")
+    proc.kill()
+    proc.wait(timeout=30)
+    assert lock.exists()  # the file stays behind, the lock does not
+    with exclusive(lock, "thing"):
+        assert lock.read_text() == str(os.getpid())
+
+
+def test_the_lock_is_released_when_the_block_raises(tmp_path):
+    lock = tmp_path / "run.lock"
+    with pytest.raises(ValueError):
+        with exclusive(lock, "thing"):
+            raise ValueError("boom")
+    with exclusive(lock, "thing"):
+        pass
