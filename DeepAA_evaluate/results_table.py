@@ -204,20 +204,31 @@ def _short_names(names: list[str]) -> list[str]:
     return [n[len(prefix):] or n for n in names]
 
 
+# What makes two runs comparable in the paired differences: the same data, model and budget
+# (an augmentation, policy or learning rate may differ: that is what is compared).
+BUDGET_KEYS = ("dataset", "model", "epoch", "train_size", "test_size", "batch")
+
+
+def _budget(results: list[dict]) -> tuple:
+    cfg = results[0].get("config") or {}
+    return tuple(repr(cfg.get(k)) for k in BUDGET_KEYS)
+
+
 def paired_differences(rows: list[tuple[str, list[dict]]]) -> str:
     """The Markdown matrix of paired differences: cell (A, B) is top-1 of A minus top-1 of B
     over the seeds both have, as mean ± the 95 % Student-t half-width of the per-seed
     differences, with * where that interval excludes 0 (one shared seed: the difference
-    alone; none: —)."""
+    alone; no shared seed, or another data set, model or budget (BUDGET_KEYS): —)."""
     labels = _short_names([name for name, _ in rows])
     by_seed = [_top1_by_seed(results) for _, results in rows]
+    budgets = [_budget(results) for _, results in rows]
     lines = ["| row − column | " + " | ".join(labels) + " |",
              "|---|" + "---|" * len(labels)]
     for i, label in enumerate(labels):
         cells = []
         for j in range(len(labels)):
             shared = [s for s in by_seed[i] if s in by_seed[j]]
-            if i == j or not shared:
+            if i == j or not shared or budgets[i] != budgets[j]:
                 cells.append("—")
                 continue
             mean, half = mean_ci([by_seed[i][s] - by_seed[j][s] for s in shared])
@@ -258,5 +269,5 @@ def build_table(runs_dir: str, order: list[str] | None = None) -> str:
     if len(main_rows) < 2:
         return table
     return (table + "\nPaired differences in top-1 points (row − column, over the seeds both "
-            "configs have; mean ± 95 % CI, * where the interval excludes 0):\n\n"
-            + paired_differences(main_rows))
+            "configs have, for configs of the same data, model and budget; mean ± 95 % CI, * "
+            "where the interval excludes 0):\n\n" + paired_differences(main_rows))

@@ -12,8 +12,10 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 try:
@@ -52,6 +54,25 @@ class InUse(RuntimeError):
     """Another live process holds the lock (the message names it and its pid)."""
 
 
+# File systems that do not lock (NFS without a lock daemon, some FUSE and Lustre mounts)
+# answer flock with one of these: the run then goes on without a lock, with a warning.
+_NO_LOCKS = {errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL}
+# Lock descriptors this process holds; a forked child (a DataLoader worker) closes its copies,
+# so that a killed trainer's workers do not keep its lock while they notice and exit.
+_held: set[int] = set()
+
+
+def _close_inherited() -> None:
+    for fd in _held:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _held.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_inherited)
+
+
 def _holder(lock_path: Path) -> str:
     try:
         pid = lock_path.read_text(encoding="utf-8").strip()
@@ -66,42 +87,57 @@ def exclusive(lock_path, what: str):
     :class:`InUse` ("<what> is in use by pid N") at once if a live process holds it. The file
     holds the holder's pid and is removed on the way out, and so are the folders made for it
     if they are still empty (a run refused for bad input leaves nothing behind)."""
-    lock_path = Path(lock_path)
+    lock_path = Path(lock_path).absolute()
     if fcntl is None:
         yield
         return
     made = [p for p in lock_path.parents if not p.exists()]  # deepest first
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with _flock(lock_path, what):
+        fd = _acquire(lock_path, what)
+        try:
+            if fd is not None:
+                os.ftruncate(fd, 0)
+                os.write(fd, str(os.getpid()).encode())
             yield
+        finally:
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(lock_path)
+                _held.discard(fd)
+                os.close(fd)  # closing releases the lock
     finally:
         for folder in made:
             with contextlib.suppress(OSError):  # not empty: the run wrote something
                 folder.rmdir()
 
 
-@contextlib.contextmanager
-def _flock(lock_path: Path, what: str):
+def _acquire(lock_path: Path, what: str) -> int | None:
+    """The locked descriptor of ``lock_path``, or None where the file system cannot lock."""
     while True:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+        except FileNotFoundError:  # its folder was removed meanwhile: make it again
+            continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
             raise InUse(f"{what} is in use by {_holder(lock_path)}") from None
+        except OSError as err:
+            os.close(fd)
+            if err.errno not in _NO_LOCKS:
+                raise
+            with contextlib.suppress(OSError):
+                os.unlink(lock_path)
+            warnings.warn(f"{what}: the file system does not lock files ({err.strerror}); "
+                          "running without a lock", stacklevel=3)
+            return None
         try:  # the holder before us may have removed the file after we opened it: retry
             same = os.fstat(fd).st_ino == os.stat(lock_path).st_ino
         except FileNotFoundError:
             same = False
         if same:
-            break
+            _held.add(fd)
+            return fd
         os.close(fd)
-    try:
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
-        yield
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(lock_path)
-        os.close(fd)  # closing releases the lock

@@ -90,14 +90,17 @@ def roll_back(in_flight, logits, traces) -> tuple[int, int]:
 def writes_results(environ=os.environ) -> bool:
     """Whether this process writes the results folder, read from ``TF_CONFIG`` before
     TensorFlow starts, by the rule devices.is_chief applies once it has: every process of a
-    one-machine run, and worker 0 (or the chief) of a multi-worker one."""
+    one-machine run; in a multi-worker one the chief where the cluster names one, else
+    worker 0."""
     try:
         config = json.loads(environ.get("TF_CONFIG", "").strip() or "{}")
         cluster, task = config.get("cluster") or {}, config.get("task") or {}
         if len(cluster.get("worker") or []) + len(cluster.get("chief") or []) <= 1:
             return True
         kind = task.get("type")
-        return kind in (None, "chief") or (kind == "worker" and int(task.get("index", 0)) == 0)
+        if cluster.get("chief"):
+            return kind == "chief"
+        return kind is None or (kind == "worker" and int(task.get("index", 0)) == 0)
     except (ValueError, AttributeError, TypeError):
         return True  # devices.make_strategy reports a malformed TF_CONFIG
 

@@ -94,9 +94,14 @@ def n_replicas(strategy: tf.distribute.Strategy) -> int:
 
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
-    """True on the worker that should write files (worker 0; always true on one machine)."""
+    """True on the worker that should write files: the chief where the cluster names one, else
+    worker 0; always true on one machine (checkpoint.writes_results, the same rule read from
+    TF_CONFIG before TensorFlow starts)."""
     resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not resolver.cluster_spec().as_dict():
+    spec = resolver.cluster_spec().as_dict() if resolver is not None else {}
+    if not spec:
         return True
-    return resolver.task_type in (None, "chief") or (
+    if spec.get("chief"):
+        return resolver.task_type == "chief"
+    return resolver.task_type is None or (
         resolver.task_type == "worker" and resolver.task_id == 0)

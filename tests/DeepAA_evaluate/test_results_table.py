@@ -75,6 +75,11 @@ def test_paired_differences_are_over_shared_seeds(tmp_path):
         _fake_result(runs, stem, seed, top1, cfg={"dataset": "cifar10", "epoch": epoch,
                                                   "seed": seed})
 
+    for seed, top1 in ((1, 0.70), (2, 0.76), (3, 0.77)):  # +0, +2, -1 against proto_none
+        result("proto_close", seed, top1)
+    for seed in (1, 2, 3):  # another budget: not compared
+        result("proto_short", seed, 0.5, epoch=10)
+
     base = {1: 0.70, 2: 0.74, 3: 0.78}  # a large seed effect shared by both configs
     for seed, top1 in base.items():
         result("proto_none", seed, top1)
@@ -90,7 +95,10 @@ def test_paired_differences_are_over_shared_seeds(tmp_path):
     # unpaired, the seed effect (sd 4 points) would swamp a 2.2-point difference
     assert T.mean_ci([70.0, 74.0, 78.0])[1] > 2.2 and sum(diffs) / 3 == pytest.approx(2.2)
     assert cells[("none", "none")] == "—" and cells[("other", "none")] == "—"
-    assert set(h for _, h in cells) == {"none", "strong", "other"}  # the smoke row is no column
+    half = T.t_quantile(0.975, 2) * math.sqrt(7 / 3) / math.sqrt(3)  # diffs 0, 2, -1
+    assert cells[("close", "none")] == f"+0.33 ± {half:.2f}"  # 0 inside: no star
+    assert cells[("short", "none")] == "—" and cells[("none", "short")] == "—"
+    assert set(h for _, h in cells) == {"none", "strong", "close", "other", "short"}
     result("proto_other", 1, 0.75)
     cells = _differences(T.build_table(str(runs)))
     assert cells[("other", "none")] == "+5.00 (1 seed)"

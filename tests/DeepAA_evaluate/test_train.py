@@ -208,6 +208,7 @@ def test_a_checkpoint_in_use_is_refused_and_a_refused_run_leaves_no_folder(tiny,
     with exclusive(str(save) + ".lock", str(save)):  # this process stands in for the live run
         with pytest.raises(SystemExit) as exc:
             main(["-c", str(path), "--save", str(save)])
+        assert os.listdir(work / "ck") == ["run.pth.lock"]  # the refused run wrote nothing
     err = capsys.readouterr().err.strip()
     assert exc.value.code == 2 and err.count("\n") == 0
     assert f"is in use by pid {os.getpid()}" in err

@@ -1,4 +1,5 @@
 """Atomic writes and the one-process-per-output lock (augmentation/files.py)."""
+import errno
 import os
 import subprocess
 import sys
@@ -74,10 +75,64 @@ def test_a_killed_holder_leaves_a_file_that_blocks_no_one(tmp_path):
         assert lock.read_text() == str(os.getpid())
 
 
+@pytest.mark.skipif(files.fcntl is None, reason="no advisory locks on this platform")
 def test_the_lock_is_released_when_the_block_raises(tmp_path):
     lock = tmp_path / "run.lock"
     with pytest.raises(ValueError):
         with exclusive(lock, "thing"):
             raise ValueError("boom")
+    assert not lock.exists() and not files._held
     with exclusive(lock, "thing"):
-        pass
+        assert lock.exists()
+
+
+@pytest.mark.skipif(files.fcntl is None, reason="no advisory locks on this platform")
+def test_a_lock_file_removed_under_us_is_made_again(tmp_path, monkeypatch):
+    """The holder before us unlinks its file between our open and our flock: we locked an
+    orphaned inode, must notice, and lock a fresh file instead."""
+    lock = tmp_path / "run.lock"
+    real_flock, calls = files.fcntl.flock, []
+
+    def flock(fd, op):
+        calls.append(fd)
+        if len(calls) == 1:
+            os.unlink(lock)  # the previous holder leaves just now
+        return real_flock(fd, op)
+
+    monkeypatch.setattr(files.fcntl, "flock", flock)
+    with exclusive(lock, "thing"):
+        assert len(calls) == 2 and lock.read_text() == str(os.getpid())
+        assert os.fstat(next(iter(files._held))).st_ino == os.stat(lock).st_ino
+    assert not lock.exists() and not files._held
+
+
+@pytest.mark.skipif(files.fcntl is None, reason="no advisory locks on this platform")
+def test_a_file_system_that_cannot_lock_runs_without_a_lock(tmp_path, monkeypatch):
+    def flock(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(files.fcntl, "flock", flock)
+    lock = tmp_path / "out" / "run.lock"
+    with pytest.warns(UserWarning, match="does not lock files"):
+        with exclusive(lock, "thing"):
+            assert not lock.exists()
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork") or files.fcntl is None,
+                    reason="needs fork and advisory locks")
+def test_forked_children_do_not_keep_the_lock(tmp_path):
+    """A DataLoader worker forked while the trainer holds its lock closes its copy, so the
+    lock dies with the trainer, not with the last of its workers."""
+    with exclusive(tmp_path / "run.lock", "thing"):
+        (fd,) = files._held
+        pid = os.fork()
+        if pid == 0:  # the child: its copy of the descriptor must be closed
+            try:
+                os.fstat(fd)
+                os._exit(1)
+            except OSError:
+                os._exit(0 if not files._held else 2)
+        _, status = os.waitpid(pid, 0)
+        assert os.WEXITSTATUS(status) == 0
+        os.fstat(fd)  # the parent's stays open

@@ -64,4 +64,6 @@ def test_only_the_process_that_writes_the_results_takes_the_lock():
                                                                         "index": 1}})})
     chief = {"cluster": {"chief": ["c:0"], "worker": ["a:1"]}}
     assert writes_results({"TF_CONFIG": json.dumps({**chief, "task": {"type": "chief"}})})
+    assert not writes_results({"TF_CONFIG": json.dumps({**chief, "task": {"type": "worker",
+                                                                          "index": 0}})})
     assert writes_results({"TF_CONFIG": "{not json"})  # make_strategy reports it

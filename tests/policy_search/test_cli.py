@@ -143,9 +143,9 @@ def test_a_results_dir_in_use_is_refused(dataset, tmp_path):
     busy = tmp_path / "busy"
     with exclusive(busy / ".search.lock", "x"):  # this process stands in for the live search
         res = _cli(base + ["--batch_size", "16", "--results_dir", str(busy)], tmp_path)
+        assert os.listdir(busy) == [".search.lock"]  # the refused search wrote nothing
     assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
     assert f"in use by pid {os.getpid()}" in res.stderr and "--results_dir" in res.stderr
-    assert not busy.exists()
 
 
 def test_missing_cifar_while_offline(tmp_path):

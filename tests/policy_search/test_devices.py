@@ -75,3 +75,27 @@ def test_two_workers_match_one_process(tmp_path, one_replica):
         result = np.load(tmp_path / f"worker{index}.npz")
         assert int(result["replicas"]) == 2
         assert_same(result, one_replica)
+
+
+def test_is_chief_agrees_with_the_rule_read_before_tensorflow_starts():
+    """The process that writes files, once the strategy exists (is_chief) and before
+    (checkpoint.writes_results from TF_CONFIG), for clusters with and without a chief."""
+    import json
+    from types import SimpleNamespace
+
+    from policy_search.checkpoint import writes_results
+
+    clusters = ({"worker": ["a:1", "b:2"]}, {"chief": ["c:0"], "worker": ["a:1"]})
+    tasks = ({"type": "worker", "index": 0}, {"type": "worker", "index": 1}, {"type": "chief"})
+    chiefs = 0
+    for cluster in clusters:
+        for task in tasks:
+            if task["type"] not in cluster or task.get("index", 0) >= len(cluster[task["type"]]):
+                continue
+            resolver = SimpleNamespace(cluster_spec=lambda c=cluster: SimpleNamespace(
+                as_dict=lambda: c), task_type=task["type"], task_id=task.get("index", 0))
+            strategy = SimpleNamespace(cluster_resolver=resolver)
+            env = {"TF_CONFIG": json.dumps({"cluster": cluster, "task": task})}
+            assert is_chief(strategy) == writes_results(env), (cluster, task)
+            chiefs += is_chief(strategy)
+    assert chiefs == 2  # one writer per cluster
