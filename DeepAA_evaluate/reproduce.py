@@ -14,7 +14,8 @@ experiments get interrupted, so the harness
 - resumes (``--resume``) a run that left a checkpoint but no finished JSON; a checkpoint the
   trainer refuses (another config) is reported and kept, never overwritten,
 - builds the table from *all* results files present under RUNS_DIR, so the table grows run by
-  run and can be rebuilt any time with ``--table_only``.
+  run and can be rebuilt any time with ``--table_only``; the same numbers go to a JSON file
+  beside the table (``results.md`` -> ``results.json``) for scripts.
 
 Runs go one after another, with ``--gpus 0,1,..`` one per GPU at a time
 (``CUDA_VISIBLE_DEVICES``), or with ``--jobs N`` N CPU runs side by side. Arguments after
@@ -28,9 +29,10 @@ import subprocess
 import sys
 import time
 
-from augmentation.files import InUse, atomic_write, exclusive
+from augmentation.files import InUse, exclusive
 from DeepAA_evaluate.config import ConfigError, build_parser, load_config, parse_overrides
-from DeepAA_evaluate.results_table import build_table, config_changes, read_result
+from DeepAA_evaluate.results_table import (config_changes, json_path, read_result,
+                                           write_results)
 
 # ----------------------------------------------------------------------------- configs
 def expected_config(conf: str, seed: int, extra: list[str]) -> dict:
@@ -147,9 +149,9 @@ def run_all(confs, seeds, runs_dir, dataroot, extra, gpus, out, progress=True, j
                 print(f"{conf} seed {seed}: failed (exit {rc}); see {log}{hint}",
                       file=sys.stderr)
             bar.update(1)
-            atomic_write(out, build_table(runs_dir, order))
+            write_results(out, runs_dir, order)
     bar.close()
-    atomic_write(out, build_table(runs_dir, order))
+    write_results(out, runs_dir, order)
     return failures
 
 
@@ -166,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="number of seeds (first_seed .. first_seed + N - 1)")
     parser.add_argument("--first_seed", type=int, default=1,
                         help="first seed: runs seeds first_seed .. first_seed + seeds - 1")
-    parser.add_argument("--out", default="results.md", help="Markdown table to write")
+    parser.add_argument("--out", default="results.md",
+                        help="Markdown table to write (its summary goes beside it as .json)")
     parser.add_argument("--runs_dir", default="reproduce_runs",
                         help="one folder per config with seed<S>.pth/.json/.log")
     parser.add_argument("--dataroot", default="./data", help="passed to every trainer run")
@@ -189,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
         return fail(f"--jobs must be >= 1, got {args.jobs}")
     if os.path.isdir(args.out):
         return fail(f"--out {args.out!r} is a folder")
+    if os.path.abspath(json_path(args.out)) == os.path.abspath(args.out):
+        return fail(f"--out {args.out!r} ends in .json, where the summary goes; use .md")
     if not args.table_only:
         if not args.confs:
             return fail("--confs needs at least one config (or pass --table_only)")
@@ -200,9 +205,7 @@ def main(argv: list[str] | None = None) -> int:
             return fail("two configs share a file name; their runs would share a folder")
     order = [os.path.splitext(os.path.basename(c))[0] for c in args.confs]
     if args.table_only:
-        table = build_table(args.runs_dir, order)
-        atomic_write(args.out, table)
-        print(table)
+        print(write_results(args.out, args.runs_dir, order))
         return 0
     gpus = [g.strip() for g in args.gpus.split(",") if g.strip()]
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))

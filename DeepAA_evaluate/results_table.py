@@ -8,6 +8,11 @@ of their own. Below it, with two configs or more, the paired differences between
 row minus column over the seeds both have, mean +- 95 % interval, so that "is A better than
 B" is read off with the seed-to-seed variation that A and B share taken out.
 
+``write_results`` writes the Markdown and, beside it, the same numbers as JSON (``summarize``):
+per row the config, runs, seeds, top-1 per seed, mean, 95 % half-width (null for one run),
+the paper's number and the mean run time; per ordered pair of configs the shared seeds, the
+mean difference, its half-width and whether the interval excludes 0.
+
 The Student-t quantiles are computed here (regularised incomplete beta function), so the
 harness needs no scipy.
 """
@@ -19,6 +24,7 @@ import math
 import os
 import re
 
+from augmentation.files import atomic_write
 from DeepAA_evaluate.config import config_diff
 
 # SPEC §4: (dataset, model, aug, batch augmentation) -> paper top-1 (%), and a note.
@@ -214,60 +220,117 @@ def _budget(results: list[dict]) -> tuple:
     return tuple(repr(cfg.get(k)) for k in BUDGET_KEYS)
 
 
-def paired_differences(rows: list[tuple[str, list[dict]]]) -> str:
-    """The Markdown matrix of paired differences: cell (A, B) is top-1 of A minus top-1 of B
-    over the seeds both have, as mean ± the 95 % Student-t half-width of the per-seed
-    differences, with * where that interval excludes 0 (one shared seed: the difference
-    alone; no shared seed, or another data set, model or budget (BUDGET_KEYS): —)."""
-    labels = _short_names([name for name, _ in rows])
+def _row(name: str, suffix: str, results: list[dict]) -> dict:
+    top1 = [100.0 * float(r["top1_test"]) for r in results]
+    mean, half = mean_ci(top1)
+    paper = paper_number(results[0].get("config"))
+    return {"config": name + suffix, "main": not suffix, "runs": len(results), "mean": mean,
+            "ci95": half,
+            "seeds": [(r.get("config") or {}).get("seed") for r in results], "top1": top1,
+            "paper": paper[0] if paper else None, "paper_note": paper[1] if paper else None,
+            "time_s": sum(float(r.get("wall_time_s") or 0.0) for r in results) / len(results)}
+
+
+def _pairs(rows: list[tuple[str, list[dict]]]) -> list[dict]:
+    """Paired differences between ``rows`` (name, results): for each ordered pair of the
+    same budget (BUDGET_KEYS) with a seed in common, top-1 of the first minus the second
+    over their shared seeds, as mean and 95 % Student-t half-width (None for one seed)."""
     by_seed = [_top1_by_seed(results) for _, results in rows]
     budgets = [_budget(results) for _, results in rows]
-    lines = ["| row − column | " + " | ".join(labels) + " |",
-             "|---|" + "---|" * len(labels)]
-    for i, label in enumerate(labels):
-        cells = []
-        for j in range(len(labels)):
+    pairs = []
+    for i, (row, _) in enumerate(rows):
+        for j, (column, _) in enumerate(rows):
             shared = [s for s in by_seed[i] if s in by_seed[j]]
             if i == j or not shared or budgets[i] != budgets[j]:
-                cells.append("—")
                 continue
             mean, half = mean_ci([by_seed[i][s] - by_seed[j][s] for s in shared])
-            if half is None:
-                cells.append(f"{mean:+.2f} (1 seed)")
-            else:
-                cells.append(f"{mean:+.2f} ± {half:.2f}{' *' if abs(mean) > half else ''}")
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+            pairs.append({"row": row, "column": column, "seeds": shared, "mean": mean,
+                          "ci95": half, "excludes_0": half is not None and abs(mean) > half})
+    return pairs
 
 
-def build_table(runs_dir: str, order: list[str] | None = None) -> str:
-    """The Markdown table of every finished run under ``runs_dir`` and, with two configs or
-    more, the matrix of paired differences between their main rows (paired_differences)."""
+def summarize(runs_dir: str, order: list[str] | None = None) -> dict:
+    """Every finished run under ``runs_dir``, summarised: one row per config variant
+    (``_variants``; configs in ``order`` first) and the paired differences between the
+    configs' main rows. What the Markdown table shows, as data (written as JSON beside it)."""
     groups = collect(runs_dir)
     names = [n for n in (order or []) if n in groups] + sorted(n for n in groups
                                                                if n not in (order or []))
+    rows, main_rows = [], []
+    for name in names:
+        for suffix, results in _variants(groups[name]):
+            rows.append(_row(name, suffix, results))
+            if not suffix:
+                main_rows.append((name, results))
+    return {"rows": rows, "paired_differences": _pairs(main_rows)}
+
+
+def paired_matrix(summary: dict) -> str:
+    """The Markdown matrix of the paired differences: cell (A, B) is A minus B, mean ± the
+    95 % half-width, * where that interval excludes 0, the difference alone for one shared
+    seed, — where there is no pair (no shared seed, or another data set, model or budget)."""
+    names = _main_names(summary)
+    cells = {(p["row"], p["column"]): p for p in summary["paired_differences"]}
+    labels = _short_names(names)
+    lines = ["| row − column | " + " | ".join(labels) + " |",
+             "|---|" + "---|" * len(labels)]
+    for name, label in zip(names, labels):
+        out = []
+        for column in names:
+            p = cells.get((name, column))
+            if p is None:
+                out.append("—")
+            elif p["ci95"] is None:
+                out.append(f"{p['mean']:+.2f} (1 seed)")
+            else:
+                out.append(f"{p['mean']:+.2f} ± {p['ci95']:.2f}{' *' if p['excludes_0'] else ''}")
+        lines.append(f"| {label} | " + " | ".join(out) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _main_names(summary: dict) -> list[str]:
+    """The configs' main rows (not a minority variant such as a smoke run), in table order."""
+    return [r["config"] for r in summary["rows"] if r["main"]]
+
+
+def render(summary: dict) -> str:
+    """The Markdown of a summary: the table and, with two main rows or more, the matrix."""
     lines = ["| config | runs | top-1 % (mean ± 95 % CI) | seed: top-1 % | paper (SPEC §4) "
              "| time / run |",
              "|---|---|---|---|---|---|"]
-    main_rows = []
-    for name in names:
-        for suffix, results in _variants(groups[name]):
-            if not suffix:
-                main_rows.append((name, results))
-            top1 = [100.0 * float(r["top1_test"]) for r in results]
-            mean, half = mean_ci(top1)
-            ci = f"{mean:.2f} ± {half:.2f}" if half is not None else f"{mean:.2f} (one run)"
-            seeds = ", ".join(f"{(r.get('config') or {}).get('seed', '?')}: {v:.2f}"
-                              for r, v in zip(results, top1))
-            paper = paper_number(results[0].get("config"))
-            wall = sum(float(r.get("wall_time_s") or 0.0) for r in results) / len(results)
-            lines.append(f"| {name}{suffix} | {len(results)} | {ci} | {seeds} | "
-                         f"{paper[1] if paper else '—'} | {_fmt_time(wall)} |")
-    if not names:
+    for r in summary["rows"]:
+        ci = (f"{r['mean']:.2f} ± {r['ci95']:.2f}" if r["ci95"] is not None
+              else f"{r['mean']:.2f} (one run)")
+        seeds = ", ".join(f"{'?' if s is None else s}: {v:.2f}"
+                          for s, v in zip(r["seeds"], r["top1"]))
+        lines.append(f"| {r['config']} | {r['runs']} | {ci} | {seeds} | "
+                     f"{r['paper_note'] or '—'} | {_fmt_time(r['time_s'])} |")
+    if not summary["rows"]:
         lines.append("| (no finished runs yet) | 0 | — | — | — | — |")
     table = "\n".join(lines) + "\n"
-    if len(main_rows) < 2:
+    if len(_main_names(summary)) < 2:
         return table
     return (table + "\nPaired differences in top-1 points (row − column, over the seeds both "
             "configs have, for configs of the same data, model and budget; mean ± 95 % CI, * "
-            "where the interval excludes 0):\n\n" + paired_differences(main_rows))
+            "where the interval excludes 0):\n\n" + paired_matrix(summary))
+
+
+def build_table(runs_dir: str, order: list[str] | None = None) -> str:
+    """The Markdown table of every finished run under ``runs_dir`` (render of summarize)."""
+    return render(summarize(runs_dir, order))
+
+
+def json_path(out: str) -> str:
+    """Where the summary of the table ``out`` is written: the same name ending in .json."""
+    return os.path.splitext(out)[0] + ".json"
+
+
+def write_results(out: str, runs_dir: str, order: list[str] | None = None) -> str:
+    """Write the Markdown table to ``out`` and its summary (summarize) as JSON beside it
+    (json_path), each atomically; returns the Markdown."""
+    summary = summarize(runs_dir, order)
+    table = render(summary)
+    atomic_write(json_path(out), json.dumps(summary, indent=1) + "\n")
+    atomic_write(out, table)
+    return table
+

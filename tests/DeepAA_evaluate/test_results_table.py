@@ -109,3 +109,28 @@ def test_no_differences_for_a_single_config(tmp_path):
     _fake_result(runs, "only", 1, 0.5, cfg={"epoch": 100, "seed": 1})
     _fake_result(runs, "only", 2, 0.6, cfg={"epoch": 100, "seed": 2})
     assert "Paired differences" not in T.build_table(str(runs))
+
+
+def test_the_summary_json_holds_the_tables_numbers(tmp_path):
+    import json
+
+    from DeepAA_evaluate import reproduce as R
+
+    runs = tmp_path / "runs"
+    for seed, (a, b) in enumerate(((0.70, 0.72), (0.74, 0.77), (0.78, 0.80)), 1):
+        _fake_result(runs, "exp_a", seed, a, cfg={"epoch": 100, "seed": seed}, wall=60.0)
+        _fake_result(runs, "exp_b", seed, b, cfg={"epoch": 100, "seed": seed}, wall=120.0)
+    out = tmp_path / "results.md"
+    assert R.main(["--table_only", "--runs_dir", str(runs), "--out", str(out)]) == 0
+    summary = json.loads((tmp_path / "results.json").read_text())
+    assert out.read_text() == T.render(summary)  # the Markdown is drawn from these numbers
+    b = next(r for r in summary["rows"] if r["config"] == "exp_b")
+    assert b["runs"] == 3 and b["seeds"] == [1, 2, 3] and b["time_s"] == 120.0
+    assert b["top1"] == pytest.approx([72.0, 77.0, 80.0]) and b["mean"] == pytest.approx(76.333333)
+    assert b["ci95"] == pytest.approx(T.mean_ci([72.0, 77.0, 80.0])[1])
+    pair = next(p for p in summary["paired_differences"]
+                if (p["row"], p["column"]) == ("exp_b", "exp_a"))
+    assert pair["seeds"] == [1, 2, 3] and pair["mean"] == pytest.approx(2.333333)
+    assert pair["excludes_0"] == (abs(pair["mean"]) > pair["ci95"])
+    assert R.main(["--table_only", "--runs_dir", str(runs), "--out",
+                   str(tmp_path / "t.json")]) == 2  # the table cannot be its own summary
