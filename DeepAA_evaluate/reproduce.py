@@ -15,7 +15,8 @@ experiments get interrupted, so the harness
   trainer refuses (another config) is reported and kept, never overwritten,
 - builds the table from *all* results files present under RUNS_DIR, so the table grows run by
   run and can be rebuilt any time with ``--table_only``; the same numbers go to a JSON file
-  beside the table (``results.md`` -> ``results.json``) for scripts.
+  beside the table (``results.md`` -> ``results.json``) for scripts, and a plot to
+  ``results.png``.
 
 Runs go one after another, with ``--gpus 0,1,..`` one per GPU at a time
 (``CUDA_VISIBLE_DEVICES``), or with ``--jobs N`` N CPU runs side by side. Arguments after
@@ -31,7 +32,7 @@ import time
 
 from augmentation.files import InUse, exclusive
 from DeepAA_evaluate.config import ConfigError, build_parser, load_config, parse_overrides
-from DeepAA_evaluate.results_table import (config_changes, json_path, read_result,
+from DeepAA_evaluate.results_table import (config_changes, output_paths, read_result,
                                            write_results)
 
 # ----------------------------------------------------------------------------- configs
@@ -169,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--first_seed", type=int, default=1,
                         help="first seed: runs seeds first_seed .. first_seed + seeds - 1")
     parser.add_argument("--out", default="results.md",
-                        help="Markdown table to write (its summary goes beside it as .json)")
+                        help="Markdown table to write (its summary and plot go beside it as .json "
+                        "and .png)")
     parser.add_argument("--runs_dir", default="reproduce_runs",
                         help="one folder per config with seed<S>.pth/.json/.log")
     parser.add_argument("--dataroot", default="./data", help="passed to every trainer run")
@@ -192,8 +194,9 @@ def main(argv: list[str] | None = None) -> int:
         return fail(f"--jobs must be >= 1, got {args.jobs}")
     if os.path.isdir(args.out):
         return fail(f"--out {args.out!r} is a folder")
-    if os.path.abspath(json_path(args.out)) == os.path.abspath(args.out):
-        return fail(f"--out {args.out!r} ends in .json, where the summary goes; use .md")
+    if os.path.abspath(args.out) in map(os.path.abspath, output_paths(args.out)):
+        return fail(f"--out {args.out!r} ends in .json or .png, where the summary and the plot "
+                    "go; use .md")
     if not args.table_only:
         if not args.confs:
             return fail("--confs needs at least one config (or pass --table_only)")

@@ -320,17 +320,50 @@ def build_table(runs_dir: str, order: list[str] | None = None) -> str:
     return render(summarize(runs_dir, order))
 
 
-def json_path(out: str) -> str:
-    """Where the summary of the table ``out`` is written: the same name ending in .json."""
-    return os.path.splitext(out)[0] + ".json"
+def plot(summary: dict, path: str) -> bool:
+    """A PNG of the table: per row each seed's top-1 (dots), the mean and its 95 % interval
+    (bar), and the paper's number where there is one (cross). False without matplotlib."""
+    try:
+        from augmentation.visualize import pyplot, save_figure
+
+        plt = pyplot()
+    except ImportError:
+        return False
+    rows = summary["rows"][::-1]  # the first config on top
+    fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(rows) + 1.2))
+    labels = _short_names([r["config"] for r in rows])
+    for y, r in enumerate(rows):
+        ax.plot(r["top1"], [y + 0.2] * len(r["top1"]), "o", color="0.45", ms=4, zorder=2)
+        half = r["ci95"] or 0.0
+        ax.errorbar(r["mean"], y, xerr=half, fmt="s", color="C0", ms=6, capsize=4, zorder=3)
+        if r["paper"] is not None:
+            ax.plot(r["paper"], y, "x", color="C3", ms=8, zorder=4)
+    ax.set_yticks(range(len(rows)), labels)
+    paper = "; x: paper" if any(r["paper"] is not None for r in rows) else ""
+    ax.set_xlabel(f"top-1 % (dots: seeds; square and bar: mean ± 95 % CI{paper})")
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    save_figure(fig, path)
+    plt.close(fig)
+    return True
+
+
+def output_paths(out: str) -> tuple[str, str]:
+    """Where the summary (JSON) and the plot (PNG) of the table ``out`` go: beside it."""
+    stem = os.path.splitext(out)[0]
+    return stem + ".json", stem + ".png"
 
 
 def write_results(out: str, runs_dir: str, order: list[str] | None = None) -> str:
-    """Write the Markdown table to ``out`` and its summary (summarize) as JSON beside it
-    (json_path), each atomically; returns the Markdown."""
+    """Write the Markdown table to ``out``, its summary (summarize) as JSON beside it and,
+    with matplotlib and at least one row, its plot as PNG (output_paths), each atomically;
+    returns the Markdown."""
     summary = summarize(runs_dir, order)
     table = render(summary)
-    atomic_write(json_path(out), json.dumps(summary, indent=1) + "\n")
+    summary_path, plot_path = output_paths(out)
+    atomic_write(summary_path, json.dumps(summary, indent=1) + "\n")
+    if summary["rows"]:
+        plot(summary, plot_path)
     atomic_write(out, table)
     return table
 

@@ -33,7 +33,8 @@ from .transform import DeepAAPolicy
 DISPLAY = 64  # pixels per example tile (32x32 CIFAR images are upscaled, 224 ones downscaled)
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -42,7 +43,7 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: str) -> None:
+def save_figure(fig, path: str) -> None:
     """Write the figure atomically (rendered in memory, then written by ``atomic_write``)."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
@@ -56,7 +57,7 @@ def _title(policy: Policy) -> str:
 
 def plot_operations(policy: Policy, path: str) -> None:
     """One panel per layer: horizontal bars of P(op) summed over levels."""
-    plt = _pyplot()
+    plt = pyplot()
     names = [op.name for op in OP_TABLE[policy.space]]
     op_probs = policy.op_probs()
     entropy = policy.entropy()
@@ -79,7 +80,7 @@ def plot_operations(policy: Policy, path: str) -> None:
                  fontsize=10)
     fig.supxlabel("probability", fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 0.93))
-    _save(fig, path)
+    save_figure(fig, path)
     plt.close(fig)
 
 
@@ -94,7 +95,7 @@ def level_table(policy: Policy, layer: int) -> dict[str, np.ndarray]:
 
 def plot_magnitudes(policy: Policy, layer: int, path: str) -> None:
     """Panels per magnitude op: P(level | op) over the levels of ``layer`` (0-based)."""
-    plt = _pyplot()
+    plt = pyplot()
     table = level_table(policy, layer)
     specs = {op.name: op for op in OP_TABLE[policy.space]}
     n = len(table)
@@ -119,7 +120,7 @@ def plot_magnitudes(policy: Policy, layer: int, path: str) -> None:
                  f"(P(level | op); dotted: identity level, not a candidate; grey: P(op) < 0.01)\n{_title(policy)}", fontsize=10)
     fig.supxlabel("level", fontsize=9)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
     plt.close(fig)
 
 
@@ -145,7 +146,7 @@ def dataset_images(spec: str, root: str, n: int, seed: int = 0) -> list[Image.Im
 def plot_examples(policy: Policy, images: list[Image.Image], path: str, n_samples: int = 7,
                   seed: int = 0) -> None:
     """Rows: images; column 0 the original, then ``n_samples`` independent policy draws."""
-    plt = _pyplot()
+    plt = pyplot()
     transform = DeepAAPolicy(policy, mirror=True, seed=seed)
     rng = np.random.default_rng(seed)
 
@@ -167,7 +168,7 @@ def plot_examples(policy: Policy, images: list[Image.Image], path: str, n_sample
         axes[0][c].set_title(f"draw {c}", fontsize=8)
     fig.suptitle(f"Images augmented by {_title(policy)}", fontsize=9)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
     plt.close(fig)
 
 

@@ -132,5 +132,26 @@ def test_the_summary_json_holds_the_tables_numbers(tmp_path):
                 if (p["row"], p["column"]) == ("exp_b", "exp_a"))
     assert pair["seeds"] == [1, 2, 3] and pair["mean"] == pytest.approx(2.333333)
     assert pair["excludes_0"] == (abs(pair["mean"]) > pair["ci95"])
-    assert R.main(["--table_only", "--runs_dir", str(runs), "--out",
-                   str(tmp_path / "t.json")]) == 2  # the table cannot be its own summary
+    for bad in ("t.json", "t.png"):  # the table cannot be its own summary or plot
+        assert R.main(["--table_only", "--runs_dir", str(runs), "--out",
+                       str(tmp_path / bad)]) == 2
+        assert not (tmp_path / bad).exists()
+
+
+def test_the_plot_shows_each_row(tmp_path):
+    """The PNG beside the table: one row of dots per config, each seed at its top-1."""
+    pytest.importorskip("matplotlib")
+    from PIL import Image
+
+    runs = tmp_path / "runs"
+    for seed in (1, 2):
+        _fake_result(runs, "exp_a", seed, 0.70 + 0.01 * seed, cfg={"epoch": 100, "seed": seed})
+        _fake_result(runs, "exp_b", seed, 0.80 + 0.01 * seed, cfg={"epoch": 100, "seed": seed})
+    T.write_results(str(tmp_path / "results.md"), str(runs))
+    few = Image.open(tmp_path / "results.png")
+    _fake_result(runs, "exp_c", 1, 0.9, cfg={"epoch": 100, "seed": 1})
+    T.write_results(str(tmp_path / "results.md"), str(runs))
+    more = Image.open(tmp_path / "results.png")
+    assert few.format == "PNG" and more.size[1] > few.size[1]  # a row more, a taller figure
+    T.write_results(str(tmp_path / "empty.md"), str(tmp_path / "none"))
+    assert not (tmp_path / "empty.png").exists()  # nothing to draw
