@@ -18,7 +18,11 @@ Augmentation: 128 images x 8 copies = 1,024 per step for the BatchAug8x configs,
 steps per epoch of a 128-image batch). :class:`StepSampler` builds that global step and gives
 each of the ``world_size`` real processes a contiguous ``1 / world_size`` of it; the trainer
 splits a process's share back into the released per-worker batches of ``batch`` images for
-batch norm (see ``engine.py``), so 1 CPU, 1 GPU or N GPUs compute the same update.
+batch norm (see ``engine.py``), so 1 CPU, 1 GPU or N GPUs compute the same update: the same
+images, augmented the same way (the on-device augmentation draws on the CPU for this reason),
+through the same arithmetic up to floating-point order (on a GPU, cuDNN's choice of
+convolution algorithms and TF32 make two runs differ in the last bits, so a resumed GPU run
+matches the uninterrupted one in its data, not bit for bit in its weights).
 """
 from __future__ import annotations
 
@@ -225,7 +229,9 @@ class DeviceAugment:
         out = []
         for j, chunk in enumerate(x.split(self.micro)):
             key = [self.seed, epoch, step, self.first_batch + j, 2]
-            gen = torch.Generator(device=x.device)
+            # a CPU generator on any device: the draws are used on the CPU anyway (no copies
+            # back from the GPU), and a GPU run gets the images a CPU run gets
+            gen = torch.Generator()
             gen.manual_seed(int(np.random.SeedSequence(key).generate_state(1, np.uint64)[0] >> 1))
             out.append(self.apply(self.policy, chunk, mirror=True, generator=gen))
         return torch.cat(out)

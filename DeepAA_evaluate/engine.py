@@ -28,7 +28,8 @@ class Runtime:
     def __init__(self, cfg: dict, rank: int = 0, world_size: int = 1, local_rank: int = 0):
         self.rank, self.world_size = rank, world_size
         if torch.cuda.is_available():
-            self.device = torch.device("cuda", local_rank)
+            # modulo: a launcher may show each process only its own GPU
+            self.device = torch.device("cuda", local_rank % torch.cuda.device_count())
             torch.cuda.set_device(self.device)
         else:
             self.device = torch.device("cpu")
@@ -107,9 +108,10 @@ def train_epoch(rt: Runtime, model, loader, optimizer, scheduler, scaler, normal
                 scaler.scale(loss * (len(xc) / len(x))).backward()
             with torch.no_grad():
                 c1, c5 = _topk_correct(logits.detach(), yc)
+                # torch.full fills on the device: no host-to-device copy, so no sync
                 sums += torch.stack([loss.detach().double() * len(xc), c1.double(),
-                                     c5.double(), torch.tensor(float(len(xc)), device=rt.device,
-                                                               dtype=torch.float64)])
+                                     c5.double(), torch.full((), float(len(xc)), device=rt.device,
+                                                             dtype=torch.float64)])
         if clip > 0:
             scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(params, clip)
@@ -142,5 +144,5 @@ def evaluate(rt: Runtime, model, loader, normalize, desc: str = "test") -> dict:
         loss = F.cross_entropy(logits.float(), y, reduction="sum")
         c1, c5 = _topk_correct(logits, y)
         sums += torch.stack([loss.double(), c1.double(), c5.double(),
-                             torch.tensor(float(len(y)), device=rt.device, dtype=torch.float64)])
+                             torch.full((), float(len(y)), device=rt.device, dtype=torch.float64)])
     return _summary(rt.all_reduce(sums).cpu())

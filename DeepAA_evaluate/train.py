@@ -302,11 +302,11 @@ def _run_in_group(cfg, args, rank, world, local) -> dict:
     from augmentation import PolicyError
     from deepaa_data import DatasetError
 
+    rt = Runtime(cfg, rank, world, local)  # picks this process's GPU before NCCL starts
     started = False
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
         started = True
-    rt = Runtime(cfg, rank, world, local)
     try:
         return run(cfg, args, rt)
     except (ConfigError, PolicyError, DatasetError, CheckpointError) as exc:

@@ -222,8 +222,15 @@ def flip(x: torch.Tensor, do_flip: torch.Tensor) -> torch.Tensor:
     return torch.cat([x, x.flip(-1)]).index_select(0, pick)
 
 
+@lru_cache(maxsize=16)
+def _grey_on(dtype: torch.dtype, device: str) -> torch.Tensor:
+    return torch.tensor(FILL_GREY, dtype=dtype, device=device).view(1, -1, 1, 1)
+
+
 def _grey(x: torch.Tensor) -> torch.Tensor:
-    return torch.tensor(FILL_GREY, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    """FILL_GREY as a (1, 3, 1, 1) tensor like ``x``, made once per dtype and device (a new
+    one per call would be a host-to-device copy, a sync, per call on a GPU). Read-only."""
+    return _grey_on(x.dtype, str(x.device))
 
 
 class _BoundsProbe:
