@@ -9,6 +9,7 @@ test every 20 epochs, cosine schedule), so the released files mean what they mea
 
 Keys of ours (not in the released files): ``train_size``/``test_size`` (seeded class-balanced subsets),
 ``seed``, ``num_workers``, ``aug_backend``, ``amp``, ``channels_last``, ``compile``,
+``deterministic``,
 ``randaug.{N,M}`` for the RandAugment baseline and ``early_finish_epoch`` (the released
 trainer's key: stop after that epoch, keeping the schedule of the full run).
 """
@@ -66,12 +67,14 @@ SCHEMA = {
     "amp": ((str, None), None, ("bf16", "fp16", None)),
     "channels_last": ((bool,), False, None),
     "compile": ((bool,), False, None),
+    "deterministic": ((bool,), False, None),
 }
 
 # Keys that may differ between a checkpoint's config and the resuming run's: they change how
-# the run is executed (workers, memory layout, compilation), not what it computes.
+# the run is executed (workers, memory layout, compilation, the choice of GPU kernels), not
+# what it computes.
 RESUME_FREE_KEYS = ("early_finish_epoch", "num_workers", "test_interval", "save_model", "compile",
-                    "channels_last")
+                    "channels_last", "deterministic")
 
 
 class ConfigError(ValueError):

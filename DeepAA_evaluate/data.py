@@ -20,9 +20,11 @@ each of the ``world_size`` real processes a contiguous ``1 / world_size`` of it;
 splits a process's share back into the released per-worker batches of ``batch`` images for
 batch norm (see ``engine.py``), so 1 CPU, 1 GPU or N GPUs compute the same update: the same
 images, augmented the same way (the on-device augmentation draws on the CPU for this reason),
-through the same arithmetic up to floating-point order (on a GPU, cuDNN's choice of
-convolution algorithms and TF32 make two runs differ in the last bits, so a resumed GPU run
-matches the uninterrupted one in its data, not bit for bit in its weights).
+through the same arithmetic up to floating-point order. On a GPU, cuDNN's choice of
+convolution kernels makes two runs differ in the last bits, so a resumed GPU run matches the
+uninterrupted one in its data but not bit for bit in its weights, unless the config sets
+``deterministic: true`` (``engine.Runtime``); TF32 convolutions, PyTorch's default, are
+deterministic but round differently from a CPU.
 """
 from __future__ import annotations
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import time
 
 import torch
@@ -34,6 +35,21 @@ class Runtime:
         else:
             self.device = torch.device("cpu")
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg["amp"])
+        if cfg.get("deterministic"):
+            self._make_deterministic()
+
+    @staticmethod
+    def _make_deterministic():
+        """``deterministic: true``: a GPU run that repeats itself bit for bit, so a resumed run
+        equals an uninterrupted one there too. A CPU run already does; on a GPU, cuDNN and
+        cuBLAS otherwise pick kernels (atomics in convolution backward, split reductions) whose
+        float sums change order from run to run. Costs some GPU speed. Ops without a
+        deterministic version only warn: none is on the trainer's path except the 1x1
+        adaptive average pool, whose backward spreads each gradient without sums."""
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS starts
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
 
     @property
     def is_main(self) -> bool:

@@ -111,7 +111,8 @@ def mean_ci(values, confidence: float = 0.95) -> tuple[float, float | None]:
 # Config keys that change how a run executes but not what it computes: runs that differ only
 # in these fill the same cell. (The trainer's RESUME_FREE_KEYS also hold early_finish_epoch,
 # which changes the result.)
-RESULT_FREE_KEYS = ("num_workers", "save_model", "compile", "channels_last", "test_interval")
+RESULT_FREE_KEYS = ("num_workers", "save_model", "compile", "channels_last", "test_interval",
+                    "deterministic")
 
 
 def config_changes(trained: dict | None, wanted: dict) -> list[str]:

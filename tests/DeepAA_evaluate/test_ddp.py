@@ -19,7 +19,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def test_two_gloo_processes_match_one_process(tiny):
+def test_two_gloo_processes_match_one_process(tiny, monkeypatch):
     path, work = tiny
     flags = ["--epoch", "1", "--lr_schedule.warmup.epoch", "0", "--gpus", "2", "--lr", "0.2",
              "--train_size", "16"]
@@ -30,6 +30,8 @@ def test_two_gloo_processes_match_one_process(tiny):
            "-m", "DeepAA_evaluate.train", "-c", str(path), "--save", str(work / "ddp.pth")] + flags
     proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-6000:]
+    # the single process on the CPU too, where a GPU is visible to the tests
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     single = main(["-c", str(path), "--save", str(work / "one.pth")] + flags)
     assert single["global_batch"]["per_process"] == 8 and single["global_batch"]["virtual_worker_batch"] == 4
     a = torch.load(work / "ddp.pth", map_location="cpu", weights_only=True)

@@ -74,10 +74,37 @@ def _weights_epoch(path):
     return torch.load(path, map_location="cpu", weights_only=True)["epoch"]
 
 
-def test_resume_equals_uninterrupted_run(tiny):
+@pytest.fixture
+def restore_determinism():
+    """``deterministic: true`` sets process-wide torch flags; put them back after the test."""
+    saved = (torch.are_deterministic_algorithms_enabled(),
+             torch.is_deterministic_algorithms_warn_only_enabled(),
+             torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
+    yield
+    torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[2:]
+
+
+def test_deterministic_sets_the_torch_flags(restore_determinism):
+    from DeepAA_evaluate.engine import Runtime
+
+    torch.use_deterministic_algorithms(False)
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = True, False
+    Runtime({"amp": None, "deterministic": False})
+    assert not torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.benchmark
+    Runtime({"amp": None, "deterministic": True})
+    assert torch.are_deterministic_algorithms_enabled()
+    assert not torch.backends.cudnn.benchmark and torch.backends.cudnn.deterministic
+
+
+def test_resume_equals_uninterrupted_run(tiny, restore_determinism):
+    """Bit for bit: on a CPU as configured; on a GPU with ``deterministic: true`` (without it,
+    cuDNN's kernels may sum in another order in every run)."""
     path, work = tiny
     full, part = work / "full.pth", work / "part.pth"
     small = ["--train_size", "12"]  # 3 steps per epoch
+    if torch.cuda.is_available():
+        small += ["--deterministic", "true"]
     a = main(["-c", str(path), "--save", str(full)] + small)
     main(["-c", str(path), "--save", str(part), "--early_finish_epoch", "1"] + small)
     assert _weights_epoch(part) == 1
@@ -133,7 +160,8 @@ def test_mixed_precision_runs_the_model_in_half_precision(tiny, amp):
 
     rt = Runtime({"amp": amp})
     with rt.autocast():
-        out = torch.nn.functional.linear(torch.ones(2, 4), torch.ones(3, 4))
+        out = torch.nn.functional.linear(torch.ones(2, 4, device=rt.device),
+                                         torch.ones(3, 4, device=rt.device))
     assert out.dtype == {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
     path, work = tiny
     res = main(["-c", str(path), "--aug", "none", "--epoch", "1", "--amp", amp,
