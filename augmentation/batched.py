@@ -40,6 +40,7 @@ from . import batched_color as colour
 from . import batched_geometry as geometry
 from . import batched_native as native
 from . import batched_resize as resize
+from .batched_device import to_device
 from .ops import CROP_PAD, CUTOUT_SIDE, IMAGENET_SIZE
 from .space import OPS, check_l_mags, level_to_value
 
@@ -215,7 +216,7 @@ def _apply_family(x, present, slices, levels, u, l_mags, mirror):
     """Apply several ops of one family to their images (``slices[name]``) in one pass."""
     sel = torch.cat([slices[name] for name in present])
     values = torch.cat([_values(name, levels[slices[name]], l_mags) for name in present])
-    sub = x.index_select(0, sel.to(x.device))
+    sub = x.index_select(0, to_device(sel, x.device))
     if present[0] in _AFFINE:
         if mirror:  # every affine op is signed
             values = torch.where(u[sel, 0] < 0.5, -values, values)
@@ -250,7 +251,7 @@ def _grouped(x, op_ids, levels, u, l_mags, mirror, generator):
         if name in done:
             continue
         whole = sel.shape[0] == x.shape[0]
-        out = _apply_one_op(x if whole else x.index_select(0, sel.to(x.device)), name,
+        out = _apply_one_op(x if whole else x.index_select(0, to_device(sel, x.device)), name,
                             _values(name, levels[sel], l_mags),
                             None if u is None else u[sel], mirror, generator)
         parts.setdefault(tuple(out.shape[2:]), []).append((sel, out))
@@ -280,7 +281,7 @@ def _merge(groups, n: int, like: torch.Tensor, crop: bool) -> torch.Tensor:
         return images.contiguous()
     # A gather of whole images by the inverse permutation: index_select along dim 0 copies
     # contiguous images, much faster on the CPU than index_copy_ / index_put.
-    return images.index_select(0, torch.argsort(idx).to(like.device))
+    return images.index_select(0, to_device(torch.argsort(idx), like.device))
 
 
 def apply_ops(x, names, levels, l_mags: int = 13, mirror: bool = False,
@@ -413,4 +414,4 @@ def _in_order(chunks):
     idx = torch.cat([c[0] for c in chunks])
     images = torch.cat([c[1] for c in chunks])
     order = torch.argsort(idx)
-    return idx[order], images.index_select(0, order.to(images.device))
+    return idx[order], images.index_select(0, to_device(order, images.device))

@@ -24,11 +24,12 @@ from __future__ import annotations
 import torch
 
 from . import batched_lut as lut_ops
+from .batched_device import to_device
 from .batched_lut import apply_lut
 
 
 def _per_image(v: torch.Tensor, x: torch.Tensor, dtype) -> torch.Tensor:
-    return v.to(device=x.device, dtype=dtype).view(-1, 1, 1, 1)
+    return to_device(v.to(dtype), x.device).view(-1, 1, 1, 1)
 
 
 def _single(values: torch.Tensor):
@@ -46,18 +47,22 @@ def solarize_threshold(threshold: torch.Tensor) -> torch.Tensor:
     return torch.ceil(threshold.double()).clamp(0, 256).to(torch.int32)
 
 
-def solarize_lut(x: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
-    """Per-image LUTs (N, C, 256) of Solarize."""
+def _solarize_lut_here(threshold: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, 1, 256) LUTs of Solarize, on the thresholds' device."""
     t = solarize_threshold(threshold).view(-1, 1, 1)
     ramp = torch.arange(256, dtype=torch.int32, device=t.device).view(1, 1, 256)
-    lut = torch.where(ramp < t, ramp, 255 - ramp).to(torch.uint8)
-    return lut.expand(-1, x.shape[1], -1).to(x.device)
+    return torch.where(ramp < t, ramp, 255 - ramp).to(torch.uint8)
+
+
+def solarize_lut(x: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
+    """Per-image LUTs (N, C, 256) of Solarize."""
+    return to_device(_solarize_lut_here(threshold), x.device).expand(-1, x.shape[1], -1)
 
 
 def solarize(x: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
     single = _single(threshold)
     if single is not None:
-        return lut_ops.apply_global_lut(x, solarize_lut(x[:1], threshold[:1])[0, 0].cpu())
+        return lut_ops.apply_global_lut(x, _solarize_lut_here(threshold[:1].cpu())[0, 0])
     return apply_lut(x, solarize_lut(x, threshold))
 
 
@@ -75,7 +80,7 @@ def posterize_lut(x: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
     mask = posterize_mask(bits)
     ramp = torch.arange(256, dtype=torch.uint8, device=mask.device).view(1, 1, 256)
     lut = ramp & mask.view(-1, 1, 1)
-    return lut.expand(-1, x.shape[1], -1).to(x.device)
+    return to_device(lut, x.device).expand(-1, x.shape[1], -1)
 
 
 def invert_lut(x: torch.Tensor, values=None) -> torch.Tensor:
@@ -84,11 +89,27 @@ def invert_lut(x: torch.Tensor, values=None) -> torch.Tensor:
 
 
 def _histogram(x: torch.Tensor) -> torch.Tensor:
-    """int64 (N, C, 256) histograms of every image band, one bincount for the batch."""
+    """int64 (N, C, 256) histograms of every image band, one bincount for the batch (on a
+    CPU; elsewhere _histogram_by_sorting)."""
     n, c, h, w = x.shape
+    if x.device.type != "cpu":
+        return _histogram_by_sorting(x)
     offset = torch.arange(0, n * c * 256, 256, device=x.device, dtype=torch.int32).view(n, c, 1)
     flat = x.reshape(n, c, h * w).to(torch.int32).add_(offset).reshape(-1)
     return torch.bincount(flat, minlength=n * c * 256).view(n, c, 256)
+
+
+def _histogram_by_sorting(x: torch.Tensor) -> torch.Tensor:
+    """The same histograms from each band's sorted pixels: the count of level v is where
+    v + 1 would be inserted minus where v would. On a GPU this keeps the host free: bincount
+    there first reads the largest value back to the host (a synchronisation), and scatter
+    adds are atomics."""
+    n, c, h, w = x.shape
+    ordered = torch.sort(x.reshape(n * c, h * w), dim=1).values
+    levels = torch.arange(256, dtype=torch.uint8, device=x.device).expand(n * c, 256)
+    starts = torch.searchsorted(ordered, levels.contiguous())
+    ends = torch.cat([starts[:, 1:], starts.new_full((n * c, 1), h * w)], dim=1)
+    return (ends - starts).view(n, c, 256)
 
 
 def auto_contrast_lut(x: torch.Tensor, values=None) -> torch.Tensor:

@@ -27,6 +27,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from .batched_device import to_device
 from .ops import cutout_center
 from .space import FILL_GREY
 
@@ -138,7 +139,7 @@ def source_index(name: str, value: float, width: int, height: int) -> np.ndarray
 def _device_index(name: str, value: float, width: int, height: int, device: str):
     """source_index as a device tensor, with 'outside' pointing at an appended zero pixel."""
     idx = source_index(name, value, width, height)
-    return torch.from_numpy(np.where(idx < 0, width * height, idx)).to(device)
+    return to_device(torch.from_numpy(np.where(idx < 0, width * height, idx)), device)
 
 
 # A map is copied as rectangles when it is a few wide shifted blocks (TranslateX/Y, ShearX);
@@ -210,7 +211,7 @@ def affine(x: torch.Tensor, name, values: list[float]) -> torch.Tensor:
     else:
         table = torch.stack([_device_index(op, v, w, h, dev) for op, v in distinct])
         where = {key: k for k, key in enumerate(distinct)}
-        ids = torch.tensor([where[key] for key in keys], device=x.device)
+        ids = to_device(torch.tensor([where[key] for key in keys]), x.device)
         idx = table.index_select(0, ids).unsqueeze(1).expand(n, c, h * w)
     return _with_black(x).gather(2, idx).reshape(n, c, h, w)
 
@@ -218,7 +219,7 @@ def affine(x: torch.Tensor, name, values: list[float]) -> torch.Tensor:
 def flip(x: torch.Tensor, do_flip: torch.Tensor) -> torch.Tensor:
     """Horizontal mirror (ImageOps.mirror) of the images where ``do_flip`` is true."""
     n = x.shape[0]
-    pick = torch.arange(n, device=x.device) + n * do_flip.to(device=x.device, dtype=torch.long)
+    pick = torch.arange(n, device=x.device) + n * to_device(do_flip.long(), x.device)
     return torch.cat([x, x.flip(-1)]).index_select(0, pick)
 
 
@@ -267,7 +268,7 @@ def cutout(x: torch.Tensor, boxes) -> torch.Tensor:
     """Fill each image's inclusive box (x0, y0, x1, y1) with FILL_GREY (ImageDraw.rectangle):
     x * (1 - inside) + grey * inside in uint8, with no select or float pass."""
     n, c, h, w = x.shape
-    x0, y0, x1, y1 = (b.to(x.device).view(-1, 1) for b in boxes)
+    x0, y0, x1, y1 = (to_device(b, x.device).view(-1, 1) for b in boxes)
     cols = torch.arange(w, device=x.device).view(1, w)
     rows = torch.arange(h, device=x.device).view(1, h)
     in_cols = ((cols >= x0) & (cols <= x1)).to(torch.uint8).view(n, 1, 1, w)
@@ -281,8 +282,8 @@ def padded_crop(x: torch.Tensor, top: torch.Tensor, left: torch.Tensor, pad: int
     image (ops.rand_crop): one gather of the source pixels (clamped into the image), then the
     pixels that fall in the padding set to grey with uint8 arithmetic."""
     n, c, h, w = x.shape
-    rows = top.to(x.device).view(-1, 1) - pad + torch.arange(h, device=x.device).view(1, h)
-    cols = left.to(x.device).view(-1, 1) - pad + torch.arange(w, device=x.device).view(1, w)
+    rows = to_device(top, x.device).view(-1, 1) - pad + torch.arange(h, device=x.device).view(1, h)
+    cols = to_device(left, x.device).view(-1, 1) - pad + torch.arange(w, device=x.device).view(1, w)
     idx = rows.clamp(0, h - 1).view(n, h, 1) * w + cols.clamp(0, w - 1).view(n, 1, w)
     out = x.reshape(n, c, h * w).gather(2, idx.view(n, 1, h * w).expand(n, c, h * w))
     in_rows = ((rows >= 0) & (rows < h)).to(torch.uint8).view(n, 1, h, 1)

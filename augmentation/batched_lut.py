@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .batched_device import to_device
+
 
 @lru_cache(maxsize=64)
 def _blend_table_cpu(factor: float) -> torch.Tensor:
@@ -38,7 +40,7 @@ def _blend_table_cpu(factor: float) -> torch.Tensor:
 
 @lru_cache(maxsize=64)
 def _blend_table(factor: float, device: str) -> torch.Tensor:
-    return _blend_table_cpu(factor).to(device)
+    return to_device(_blend_table_cpu(factor), device)
 
 
 def blend_tables(factors: tuple, device: str) -> torch.Tensor:
@@ -67,7 +69,7 @@ def sharpness_table(factor: float, device: str) -> torch.Tensor:
     x * SMOOTH_SUMS + S is Image.blend(smooth, x, factor) with smooth = floor((2 S + 13) / 26)
     (batched_color), so the division is tabulated too. uint8, 830 KiB."""
     smooth = (2 * torch.arange(SMOOTH_SUMS) + 13) // 26
-    return _blend_table_cpu(factor).view(256, 256)[:, smooth].reshape(-1).to(device)
+    return to_device(_blend_table_cpu(factor).view(256, 256)[:, smooth].reshape(-1), device)
 
 
 @lru_cache(maxsize=256)
@@ -77,7 +79,7 @@ def _pair_table(lut_bytes: bytes, device: str) -> torch.Tensor:
     lut = torch.frombuffer(bytearray(lut_bytes), dtype=torch.uint8)
     pairs = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16)
     mapped = lut[pairs.view(torch.uint8).long()]
-    return mapped.view(torch.int16).to(device)
+    return to_device(mapped.view(torch.int16), device)
 
 
 def apply_global_lut(x: torch.Tensor, lut: torch.Tensor) -> torch.Tensor:
@@ -87,7 +89,7 @@ def apply_global_lut(x: torch.Tensor, lut: torch.Tensor) -> torch.Tensor:
         table = _pair_table(bytes(lut.cpu().numpy().tobytes()), str(x.device))
         idx = flat.view(torch.int16).to(torch.int32).add_(32768)
         return table.index_select(0, idx).view(torch.uint8).view(x.shape)
-    return lut.to(x.device).index_select(0, flat.to(torch.int32)).view(x.shape)
+    return to_device(lut, x.device).index_select(0, flat.to(torch.int32)).view(x.shape)
 
 
 def apply_lut(x: torch.Tensor, lut: torch.Tensor) -> torch.Tensor:
@@ -109,7 +111,7 @@ def blend_lookup(x: torch.Tensor, degenerate: torch.Tensor, factors: torch.Tenso
     idx = x.to(torch.int32).bitwise_left_shift_(8).add_(degenerate)
     if len(distinct) > 1:
         shape = (-1,) + (1,) * (x.dim() - 1)
-        idx.add_((ids.to(torch.int32) * 65536).to(x.device).view(shape))
+        idx.add_(to_device(ids.to(torch.int32) * 65536, x.device).view(shape))
     return table.index_select(0, idx.reshape(-1)).view(x.shape)
 
 
@@ -119,5 +121,5 @@ def blend_column_luts(levels: torch.Tensor, factors: torch.Tensor, bands: int) -
     distinct, ids = factor_ids(factors)
     device = levels.device
     table = blend_tables(distinct, str(device)).view(-1, 256, 256)
-    luts = table[ids.to(device), :, levels.long().view(-1)]
+    luts = table[to_device(ids, device), :, levels.long().view(-1)]
     return luts.unsqueeze(1).expand(-1, bands, -1)

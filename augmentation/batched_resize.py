@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .batched_device import to_device
+
 
 # Resample.c: 8-bit resampling keeps coefficients in fixed point with 22 fractional bits.
 _PRECISION_BITS = 22
@@ -79,8 +81,8 @@ def _resample(img: torch.Tensor, index: torch.Tensor, kernel: torch.Tensor) -> t
     n, s, m = img.shape
     out = index.shape[1]
     flat = img.reshape(n * s, m)
-    index = (index + (torch.arange(n) * s).view(n, 1, 1)).to(img.device)
-    kernel = kernel.to(img.device)
+    index = to_device(index + (torch.arange(n) * s).view(n, 1, 1), img.device)
+    kernel = to_device(kernel, img.device)
     acc = None
     for j in range(index.shape[2]):
         term = flat.index_select(0, index[:, :, j].reshape(-1)) * kernel[:, :, j].reshape(-1, 1)
@@ -92,8 +94,9 @@ def _resample(img: torch.Tensor, index: torch.Tensor, kernel: torch.Tensor) -> t
 def _resize_chunk(device: torch.device) -> int:
     """Images the torch port resizes together. On a GPU, 64: each tap is then one kernel
     launch for all of them, and the int32 intermediates stay bounded (a few times 4 bytes x
-    C x rows x width per image, rows and width those of the input). On a CPU, one: an image's intermediates stay in cache, and 64
-    at once measured 13x slower than one by one."""
+    C x rows x width per image, rows and width those of the input). On a CPU, one: an
+    image's intermediates stay in cache, and 64 at once measured 13x slower than one by
+    one."""
     return 1 if device.type == "cpu" else 64
 
 

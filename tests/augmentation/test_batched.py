@@ -379,6 +379,21 @@ def test_random_ops_independent_per_image_and_reproducible(device):
         assert len(distinct) >= 2 if name == "RandFlip" else len(distinct) > 20
 
 
+def test_histogram_by_sorting_equals_bincount():
+    """The GPU's histogram (sorted pixels and searchsorted, no read-back) counts as the CPU's
+    bincount does, for flat bands, the extreme levels and noise."""
+    from augmentation import batched_color
+
+    x = torch.from_numpy(np.random.default_rng(2).integers(0, 256, (6, 3, 11, 13),
+                                                           dtype=np.uint8))
+    x[0] = 0
+    x[1] = 255
+    x[2, 1] = 128
+    got = batched_color._histogram_by_sorting(x)
+    assert torch.equal(got, batched_color._histogram(x))
+    assert got[0, 0, 0] == got[1, 2, 255] == 11 * 13 and got[2, 1, 128] == 11 * 13
+
+
 def test_bad_input_is_rejected_with_one_line_errors():
     x = torch.zeros(2, 3, 8, 8, dtype=torch.uint8)
     with pytest.raises(ValueError, match="uint8"):

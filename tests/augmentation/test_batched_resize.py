@@ -11,7 +11,7 @@ from PIL import Image
 
 from augmentation import batched_native, batched_resize, ops
 
-from .test_batched import _BoxScript, photo_like, to_numpy, to_tensor
+from .test_batched import DEVICES, _BoxScript, photo_like, to_numpy, to_tensor
 
 
 def test_resized_crop_box_rule_matches_pillow_path():
@@ -47,12 +47,14 @@ def test_resized_crop_pixels_are_bit_exact_with_pillow_bicubic(resize, h, w, box
         assert np.array_equal(got[i], np.asarray(ref)), i
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("chunk", [2, 64])
-def test_resized_crop_in_chunks_is_bit_exact_with_pillow_bicubic(monkeypatch, chunk):
+def test_resized_crop_in_chunks_is_bit_exact_with_pillow_bicubic(monkeypatch, chunk, device):
     """The torch port resizes a GPU batch in chunks, each image's kernels padded to the
     chunk's widest and its rows read through a shared window; run that path on the CPU over
     boxes whose kernels and row spans differ (shrink, enlarge, borders, a thin strip), for a
-    landscape and a portrait (vertical-first) image, with a chunk that splits the batch."""
+    landscape and a portrait (vertical-first) image, with a chunk that splits the batch (on a
+    GPU too, where available: the same integer arithmetic must give the same pixels)."""
     monkeypatch.setattr(batched_resize, "_resize_chunk", lambda device: chunk)
     # no box spans the whole height, so the row windows start at different rows
     for h, w, boxes in ((180, 150, ([0, 10, 33, 5, 149], [0, 20, 7, 60, 100],
@@ -61,7 +63,7 @@ def test_resized_crop_in_chunks_is_bit_exact_with_pillow_bicubic(monkeypatch, ch
                                     [300, 323, 333, 90, 1], [300, 250, 224, 380, 100]))):
         arr = photo_like(len(boxes[0]), h, w, seed=h * w)
         got = to_numpy(batched_resize.resized_crop(
-            to_tensor(arr), tuple(torch.tensor(b) for b in boxes), 224))
+            to_tensor(arr, device), tuple(torch.tensor(b, device=device) for b in boxes), 224))
         for i in range(len(arr)):
             l, t, cw, ch = (b[i] for b in boxes)
             ref = Image.fromarray(arr[i]).resize((224, 224), Image.BICUBIC,
