@@ -46,7 +46,9 @@ class Runtime:
         float sums change order from run to run. Costs some GPU speed. Ops without a
         deterministic version only warn: none is on the trainer's path except the 1x1
         adaptive average pool, whose backward spreads each gradient without sums."""
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS starts
+        # read when cuBLAS first makes a workspace in this process: the Runtime is built
+        # before the run's first CUDA work (in a process that used cuBLAS before, set it there)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True

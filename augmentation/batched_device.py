@@ -8,6 +8,10 @@ the GPU idles while the host prepares the next ones. Staged through page-locked 
 copy is queued like a kernel instead (PyTorch's caching host allocator keeps the staging
 block until the copy has run), so the host prepares the augmentation while the GPU is still
 busy with the model.
+
+The copies are queued on the current stream. The per-device tables the batched modules cache
+(blend tables, geometry maps) are filled that way too; everything here runs on one stream, so
+a later kernel that reads them is ordered after their copy.
 """
 from __future__ import annotations
 
@@ -15,8 +19,10 @@ import torch
 
 
 def to_device(t: torch.Tensor, device) -> torch.Tensor:
-    """``t`` on ``device``; a host tensor goes to a GPU as a queued, non-blocking copy."""
+    """``t`` on ``device``; a host tensor goes to a CUDA GPU as a queued, non-blocking copy
+    of a private staging copy (so the caller may change ``t`` at once)."""
     device = torch.device(device)
-    if t.device == device or device.type == "cpu" or t.device.type != "cpu":
+    if device.type != "cuda" or t.device.type != "cpu":
         return t.to(device)
-    return t.pin_memory().to(device, non_blocking=True)
+    staged = torch.empty_like(t, pin_memory=True).copy_(t) if t.is_pinned() else t.pin_memory()
+    return staged.to(device, non_blocking=True)

@@ -225,7 +225,7 @@ def flip(x: torch.Tensor, do_flip: torch.Tensor) -> torch.Tensor:
 
 @lru_cache(maxsize=16)
 def _grey_on(dtype: torch.dtype, device: str) -> torch.Tensor:
-    return torch.tensor(FILL_GREY, dtype=dtype, device=device).view(1, -1, 1, 1)
+    return to_device(torch.tensor(FILL_GREY, dtype=dtype), device).view(1, -1, 1, 1)
 
 
 def _grey(x: torch.Tensor) -> torch.Tensor:

@@ -75,8 +75,10 @@ def _weights_epoch(path):
 
 
 @pytest.fixture
-def restore_determinism():
-    """``deterministic: true`` sets process-wide torch flags; put them back after the test."""
+def restore_determinism(monkeypatch):
+    """``deterministic: true`` sets process-wide torch flags and CUBLAS_WORKSPACE_CONFIG; put
+    them back after the test."""
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
     saved = (torch.are_deterministic_algorithms_enabled(),
              torch.is_deterministic_algorithms_warn_only_enabled(),
              torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
@@ -93,7 +95,10 @@ def test_deterministic_sets_the_torch_flags(restore_determinism):
     Runtime({"amp": None, "deterministic": False})
     assert not torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.benchmark
     Runtime({"amp": None, "deterministic": True})
+    # warn only: the 1x1 adaptive average pool's backward has no deterministic CUDA version
     assert torch.are_deterministic_algorithms_enabled()
+    assert torch.is_deterministic_algorithms_warn_only_enabled()
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
     assert not torch.backends.cudnn.benchmark and torch.backends.cudnn.deterministic
 
 

@@ -22,6 +22,17 @@ def test_to_device_keeps_values_and_leaves_cpu_tensors_alone():
     assert torch.equal(to_device(t.double(), torch.device("cpu")), t.double())
 
 
+@needs_gpu
+def test_to_device_copies_are_private_to_the_call():
+    """The queued copy reads a staging copy of its own: changing the source right after the
+    call (a pinned source too) does not change what lands on the GPU."""
+    for source in (torch.arange(1000), torch.arange(1000).pin_memory()):
+        torch.cuda._sleep(100_000_000)  # the copy waits behind this
+        out = to_device(source, "cuda")
+        source.fill_(-1)
+        assert torch.equal(out.cpu(), torch.arange(1000))
+
+
 def _policies():
     return [("cifar_1", load_policy("cifar_1"), 32),
             ("uniform cifar x4", Policy.uniform(4, "cifar", 13), 29),
@@ -32,11 +43,14 @@ def _policies():
 @pytest.mark.parametrize("label, policy, size", _policies(), ids=lambda v: str(v)[:20])
 def test_policy_on_the_gpu_gives_the_cpu_pixels(label, policy, size):
     """The same CPU generator, the same images: the GPU's torch executor and the CPU's (C
-    kernels where built) agree bit for bit, RandResizeCrop's chunked resize included."""
+    kernels where built) agree bit for bit, RandResizeCrop's chunked resize included. The
+    GPU is kept busy first, so the policy's queued copies run long after the host has moved
+    on: a staging buffer reused too early would show as wrong pixels."""
     arr = photo_like(80, size, size, seed=size)
     cpu = apply_policy_batch(policy, to_tensor(arr), generator=torch.Generator().manual_seed(4))
-    gpu = apply_policy_batch(policy, to_tensor(arr, "cuda"),
-                             generator=torch.Generator().manual_seed(4))
+    x = to_tensor(arr, "cuda")
+    torch.cuda._sleep(200_000_000)  # a few tenths of a second of GPU work ahead of the policy
+    gpu = apply_policy_batch(policy, x, generator=torch.Generator().manual_seed(4))
     assert gpu.device.type == "cuda"
     assert np.array_equal(gpu.cpu().numpy(), cpu.numpy()), label
 
