@@ -308,7 +308,13 @@ def _run_in_group(cfg, args, rank, world, local) -> dict:
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
         started = True
     try:
-        return run(cfg, args, rt)
+        result = run(cfg, args, rt)
+        if started:
+            # Every rank finishes (rank 0 writes the results last) before any tears the group
+            # down: a rank that left while its peer still held the connection could abort
+            # in gloo's teardown at exit.
+            dist.barrier()
+        return result
     except (ConfigError, PolicyError, DatasetError, CheckpointError) as exc:
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         raise SystemExit(2) from None
