@@ -64,6 +64,7 @@ _FLOAT64_MAX = int(np.finfo(np.float64).max)
 _SHORT = reprlib.Repr()
 _SHORT.maxstring = _SHORT.maxother = 60
 _SHORT.maxlong = 40
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxtuple, _SHORT.maxdict = 2, 4, 4, 4
 
 
 def short_repr(value) -> str:
@@ -72,9 +73,10 @@ def short_repr(value) -> str:
     if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 10**30:
         return f"an integer of about {int(abs(value).bit_length() * 0.30103) + 1} digits"
     try:
-        return _SHORT.repr(value)
+        text = _SHORT.repr(value)
     except ValueError:  # a value too large to print even in part
         return f"a {type(value).__name__}"
+    return text if len(text) <= 80 else text[:76] + " ..."
 
 
 def _normalise_rows(probs: np.ndarray) -> np.ndarray:

@@ -119,7 +119,37 @@ BAD_INPUTS = {
     "negative prob": (_bad(lambda a: a["policy_probs"].__setitem__((0, 0), -0.5)), "negative"),
     "not normalised": (_bad(lambda a: a["policy_probs"].__imul__(2)), "sum to"),
     "wrong width": (_bad(lambda a: a.__setitem__("policy_probs", a["policy_probs"][:, :-1])), "probabilities"),
+    # damaged files (they used to end in a zlib or zipfile traceback)
+    "truncated": (lambda t: _damaged(t, lambda raw: raw[:len(raw) // 2]), "not a readable npz"),
+    "flipped byte": (lambda t: _damaged(t, lambda raw: raw[:300] + bytes([raw[300] ^ 0xFF])
+                                        + raw[301:]), "not a readable npz"),
+    "npy named npz": (lambda t: np.save(open(t / "in.npz", "wb"), np.zeros(3)) or t / "in.npz",
+                      "not a readable npz"),
+    "huge l_mags": (_bad(lambda a: a.__setitem__("l_mags", np.int64(1999999999))), "to 255"),
+    "unpacks to gigabytes": (lambda t: _zip_bomb(t), "more than a policy holds"),
 }
+
+
+def _damaged(tmp_path, damage):
+    path = write_npz(tmp_path / "in.npz", **released_arrays("cifar", 3))
+    path.write_bytes(damage(path.read_bytes()))
+    return path
+
+
+def _zip_bomb(tmp_path):
+    """An npz of a hundred kilobytes whose array unpacks to 128 MiB (a policy takes kB)."""
+    import zipfile
+
+    path = tmp_path / "in.npz"
+    header = np.lib.format.header_data_from_array_1_0(np.zeros(1, np.float32))
+    header["shape"] = (2**25,)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        with z.open("policy_probs.npy", "w", force_zip64=True) as f:
+            np.lib.format.write_array_header_1_0(f, header)
+            block = bytes(2**20)
+            for _ in range(2**7):
+                f.write(block)
+    return path
 
 
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
@@ -147,6 +177,27 @@ def test_cli_bad_yaml_and_bad_direction(tmp_path, capsys):
     assert len(errs) == 4
     assert "cannot convert" in errs[1] and "cannot convert" in errs[2], errs
     assert sorted(p.name for p in tmp_path.iterdir()) == ["good.yaml", "in.npz", "p.yaml"]
+
+
+def test_an_output_that_cannot_be_written_is_found_before_reading(tmp_path, capsys):
+    src = write_npz(tmp_path / "in.npz", **released_arrays())
+    (tmp_path / "a_file").write_text("x")
+    for dst, words in ((tmp_path / "a_file" / "o.yaml", "not a folder"),
+                       ("/proc/deepaa/o.yaml", "cannot write in '/proc'"),
+                       (tmp_path / "dir.yaml", "is a folder")):
+        if str(dst).endswith("dir.yaml"):
+            dst.mkdir()
+        assert main([str(src), str(dst)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and words in err and "\n" not in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "dir.yaml", "in.npz"]
+
+
+def test_meta_that_refers_to_itself_is_refused(tmp_path, capsys):
+    src = write_npz(tmp_path / "in.npz", **released_arrays())
+    assert main([str(src), str(tmp_path / "o.yaml"), "--meta", "x=&a [*a]"]) == 2
+    assert "refers to itself" in capsys.readouterr().err
+    assert not (tmp_path / "o.yaml").exists()
 
 
 def test_module_entry_point(tmp_path):
