@@ -47,9 +47,11 @@ def atomic_write(path, data: bytes | str) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual file mode
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(err, OSError) and err.filename is None:  # a full disk: say which file
+            raise OSError(err.errno, err.strerror, str(path)) from None
         raise
 
 
