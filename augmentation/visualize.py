@@ -14,6 +14,9 @@ draws, for any policy (a shipped name such as ``cifar_1`` or a path to a policy 
   the built-in synthetic shapes (:mod:`deepaa_data.synthetic`) are used.
 
 matplotlib runs on the Agg backend (no display needed). Every PNG is written atomically.
+Bad input (a policy or data set that does not load, an image that does not decode, an output
+folder that cannot be written, numbers out of LIMITS) prints one line and exits with code 2
+before anything is written.
 """
 from __future__ import annotations
 
@@ -25,12 +28,16 @@ import sys
 import numpy as np
 from PIL import Image
 
-from .files import atomic_write
+from .files import Unwritable, atomic_write, check_writable
 from .policy import Policy, PolicyError, load_policy
 from .space import OP_TABLE, identity_level
 from .transform import DeepAAPolicy
 
 DISPLAY = 64  # pixels per example tile (32x32 CIFAR images are upscaled, 224 ones downscaled)
+# Bounds of the command line's numbers; matplotlib cannot make a figure wider or taller than
+# 2**16 pixels (a grid of 100 x 100 tiles is 10,000, the operations panel of 100 layers 23,000).
+LIMITS = {"n_images": (1, 100), "n_samples": (1, 100), "seed": (0, 2**32 - 1)}
+MAX_LAYERS = 100
 
 
 def pyplot():
@@ -213,14 +220,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {msg}", file=sys.stderr)
         return 2
 
-    if args.n_images < 1 or args.n_samples < 1:
-        return fail("--n_images and --n_samples must be >= 1")
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        return fail(f"--out {args.out!r} exists and is not a folder")
+    for name, (low, high) in LIMITS.items():
+        if not low <= getattr(args, name) <= high:
+            return fail(f"--{name} must be from {low} to {high}, got {getattr(args, name)}")
+    try:
+        check_writable(args.out, folder=True)
+    except Unwritable as exc:
+        return fail(f"--out: {exc}")
     try:
         policy = load_policy(args.policy)
     except PolicyError as exc:
         return fail(str(exc))
+    if policy.n_layers > MAX_LAYERS:
+        return fail(f"{args.policy}: {policy.n_layers} layers; at most {MAX_LAYERS} are drawn")
     try:
         if args.images:
             images = dataset_images(args.images, args.dataroot, args.n_images, args.seed)
@@ -228,7 +240,11 @@ def main(argv: list[str] | None = None) -> int:
             images = builtin_images(args.n_images, args.seed)
     except ValueError as exc:  # DatasetError is a ValueError
         return fail(str(exc))
-    for path in draw_policy(policy, args.out, images, args.n_samples, args.seed):
+    try:
+        written = draw_policy(policy, args.out, images, args.n_samples, args.seed)
+    except OSError as exc:  # the disk filled up: the pictures written so far are whole
+        return fail(f"cannot write in {args.out}: {exc.strerror or exc}")
+    for path in written:
         print(path)
     return 0
 

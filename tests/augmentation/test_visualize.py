@@ -99,3 +99,44 @@ def test_out_that_is_a_file_exits_2(tmp_path):
     target.write_text("x")
     assert main(["cifar_1", "--out", str(target)]) == 2
     assert target.read_text() == "x"
+
+
+def _damaged_folder(root):
+    """An ImageFolder ``root/train/<class>/*.png`` whose every image but one does not decode,
+    so that any pick of examples meets a damaged one."""
+    for c in ("a", "b"):
+        folder = root / "train" / c
+        folder.mkdir(parents=True)
+        for i in range(4):
+            (folder / f"{i}.png").write_bytes(b"\x89PNG\r\n\x1a\n then garbage")
+    Image.new("RGB", (8, 8)).save(root / "train" / "a" / "0.png")
+    return root
+
+
+@pytest.mark.parametrize("case", ["seed -1", "seed 2**32", "10,000 rows", "1,000 columns",
+                                  "out under a file", "out on /proc", "damaged image",
+                                  "101 layers"])
+def test_more_bad_input_is_one_line_and_draws_nothing(tmp_path, capsys, case):
+    (tmp_path / "a_file").write_text("x")
+    out = tmp_path / "out"
+    args = {"seed -1": ["cifar_1", "--seed", "-1"],
+            "seed 2**32": ["cifar_1", "--seed", str(2**32)],
+            "10,000 rows": ["cifar_1", "--n_images", "10000"],
+            "1,000 columns": ["cifar_1", "--n_samples", "1000"],
+            "out under a file": ["cifar_1"], "out on /proc": ["cifar_1"],
+            "damaged image": ["cifar_1", "--images", f"folder:{tmp_path / 'imgs'}",
+                              "--n_images", "8"],
+            "101 layers": [str(tmp_path / "deep.yaml")]}[case]
+    if case == "out under a file":
+        out = tmp_path / "a_file" / "out"
+    elif case == "out on /proc":
+        out = "/proc/deepaa/out"
+    elif case == "damaged image":
+        _damaged_folder(tmp_path / "imgs")
+    elif case == "101 layers":
+        save_policy(Policy.uniform(101, "cifar", 3), tmp_path / "deep.yaml")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert main(args + ["--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
