@@ -314,3 +314,18 @@ def test_ctrl_c_stops_the_runs_and_the_harness(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 130 and err[-1].startswith("interrupted: the runs keep their last")
     assert signals == [signal.SIGINT, signal.SIGINT]  # both runs, once each
+
+
+def test_a_full_disk_while_writing_the_table_is_one_line(tmp_path, monkeypatch, capsys):
+    import errno
+
+    def full(path, data):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    runs = tmp_path / "runs"
+    _fake_result(runs, "x", 1, 0.5)
+    monkeypatch.setattr("DeepAA_evaluate.results_table.atomic_write", full)
+    out = tmp_path / "t.md"
+    assert R.main(["--table_only", "--runs_dir", str(runs), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: cannot write {tmp_path / 't.json'}: No space left on device"]

@@ -213,3 +213,22 @@ def test_module_entry_point(tmp_path):
 def test_npz_to_policy_raises_policy_error(tmp_path):
     with pytest.raises(PolicyError):
         npz_to_policy(tmp_path / "nothing.npz")
+
+
+def test_a_disk_that_fills_up_is_one_line_and_leaves_no_temporary_file(tmp_path):
+    """Files of at most 8 kB (RLIMIT_FSIZE, as a full disk): the probe of the output passes,
+    the 20 kB YAML does not: one line, exit 2, no temporary file."""
+    import resource
+    import signal
+
+    def limited():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (8192, 8192))
+
+    src = write_npz(tmp_path / "in.npz", **released_arrays("cifar", 13, n_layers=6))
+    res = subprocess.run([sys.executable, "-m", "augmentation.convert", str(src),
+                          str(tmp_path / "o.yaml")], capture_output=True, text=True,
+                         preexec_fn=limited)
+    assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
+    assert res.stderr.startswith(f"error: cannot write {tmp_path / 'o.yaml'}: File too large")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.npz"]

@@ -140,3 +140,22 @@ def test_more_bad_input_is_one_line_and_draws_nothing(tmp_path, capsys, case):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: "), err
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_a_disk_that_fills_up_is_one_line(tmp_path):
+    """Files of at most 8 kB (RLIMIT_FSIZE, as a full disk): the probe of --out passes, the
+    first picture does not: one line, exit 2, no temporary file."""
+    import resource
+    import signal
+
+    def limited():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (8192, 8192))
+
+    out = tmp_path / "pics"
+    res = subprocess.run([sys.executable, "-m", "augmentation.visualize", "cifar_1", "--out",
+                          str(out), "--n_images", "1", "--n_samples", "1"],
+                         capture_output=True, text=True, preexec_fn=limited)
+    assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
+    assert res.stderr.startswith(f"error: cannot write in {out}: File too large")
+    assert not [p for p in out.iterdir() if not p.name.endswith(".png")]
