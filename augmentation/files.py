@@ -78,6 +78,8 @@ def check_writable(path, folder: bool = False) -> None:
         raise Unwritable(f"{text!r} exists and is not a folder")
     if not folder and target.is_dir():
         raise Unwritable(f"{text!r} is a folder")
+    if not folder and target.exists() and not target.is_file():  # a device: never replaced
+        raise Unwritable(f"{text!r} is not a regular file")
     start = target if folder else target.parent
     existing = next((p for p in (start, *start.parents) if p.exists()), None)
     if existing is None or not existing.is_dir():

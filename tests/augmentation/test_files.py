@@ -145,10 +145,11 @@ def _unwritable(tmp_path, kind):
     a_file.write_text("x")
     return {"under a file": a_file / "sub" / "out.json",
             "pseudo file system": Path("/proc/deepaa-none/out.json"),
-            "a folder as a file": tmp_path}[kind]
+            "a folder as a file": tmp_path, "a device": Path("/dev/null")}[kind]
 
 
-@pytest.mark.parametrize("kind", ["under a file", "pseudo file system", "a folder as a file"])
+@pytest.mark.parametrize("kind", ["under a file", "pseudo file system", "a folder as a file",
+                                  "a device"])
 def test_check_writable_refuses_with_one_line_and_leaves_nothing(tmp_path, kind):
     path = _unwritable(tmp_path, kind)
     with pytest.raises(files.Unwritable) as err:

@@ -16,7 +16,7 @@ from augmentation.space import candidates
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helper, in any import mode
 from policy_search_helper import (common_flags, make_data as _make_data,  # noqa: E402
-                                  search as _search, stop_when_logged)
+                                  search as _search, search_env, stop_when_logged)
 
 
 @pytest.fixture(scope="module")
@@ -143,6 +143,25 @@ def test_stop_and_resume_gives_the_same_policy(run):
     assert resumed.meta["cos_sim_trace"] == full.meta["cos_sim_trace"]
 
 
+def test_importances_that_are_not_finite_stop_with_one_line_and_resume(run):
+    """The 6th step finds importances that are not finite: one line naming the step, exit 2,
+    the checkpoint at that step; --resume then ends with the uninterrupted policy."""
+    tmp, common = run
+    out = tmp / "not_finite"
+    args = common + ["--pretrained", str(tmp / "full" / "pretrained_WRN_10_1.weights.h5"),
+                     "--results_dir", str(out)]
+    res = subprocess.run([sys.executable, str(Path(__file__).parent / "interrupt_search.py"),
+                          "nan", "6", *args], cwd=tmp, capture_output=True, text=True,
+                         timeout=300, env=search_env())
+    last = res.stderr.strip().splitlines()[-1]
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    assert last.startswith("DeepAA_search.py: error: --pretrained: layer 2 step 1: importances")
+    _search(args + ["--resume"], tmp)
+    assert "resumed at layer 2, step 1" in (out / "search.log").read_text()
+    full = load_policy(tmp / "full" / "policy.yaml")
+    np.testing.assert_allclose(load_policy(out / "policy.yaml").probs, full.probs, atol=1e-9)
+
+
 @pytest.fixture(scope="module")
 def longer(run):
     """An uninterrupted search of 2 layers x 12 steps from the module run's weights."""
@@ -182,8 +201,6 @@ def test_ctrl_c_signal_mid_search_then_resume(longer):
     """A real SIGINT at some moment of layer 2: exit 130 with a checkpoint; --resume ends with
     the uninterrupted run's policy."""
     import signal
-
-    from policy_search_helper import search_env
 
     tmp, flags, full = longer
     cut = tmp / "cut_signal"
