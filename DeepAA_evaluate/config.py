@@ -138,7 +138,8 @@ def _coerce(key: str, value, spec):
     elif isinstance(value, str):
         ok = value if str in types else None
     if ok is None:
-        raise ConfigError(f"config key {key!r} must be {_type_name(types)}, got {short_repr(value)}")
+        raise ConfigError(f"config key {key!r} must be {_type_name(types)}, "
+                          f"got {short_repr(value)}")
     if choices is not None and ok not in choices:
         allowed = ", ".join(str(c) for c in choices if c is not None)
         raise ConfigError(f"config key {key!r} must be one of {allowed}, got {short_repr(ok)}")

@@ -107,8 +107,7 @@ def read_image(path: str) -> Image.Image:
             return img.convert("RGB")
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         # Pillow reports damaged files as OSError, SyntaxError or ValueError by format
-        raise DatasetError(f"cannot read image {path}: "
-                           f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        raise DatasetError(f"cannot read image {path}: {_why(exc)}") from None
 
 
 # ----------------------------------------------------------------------------- CIFAR
@@ -124,9 +123,9 @@ class _ArrayUnpickler(pickle.Unpickler):
     """Builds the plain containers, bytes and numpy arrays of CIFAR's files and nothing
     else: a pickle that names any other callable is refused instead of run."""
 
-    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-                ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
-                ("numpy._core.multiarray", "scalar"), ("_codecs", "encode")}
+    _ALLOWED = {(core, name) for core in ("numpy.core.multiarray", "numpy._core.multiarray")
+                for name in ("_reconstruct", "scalar")}
+    _ALLOWED |= {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
 
     def find_class(self, module, name):
         if (module, name) not in self._ALLOWED:

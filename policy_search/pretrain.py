@@ -54,8 +54,10 @@ def save_weights(model, path: str) -> None:
     except BaseException as err:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        if isinstance(err, Exception) and not isinstance(err, OSError):  # h5py's own types
-            raise OSError(f"cannot write {path}: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+        if isinstance(err, Exception):  # h5py's errors: no file name, a paragraph of detail
+            code = getattr(err, "errno", None)
+            why = os.strerror(code) if code else (str(err).strip().splitlines() or ["?"])[0]
+            raise OSError(code, why, path) from None
         raise
 
 
