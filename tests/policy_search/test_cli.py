@@ -182,7 +182,7 @@ def test_a_damaged_dataset_is_one_line_naming_it(tmp_path, case):
     data = _damaged_npz(tmp_path, case)
     before = sorted(p.name for p in tmp_path.iterdir())
     res = _cli(["--dataset", f"npz:{data}", "--n_classes", "4", "--use_model", "WRN_10_1",
-                "--preset", "cpu", "--batch_size", "8"], tmp_path)
+                "--preset", "cpu", "--batch_size", "8", "--aug_backend", "pil"], tmp_path)
     lines = res.stderr.strip().splitlines()
     assert res.returncode == 2 and len(lines) == 1, res.stderr[-2000:]
     assert lines[0].startswith("DeepAA_search.py: error: --dataset: ")
@@ -225,7 +225,8 @@ def test_a_damaged_checkpoint_on_resume_is_one_line(dataset, tmp_path):
     results.mkdir()
     (results / "checkpoint.npz").write_bytes(b"PK\x03\x04 truncated")
     res = _cli(["--dataset", f"npz:{dataset}", "--n_classes", "4", "--use_model", "WRN_10_1",
-                "--preset", "cpu", "--results_dir", str(results), "--resume"], tmp_path)
+                "--preset", "cpu", "--results_dir", str(results), "--resume",
+                "--aug_backend", "pil"], tmp_path)
     assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
     assert res.stderr.startswith("DeepAA_search.py: error: --resume: ")
     assert os.listdir(results) == ["checkpoint.npz"]
@@ -238,7 +239,7 @@ def test_out_is_held_and_never_overwritten(dataset, tmp_path):
 
     out = tmp_path / "shared.yaml"
     base = ["--dataset", f"npz:{dataset}", "--n_classes", "4", "--use_model", "WRN_10_1",
-            "--preset", "cpu", "--out", str(out)]
+            "--preset", "cpu", "--out", str(out), "--aug_backend", "pil"]  # no torch: faster
     with exclusive(str(out) + ".lock", "x"):  # this process stands in for the first search
         res = _cli(base + ["--results_dir", str(tmp_path / "second")], tmp_path)
     assert res.returncode == 2 and f"--out: {out} is in use by pid {os.getpid()}" in res.stderr
