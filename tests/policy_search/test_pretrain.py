@@ -96,24 +96,29 @@ def test_pretraining_cut_short_resumes_to_the_uninterrupted_weights(run):
     assert not (cut / "pretrain_checkpoint.npz").exists()  # done: the weights are the product
 
 
-def test_weights_that_are_not_finite_are_refused_before_anything_is_written(run):
-    """A .weights.h5 with a NaN in one kernel (from a pretraining that diverged elsewhere):
+@pytest.mark.parametrize("case, words", [("a NaN", "not finite"),
+                                         ("another model", "weights of another model")])
+def test_weights_that_do_not_fit_are_refused_before_anything_is_written(run, case, words):
+    """A .weights.h5 with a NaN in one kernel (from a pretraining that diverged elsewhere), or
+    the weights of WRN-10-1 given to a WRN-16-1 search (Keras used to warn once per layer):
     one line naming --pretrained, exit 2, no results folder."""
     from networks.tf_models import build_model
 
     tmp, common = run
     model = build_model("WRN_10_1", 4, (16, 16, 3))
-    kernel = next(w for w in model.weights if len(w.shape) == 4)
-    value = kernel.numpy()
-    value[0, 0, 0, 0] = np.nan
-    kernel.assign(value)
-    bad = tmp / "nan.weights.h5"
+    if case == "a NaN":
+        kernel = next(w for w in model.weights if len(w.shape) == 4)
+        value = kernel.numpy()
+        value[0, 0, 0, 0] = np.nan
+        kernel.assign(value)
+    bad = tmp / f"{case.replace(' ', '_')}.weights.h5"
     model.save_weights(bad)
-    res = search(common + ["--pretrained", str(bad), "--results_dir", str(tmp / "nan_run")],
-                 tmp, expect=2)
+    flags = common + (["--use_model", "WRN_16_1"] if case == "another model" else [])
+    out = tmp / f"refused_{case.replace(' ', '_')}"
+    res = search(flags + ["--pretrained", str(bad), "--results_dir", str(out)], tmp, expect=2)
     assert len(res.stderr.strip().splitlines()) == 1, res.stderr  # TensorFlow's start-up too
-    assert "--pretrained" in res.stderr and "not finite" in res.stderr
-    assert not (tmp / "nan_run").exists()
+    assert res.stderr.startswith("DeepAA_search.py: error: --pretrained: ") and words in res.stderr
+    assert not out.exists()
 
 
 @pytest.mark.parametrize("epochs, fails", [("1", "pretrain_checkpoint.npz"),
