@@ -77,10 +77,16 @@ def test_resume_refuses_a_checkpoint_of_other_search_flags():
     assert config.parse_args(["--dataset", "imagenet"]).pretrained.endswith(
         "imagenet_resnet50.weights.h5")
     assert config.parse_args(["--dataset", "imagenet", "--resume"]).pretrained is None
-    for key, other in (("aug_backend", "pil"), ("EXP_G", 5), ("seed", 2)):
+    for key, other in (("aug_backend", "pil"), ("EXP_G", 5), ("seed", 2), ("precision", "bf16")):
         changed = {"flags": dict(meta["flags"], **{key: other})}
         with pytest.raises(config.UsageError, match=f"--{key}"):
             checkpoint.check_resume(args, changed)
+    # A checkpoint from before --precision existed was searched in float32.
+    legacy = {"flags": {k: v for k, v in meta["flags"].items() if k != "precision"}}
+    checkpoint.check_resume(args, legacy)
+    with pytest.raises(config.UsageError, match="--precision"):
+        checkpoint.check_resume(config.parse_args(["--preset", "cpu", "--precision", "bf16"]),
+                                legacy)
 
 
 def test_help_lists_every_released_flag(tmp_path):
@@ -117,6 +123,7 @@ def _bad_cases(dataset, tmp):
         (["--pretrained", str(garbage)], "--pretrained"),
         (["--resume"], "--resume"),
         (["--n_classes", "x"], "--n_classes"),
+        (["--precision", "fp16"], "--precision"),
         (["--results_dir", str(earlier)], "--results_dir"),
     ], base
 
