@@ -55,7 +55,8 @@ def test_defaults_are_the_released_ones_and_flags_override_presets():
     assert (fast.EXP_G, fast.search_bno, fast.train_same_labels, fast.EXP_gT_factor,
             fast.test_batch_size) == (3, 512, 8, 2, 256)
     cpu = config.parse_args(["--preset", "cpu", "--use_model", "WRN_16_1"])
-    assert cpu.use_model == "WRN_16_1" and cpu.l_mags == 13 and cpu.EXP_G == 2
+    assert cpu.use_model == "WRN_16_1" and cpu.l_mags == 13 and cpu.EXP_G == 4
+    assert (cpu.search_bno, cpu.policy_lr, cpu.n_val_per_point) == (256, 0.025, 64)
     dummies = config.parse_args(["--port", "1234", "--mode", "server"])
     assert (dummies.port, dummies.mode, d.port) == (1234, "server", 38277)  # released types
 
