@@ -23,9 +23,10 @@ _draw_uniforms), so they give the same pixels:
 * on CPU tensors, the compiled kernels of ``batched_native`` (C, built on first use): one
   pass over the batch, each image with its own op, no grouping; 23-32x Pillow at 32x32 on
   one core (benchmarks/README.md); results come back NCHW-contiguous whatever the input's
-  memory format. RandResizeCrop changes the image size, so its images are resized by a C
-  kernel of their own (batched_native.resized_crop) and rejoin the rest afterwards. Any
-  device other than the CPU, and a CPU without a C compiler, use:
+  memory format. RandResizeCrop is one more op of that pass on 224 x 224 images; on images
+  of another size it changes their size, so they are resized by a C call of their own
+  (batched_native.resized_crop) and rejoin the rest afterwards. Any device other than the
+  CPU, and a CPU without a C compiler, use:
 * the torch executor (any device): cached source maps (block copies or one gather) for the
   geometry, cached lookup tables (batched_lut) for the colour ops; a mixed batch is grouped by
   one sort, and the affine ops, like the point ops, that meet in one call run as one pass.
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+import numpy as np
 import torch
 
 from . import batched_color as colour
@@ -92,10 +94,12 @@ def _draw_uniforms(n: int, names, mirror: bool, generator) -> torch.Tensor | Non
     return _uniform((n, _N_UNIFORMS), generator, torch.device("cpu"))
 
 
-def _params(name: str, values, u, shape, mirror: bool, generator):
-    """The per-image parameters of op ``name`` for images whose uniforms are ``u``: the values
-    (float64 (N,), CPU) of a magnitude op after the mirror (SPEC §3: signed values flip with
-    p = 0.5 per image), or the draws of a random op (SPEC §1), all on the CPU."""
+def _random_params(name: str, u, shape, generator):
+    """The draws of random op ``name`` (SPEC §1) for images whose uniforms are ``u`` (float64
+    numpy (N, 3), see _draw_uniforms), as numpy arrays: RandFlip's flags, the cutout boxes
+    (x0, y0, x1, y1), RandCrop's (top, left), RandResizeCrop's (left, top, w, h) boxes from
+    its own draws. numpy, not torch: a few small arrays, where torch's per-call cost would
+    dominate."""
     n, _, h, w = shape
     if name == "RandFlip":
         return u[:, 1] < 0.5
@@ -105,11 +109,22 @@ def _params(name: str, values, u, shape, mirror: bool, generator):
         cx, cy = x_lo + (x_hi - x_lo) * u[:, 1], y_lo + (y_hi - y_lo) * u[:, 2]
         return geometry.cutout_boxes(w, h, side, cx, cy)
     if name == "RandCrop":
-        offsets = (u[:, 1:3] * (2 * CROP_PAD + 1)).floor().long()
+        offsets = np.floor(u[:, 1:3] * (2 * CROP_PAD + 1)).astype(np.int64)
         return offsets[:, 0], offsets[:, 1]
-    if name == "RandResizeCrop":
-        draws = _uniform((4, n, 10), generator, torch.device("cpu"))
-        return resize.resized_crop_boxes(w, h, *draws)
+    draws = _uniform((4, n, 10), generator, torch.device("cpu")).numpy()
+    return resize.resized_crop_boxes(w, h, *draws)
+
+
+def _params(name: str, values, u, shape, mirror: bool, generator):
+    """The per-image parameters of op ``name`` for the torch executor, for images whose
+    uniforms are ``u``: the values (float64 (N,), CPU) of a magnitude op after the mirror
+    (SPEC §3: signed values flip with p = 0.5 per image), or the draws of a random op
+    (_random_params), all CPU tensors."""
+    if OPS[name].random:
+        drawn = _random_params(name, None if u is None else u.numpy(), shape, generator)
+        if isinstance(drawn, tuple):
+            return tuple(torch.from_numpy(part) for part in drawn)
+        return torch.from_numpy(drawn)
     if mirror and OPS[name].signed:
         values = torch.where(u[:, 0] < 0.5, -values, values)
     return values
@@ -137,7 +152,7 @@ def _execute(x: torch.Tensor, name: str, params) -> torch.Tensor:
 _OP_NAMES = tuple(OPS)  # op ids index this (op-table order)
 _OP_ID = {name: k for k, name in enumerate(_OP_NAMES)}
 _HAS_MAGNITUDE = torch.tensor([OPS[name].has_magnitude for name in _OP_NAMES])
-_SIGNED = torch.tensor([OPS[name].signed for name in _OP_NAMES])
+_SIGNED_NP = np.array([OPS[name].signed for name in _OP_NAMES])
 
 
 @lru_cache(maxsize=256)
@@ -164,22 +179,30 @@ def _check_levels(op_ids: torch.Tensor, levels: torch.Tensor, l_mags: int) -> to
     return torch.where(magnitude, levels, torch.zeros_like(levels))
 
 
-def _native(x, op_ids, levels, u, l_mags, mirror, generator) -> torch.Tensor:
-    """All images of ``x`` through the C kernels (batched_native) in one call: the per-image
-    parameters are rows of a cached candidate table, plus the random ops' draws."""
+def _native_rows(x, op_ids, levels, u, l_mags, mirror, generator):
+    """The C kernels' parameters of one op per image of ``x`` (batched_native): the rows of a
+    cached candidate table, plus the random ops' draws, in numpy (small arrays). Returns
+    (table, code, ip, fp)."""
     table = native.candidate_table(_OP_NAMES, l_mags, *x.shape[2:])
-    table.ensure(torch.unique(op_ids).tolist())
-    negative = torch.zeros_like(op_ids)
+    ids = op_ids.numpy()
+    table.ensure(np.unique(ids).tolist())
+    u = None if u is None else u.numpy()
+    negative = np.zeros_like(ids)
     if mirror and u is not None:
-        negative = (_SIGNED[op_ids] & (u[:, 0] < 0.5)).long()
-    code, ip, fp = table.rows(op_ids.numpy(), levels.numpy(), negative.numpy())
-    if u is not None:
-        for name in ("RandFlip", "RandCrop", *CUTOUT_SIDE):
-            rows = (op_ids == _OP_ID[name]).nonzero().view(-1)
-            if rows.numel():
-                shape = (rows.numel(),) + tuple(x.shape[1:])
-                native.fill_random(ip, rows.numpy(), name,
-                                   _params(name, None, u[rows], shape, mirror, generator))
+        negative = (_SIGNED_NP[ids] & (u[:, 0] < 0.5)).astype(ids.dtype)
+    code, ip, fp = table.rows(ids, levels.numpy(), negative)
+    for name in ("RandFlip", "RandCrop", *CUTOUT_SIDE, "RandResizeCrop"):
+        rows = np.flatnonzero(ids == _OP_ID[name])
+        if rows.size:  # RandResizeCrop draws its boxes here, as the torch executor does
+            shape = (rows.size,) + tuple(x.shape[1:])
+            native.fill_random(ip, rows, name, _random_params(
+                name, None if u is None else u[rows], shape, generator))
+    return table, code, ip, fp
+
+
+def _native(x, op_ids, levels, u, l_mags, mirror, generator) -> torch.Tensor:
+    """All images of ``x`` through the C kernels in one call, one op per image."""
+    table, code, ip, fp = _native_rows(x, op_ids, levels, u, l_mags, mirror, generator)
     return table.run(x, code, ip, fp)
 
 
@@ -310,7 +333,8 @@ def apply_ops(x, names, levels, l_mags: int = 13, mirror: bool = False,
 
 def _dispatch(x, op_ids, levels, u, l_mags, mirror, generator) -> dict:
     """Apply op_ids[i] at levels[i] to image i with the fastest executor that has every op:
-    the C kernels on a CPU (RandResizeCrop images through their own C resize, _split), else
+    the C kernels on a CPU (RandResizeCrop images that change size through their own C
+    resize, _split), else
     the torch executor. Returns {(h, w): (indices, images)} as _grouped does; the generator
     is consumed in the same order on every path, so the pixels do not depend on the path."""
     names = {_OP_NAMES[k] for k in torch.unique(op_ids).tolist()}
@@ -323,31 +347,22 @@ def _dispatch(x, op_ids, levels, u, l_mags, mirror, generator) -> dict:
 
 
 def _split(x, op_ids, levels, u, l_mags, mirror, generator) -> dict:
-    """A CPU batch with some RandResizeCrop images: the other images through one C call,
-    and the RandResizeCrop images resized apart (_execute sends them to the C resize);
-    {(h, w): (indices, images)} as _grouped returns. With a 224 x 224 input the resize keeps
-    the size, so the whole batch goes through the C call (those images as Identity) and the
-    resized images are written back in place, with no reordering copy. The generator is
-    consumed as on the torch path (the uniforms, then the crops' boxes), so the pixels are
-    the same."""
+    """A CPU batch whose RandResizeCrop images change size (an input other than 224 x 224):
+    the other images through one C call, and the RandResizeCrop images resized apart
+    (_execute sends them to the C resize); {(h, w): (indices, images)} as _grouped returns.
+    The generator is consumed as on the torch path (the uniforms, then the crops' boxes), so
+    the pixels are the same."""
     resize = op_ids == _OP_ID["RandResizeCrop"]
-    rows = resize.nonzero().view(-1)
-    same_size = tuple(x.shape[2:]) == (IMAGENET_SIZE, IMAGENET_SIZE)
-    others = torch.arange(x.shape[0]) if same_size else (~resize).nonzero().view(-1)
-    done = None
+    rows, others = resize.nonzero().view(-1), (~resize).nonzero().view(-1)
+    groups = {}
     if others.numel():
-        ids = torch.where(resize, _OP_ID["Identity"], op_ids)[others]
-        done = _native(x if same_size else x.index_select(0, others), ids, levels[others],
-                       None if u is None else u[others], l_mags, mirror, generator)
+        groups[tuple(x.shape[2:])] = (others, _native(
+            x.index_select(0, others), op_ids[others], levels[others],
+            None if u is None else u[others], l_mags, mirror, generator))
     resized = _apply_one_op(x.index_select(0, rows), "RandResizeCrop", _values(
         "RandResizeCrop", levels[rows], l_mags), None if u is None else u[rows], mirror,
         generator)
-    if same_size:
-        done.index_copy_(0, rows, resized)
-        return {tuple(x.shape[2:]): (others, done)}
-    groups = {tuple(resized.shape[2:]): (rows, resized)}
-    if done is not None:
-        groups[tuple(x.shape[2:])] = (others, done)
+    groups[tuple(resized.shape[2:])] = (rows, resized)
     return groups
 
 
@@ -365,6 +380,17 @@ def sample_candidates(policy, n: int, generator: torch.Generator | None = None) 
     return torch.stack(draws, dim=1).cpu()
 
 
+@lru_cache(maxsize=64)
+def _candidate_ids(candidates: tuple, l_mags: int):
+    """Op ids and checked levels of a policy's candidates, and its op names (cached: checking
+    them costs a few torch calls, more than a small batch's work)."""
+    for name, _ in candidates:
+        _check_name(name)
+    ops_all = torch.tensor([_OP_ID[name] for name, _ in candidates], dtype=torch.long)
+    levels_all = torch.tensor([level for _, level in candidates], dtype=torch.long)
+    return ops_all, _check_levels(ops_all, levels_all, l_mags), {name for name, _ in candidates}
+
+
 def apply_policy_batch(policy, x, mirror: bool = True,
                        generator: torch.Generator | None = None) -> torch.Tensor:
     """Apply a DeepAA policy per image: for each layer in order, each image draws its own
@@ -377,18 +403,17 @@ def apply_policy_batch(policy, x, mirror: bool = True,
     if n == 0:
         return x.clone()
     choice = sample_candidates(policy, n, generator)
-    for name, _ in policy.candidates:
-        _check_name(name)
-    ops_all = torch.tensor([_OP_ID[name] for name, _ in policy.candidates], dtype=torch.long)
-    levels_all = torch.tensor([level for _, level in policy.candidates], dtype=torch.long)
-    levels_all = _check_levels(ops_all, levels_all, policy.l_mags)
-    names = {name for name, _ in policy.candidates}
-    if native.usable(x, names):  # every layer one C call over the whole batch
-        for layer in range(choice.shape[1]):
+    ops_all, levels_all, names = _candidate_ids(
+        tuple((str(name), int(level)) for name, level in policy.candidates), policy.l_mags)
+    if native.usable(x, names):  # all layers in one C call, each image through all of them
+        layers = []
+        for layer in range(choice.shape[1]):  # the draws in the torch executor's order
             picked = choice[:, layer]
             u = _draw_uniforms(n, names, mirror, generator)
-            x = _native(x, ops_all[picked], levels_all[picked], u, policy.l_mags, mirror,
-                        generator)
+            layers.append(_native_rows(x, ops_all[picked], levels_all[picked], u,
+                                       policy.l_mags, mirror, generator))
+        table = layers[0][0]
+        x = table.run(x, *(np.stack([rows[k] for rows in layers]) for k in (1, 2, 3)))
         return resize.center_crop(x, IMAGENET_SIZE) if policy.space == "imagenet" else x
     groups = {tuple(x.shape[2:]): (torch.arange(n), x)}
     for layer in range(choice.shape[1]):
