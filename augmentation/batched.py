@@ -44,6 +44,7 @@ from . import batched_native as native
 from . import batched_resize as resize
 from .batched_device import to_device
 from .ops import CROP_PAD, CUTOUT_SIDE, IMAGENET_SIZE
+from .policy import pick_candidates
 from .space import OPS, check_l_mags, level_to_value
 
 _AFFINE = ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate")
@@ -78,20 +79,22 @@ def _uniform(shape, generator, device) -> torch.Tensor:
     return torch.rand(shape, generator=generator, device=where, dtype=torch.float64).to(device)
 
 
-# Per-image uniforms of one call (one policy layer), drawn in image order: column 0 decides
-# the sign of a signed op under the mirror, columns 1 and 2 the parameters of a random op (the
-# flip; the cutout centre x, y; the crop's top, left). Parameters therefore do not depend on
-# how images are grouped, and the torch and C executors use the same numbers.
+# Per-image uniforms of one call (of every layer of a policy, drawn before any layer runs),
+# in image order: column 0 decides the sign of a signed op under the mirror, columns 1 and 2
+# the parameters of a random op (the flip; the cutout centre x, y; the crop's top, left).
+# Parameters therefore do not depend on how images are grouped, and the torch and C
+# executors use the same numbers.
 _N_UNIFORMS = 3
 
 
-def _draw_uniforms(n: int, names, mirror: bool, generator) -> torch.Tensor | None:
-    """float64 (n, 3) on the CPU, or None when no op in ``names`` needs them (nothing is drawn
-    then; RandResizeCrop draws its own, see _params)."""
+def _draw_uniforms(shape, names, mirror: bool, generator) -> torch.Tensor | None:
+    """float64 (*shape, 3) on the CPU (shape: (n,) or (layers, n)), or None when no op in
+    ``names`` needs them (nothing is drawn then; RandResizeCrop draws its own boxes, layer
+    by layer, after these)."""
     if not any((mirror and OPS[name].signed) or (OPS[name].random and name != "RandResizeCrop")
                for name in names):
         return None
-    return _uniform((n, _N_UNIFORMS), generator, torch.device("cpu"))
+    return _uniform((*shape, _N_UNIFORMS), generator, torch.device("cpu"))
 
 
 def _random_params(name: str, u, shape, generator):
@@ -179,30 +182,46 @@ def _check_levels(op_ids: torch.Tensor, levels: torch.Tensor, l_mags: int) -> to
     return torch.where(magnitude, levels, torch.zeros_like(levels))
 
 
-def _native_rows(x, op_ids, levels, u, l_mags, mirror, generator):
-    """The C kernels' parameters of one op per image of ``x`` (batched_native): the rows of a
-    cached candidate table, plus the random ops' draws, in numpy (small arrays). Returns
-    (table, code, ip, fp)."""
-    table = native.candidate_table(_OP_NAMES, l_mags, *x.shape[2:])
-    ids = op_ids.numpy()
-    table.ensure(np.unique(ids).tolist())
-    u = None if u is None else u.numpy()
-    negative = np.zeros_like(ids)
+_NATIVE_RANDOM = ("RandFlip", "RandCrop", *CUTOUT_SIDE, "RandResizeCrop")
+
+
+def _native_rows(shape, ids, levels, u, l_mags, mirror, generator):
+    """The C kernels' parameters of op ``ids[l, i]`` at ``levels[l, i]`` (int64 arrays
+    (layers, n)) for layer l of image i of a batch of ``shape``, whose uniforms are ``u``
+    (float64 (layers, n, 3) or None): the rows of a cached candidate table (batched_native),
+    plus the random ops' draws, every layer at once except RandResizeCrop's boxes (drawn
+    layer by layer, as on the torch path). All numpy: a few small arrays, where torch's
+    per-call cost would dominate. Returns (table, code, ip, fp), (layers, n, ...) each."""
+    table = native.candidate_table(_OP_NAMES, l_mags, *shape[2:])
+    layers, n = ids.shape
+    flat = ids.reshape(-1)
+    present = np.unique(flat).tolist()
+    table.ensure(present)
+    flat_u = None if u is None else u.reshape(-1, _N_UNIFORMS)
+    negative = np.zeros_like(flat)
     if mirror and u is not None:
-        negative = (_SIGNED_NP[ids] & (u[:, 0] < 0.5)).astype(ids.dtype)
-    code, ip, fp = table.rows(ids, levels.numpy(), negative)
-    for name in ("RandFlip", "RandCrop", *CUTOUT_SIDE, "RandResizeCrop"):
-        rows = np.flatnonzero(ids == _OP_ID[name])
-        if rows.size:  # RandResizeCrop draws its boxes here, as the torch executor does
-            shape = (rows.size,) + tuple(x.shape[1:])
-            native.fill_random(ip, rows, name, _random_params(
-                name, None if u is None else u[rows], shape, generator))
-    return table, code, ip, fp
+        negative = (_SIGNED_NP[flat] & (flat_u[:, 0] < 0.5)).astype(flat.dtype)
+    code, ip, fp = table.rows(flat, levels.reshape(-1), negative)
+    for name in _NATIVE_RANDOM:
+        if _OP_ID[name] not in present:
+            continue
+        # RandResizeCrop's boxes are drawn per layer; the others come from the uniforms
+        parts = [flat] if name != "RandResizeCrop" else [ids[layer] for layer in range(layers)]
+        for k, part in enumerate(parts):
+            rows = np.flatnonzero(part == _OP_ID[name])
+            if rows.size:
+                rows = rows + k * n
+                native.fill_random(ip, rows, name, _random_params(
+                    name, None if u is None else flat_u[rows], (rows.size,) + tuple(shape[1:]),
+                    generator))
+    return table, code.reshape(layers, n), ip.reshape(layers, n, 4), fp.reshape(layers, n)
 
 
 def _native(x, op_ids, levels, u, l_mags, mirror, generator) -> torch.Tensor:
     """All images of ``x`` through the C kernels in one call, one op per image."""
-    table, code, ip, fp = _native_rows(x, op_ids, levels, u, l_mags, mirror, generator)
+    table, code, ip, fp = _native_rows(x.shape, op_ids.numpy()[None], levels.numpy()[None],
+                                       None if u is None else u.numpy()[None], l_mags, mirror,
+                                       generator)
     return table.run(x, code, ip, fp)
 
 
@@ -224,7 +243,7 @@ def apply_candidate(x, name: str, level: int, l_mags: int = 13, mirror: bool = F
     n = x.shape[0]
     op_ids = torch.full((n,), _OP_ID[name], dtype=torch.long)
     levels = _check_levels(op_ids, torch.full((n,), int(level), dtype=torch.long), l_mags)
-    u = _draw_uniforms(n, (name,), mirror, generator)
+    u = _draw_uniforms((n,), (name,), mirror, generator)
     if n and native.usable(x, (name,)):
         return _native(x, op_ids, levels, u, l_mags, mirror, generator)
     return _apply_one_op(x, name, _values(name, levels, l_mags), u, mirror, generator)
@@ -326,7 +345,7 @@ def apply_ops(x, names, levels, l_mags: int = 13, mirror: bool = False,
         return x.clone()
     op_ids = torch.tensor([_OP_ID[name] for name in names], dtype=torch.long)
     levels = _check_levels(op_ids, levels, l_mags)
-    u = _draw_uniforms(x.shape[0], set(names), mirror, generator)
+    u = _draw_uniforms((x.shape[0],), set(names), mirror, generator)
     return _merge(_dispatch(x, op_ids, levels, u, l_mags, mirror, generator), x.shape[0], x,
                   crop=False)
 
@@ -367,28 +386,38 @@ def _split(x, op_ids, levels, u, l_mags, mirror, generator) -> dict:
 
 
 def sample_candidates(policy, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """int64 (n, layers): one candidate index per image per layer, drawn with
-    torch.multinomial from each layer's probabilities."""
-    where = generator.device if generator is not None else torch.device("cpu")
-    probs = torch.as_tensor(policy.probs, dtype=torch.float64, device=where)
-    if probs.dim() != 2 or probs.shape[1] != len(policy.candidates):
+    """int64 (n, layers) on the CPU: one candidate index per image per layer, by each layer's
+    inverse CDF (policy.pick_candidates, the Pillow transform's rule) at uniforms (n, layers)
+    drawn in one call."""
+    probs = np.asarray(policy.probs, dtype=np.float64)
+    if probs.ndim != 2 or probs.shape[1] != len(policy.candidates):
         raise ValueError(f"policy probs of shape {tuple(probs.shape)} do not match "
                          f"{len(policy.candidates)} candidates")
     if n == 0:
         return torch.zeros(0, probs.shape[0], dtype=torch.long)
-    draws = [torch.multinomial(row, n, replacement=True, generator=generator) for row in probs]
-    return torch.stack(draws, dim=1).cpu()
+    u = _uniform((n, probs.shape[0]), generator, torch.device("cpu")).numpy()
+    return torch.from_numpy(pick_candidates(np.cumsum(probs, axis=1), u))
 
 
-@lru_cache(maxsize=64)
-def _candidate_ids(candidates: tuple, l_mags: int):
-    """Op ids and checked levels of a policy's candidates, and its op names (cached: checking
-    them costs a few torch calls, more than a small batch's work)."""
+_IDS: dict = {}  # id(candidates) -> (candidates, l_mags, result): the list is kept alive
+
+
+def _candidate_ids(candidates, l_mags: int):
+    """Op ids and checked levels of a policy's candidates, and its op names; cached per
+    candidate list (checking them costs more than a small batch's augmentation)."""
+    cached = _IDS.get(id(candidates))
+    if cached is not None and cached[0] is candidates and cached[1] == l_mags:
+        return cached[2]
     for name, _ in candidates:
         _check_name(name)
     ops_all = torch.tensor([_OP_ID[name] for name, _ in candidates], dtype=torch.long)
     levels_all = torch.tensor([level for _, level in candidates], dtype=torch.long)
-    return ops_all, _check_levels(ops_all, levels_all, l_mags), {name for name, _ in candidates}
+    result = (ops_all.numpy(), _check_levels(ops_all, levels_all, l_mags).numpy(),
+              {name for name, _ in candidates})
+    if len(_IDS) >= 64:
+        _IDS.clear()
+    _IDS[id(candidates)] = (candidates, l_mags, result)
+    return result
 
 
 def apply_policy_batch(policy, x, mirror: bool = True,
@@ -402,22 +431,20 @@ def apply_policy_batch(policy, x, mirror: bool = True,
     n = x.shape[0]
     if n == 0:
         return x.clone()
-    choice = sample_candidates(policy, n, generator)
-    ops_all, levels_all, names = _candidate_ids(
-        tuple((str(name), int(level)) for name, level in policy.candidates), policy.l_mags)
+    choice = sample_candidates(policy, n, generator).numpy().T  # (layers, n)
+    ops_all, levels_all, names = _candidate_ids(policy.candidates, policy.l_mags)
+    u_all = _draw_uniforms(choice.shape, names, mirror, generator)
     if native.usable(x, names):  # all layers in one C call, each image through all of them
-        layers = []
-        for layer in range(choice.shape[1]):  # the draws in the torch executor's order
-            picked = choice[:, layer]
-            u = _draw_uniforms(n, names, mirror, generator)
-            layers.append(_native_rows(x, ops_all[picked], levels_all[picked], u,
-                                       policy.l_mags, mirror, generator))
-        table = layers[0][0]
-        x = table.run(x, *(np.stack([rows[k] for rows in layers]) for k in (1, 2, 3)))
+        table, *rows = _native_rows(x.shape, ops_all[choice], levels_all[choice],
+                                    None if u_all is None else u_all.numpy(), policy.l_mags,
+                                    mirror, generator)
+        x = table.run(x, *rows)
         return resize.center_crop(x, IMAGENET_SIZE) if policy.space == "imagenet" else x
+    choice = torch.from_numpy(np.ascontiguousarray(choice.T))
+    ops_all, levels_all = torch.from_numpy(ops_all), torch.from_numpy(levels_all)
     groups = {tuple(x.shape[2:]): (torch.arange(n), x)}
     for layer in range(choice.shape[1]):
-        u = _draw_uniforms(n, names, mirror, generator)
+        u = None if u_all is None else u_all[layer]
         new_groups = {}
         for size in sorted(groups):
             idx, images = groups[size]

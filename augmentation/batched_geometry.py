@@ -246,6 +246,7 @@ class _BoundsProbe:
         return lo
 
 
+@lru_cache(maxsize=256)
 def cutout_centre_bounds(width: int, height: int, side: int):
     """((x_lo, x_hi), (y_lo, y_hi)) of the uniform cutout centre (ops.cutout_center)."""
     probe = _BoundsProbe()
@@ -257,10 +258,11 @@ def cutout_boxes(width: int, height: int, side: int, cx, cy):
     """ops.cutout_box for a batch of float64 centres (arrays or CPU tensors): corners
     (inclusive) clipped to the image, then truncated. Returns int64 arrays x0, y0, x1, y1."""
     half = side // 2
-    cx, cy = np.asarray(cx, dtype=np.float64), np.asarray(cy, dtype=np.float64)
-    return tuple(np.floor(np.clip(v, 0, limit)).astype(np.int64)
-                 for v, limit in ((cx - half, width), (cy - half, height),
-                                  (cx + half, width), (cy + half, height)))
+    centre = np.stack([np.asarray(cx, dtype=np.float64), np.asarray(cy, dtype=np.float64)])
+    limit = np.array([[width], [height]], dtype=np.float64)
+    lo = np.floor(np.minimum(np.maximum(centre - half, 0), limit)).astype(np.int64)
+    hi = np.floor(np.minimum(np.maximum(centre + half, 0), limit)).astype(np.int64)
+    return lo[0], lo[1], hi[0], hi[1]
 
 
 def cutout(x: torch.Tensor, boxes) -> torch.Tensor:

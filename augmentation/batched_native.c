@@ -13,8 +13,9 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#if defined(__AVX512VBMI__) && defined(__AVX512BW__)
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
 #include <immintrin.h>
+#define DX_AVX512 1 /* the vector loops below; each has a portable loop after it */
 #endif
 
 enum {
@@ -37,7 +38,6 @@ enum {
 
 /* batched_native_resize.c */
 void *dx_resize_scratch(int64_t h, int64_t w, int64_t size);
-void dx_resize_scratch_free(void *scratch);
 int dx_resize_box(const uint8_t *img, int64_t c, int64_t h, int64_t w, const int32_t *box,
                   int64_t size, uint8_t *dst, void *scratch);
 
@@ -61,7 +61,7 @@ void dx_blend_table(float a, uint8_t *table) {
  * bits 0-6) and a blend on bit 7; scalar elsewhere. */
 static void apply_lut(const uint8_t *in, uint8_t *out, int64_t n, const uint8_t *lut) {
     int64_t p = 0;
-#if defined(__AVX512VBMI__) && defined(__AVX512BW__)
+#if defined(DX_AVX512) && defined(__AVX512VBMI__)
     const __m512i t0 = _mm512_loadu_si512(lut), t1 = _mm512_loadu_si512(lut + 64);
     const __m512i t2 = _mm512_loadu_si512(lut + 128), t3 = _mm512_loadu_si512(lut + 192);
     for (; p + 64 <= n; p += 64) {
@@ -89,7 +89,21 @@ static void blend_plane(const uint8_t *in, const uint8_t *deg, uint8_t *out, int
         for (int64_t p = 0; p < n; p++) out[p] = table[in[p] * 256 + deg[p]];
         return;
     }
-    for (int64_t p = 0; p < n; p++) {
+    int64_t p = 0;
+#ifdef DX_AVX512
+    /* the same float32 operations, 16 pixels at a time; max/min clip as the ternaries below
+     * do (a -0.0 they keep truncates to 0 all the same) */
+    const __m512 av = _mm512_set1_ps(a), zero = _mm512_setzero_ps(), top = _mm512_set1_ps(255.0f);
+    for (; p + 16 <= n; p += 16) {
+        const __m512i x = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(in + p)));
+        const __m512i d = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(deg + p)));
+        const __m512 diff = _mm512_cvtepi32_ps(_mm512_sub_epi32(x, d));
+        __m512 t = _mm512_add_ps(_mm512_cvtepi32_ps(d), _mm512_mul_ps(av, diff));
+        t = _mm512_min_ps(_mm512_max_ps(t, zero), top);
+        _mm_storeu_si128((__m128i *)(out + p), _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(t)));
+    }
+#endif
+    for (; p < n; p++) {
         float t = (float)deg[p] + a * (float)((int)in[p] - (int)deg[p]);
         t = t < 0.0f ? 0.0f : t;
         t = t > 255.0f ? 255.0f : t;
@@ -176,8 +190,26 @@ static void smooth_band(const uint8_t *restrict in, uint8_t *restrict out, int64
         memcpy(out, in, (size_t)hw);
         return;
     }
+    int64_t p = w + 1;
+#ifdef DX_AVX512
+    /* 32 pixels at a time in 16-bit lanes (S <= 3315, 2 S + 13 <= 6643), the division as
+     * the high half of a 16-bit product shifted by 4: the same (t * 40330) >> 20 */
+    for (; p + 32 <= hw - w - 1; p += 32) {
+#define NEAR(o) _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(in + p + (o))))
+        __m512i sum = _mm512_add_epi16(NEAR(-w - 1), NEAR(-w));
+        sum = _mm512_add_epi16(sum, _mm512_add_epi16(NEAR(-w + 1), NEAR(-1)));
+        sum = _mm512_add_epi16(sum, _mm512_add_epi16(NEAR(1), NEAR(w - 1)));
+        sum = _mm512_add_epi16(sum, _mm512_add_epi16(NEAR(w), NEAR(w + 1)));
+        const __m512i centre = NEAR(0);
+#undef NEAR
+        sum = _mm512_add_epi16(sum, _mm512_add_epi16(_mm512_slli_epi16(centre, 2), centre));
+        __m512i t = _mm512_add_epi16(_mm512_add_epi16(sum, sum), _mm512_set1_epi16(13));
+        t = _mm512_srli_epi16(_mm512_mulhi_epu16(t, _mm512_set1_epi16((short)40330)), 4);
+        _mm256_storeu_si256((__m256i *)(out + p), _mm512_cvtepi16_epi8(t));
+    }
+#endif
 #pragma GCC ivdep
-    for (int64_t p = w + 1; p < hw - w - 1; p++) {
+    for (; p < hw - w - 1; p++) {
         uint32_t s = (uint32_t)in[p - w - 1] + in[p - w] + in[p - w + 1] + in[p - 1]
                      + 5u * in[p] + in[p + 1] + in[p + w - 1] + in[p + w] + in[p + w + 1];
         out[p] = (uint8_t)(((2u * s + 13u) * 40330u) >> 20); /* floor(t / 26), t <= 6643 */
@@ -240,7 +272,7 @@ typedef struct {
     int32_t pad;
     uint8_t *grey;
     uint32_t *px;
-    void *resize; /* RandResizeCrop's scratch, made at its first image */
+    void *resize; /* RandResizeCrop's scratch, fetched at its first image */
 } call_t;
 
 /* Apply op `code` with parameters q[0..3] and factor a to one image, img -> dst (distinct).
@@ -361,11 +393,22 @@ int dx_apply(const uint8_t *x, uint8_t *out, int64_t n, int64_t layers, int64_t 
              const int32_t *maps, const int32_t *runs, const uint8_t *tables,
              const uint8_t *fill, int32_t pad) {
     const int64_t hw = h * w, size = c * hw;
+    /* scratch: the interleaved pixels, two images, the grey band; kept by the thread between
+     * calls (made afresh per call, its pages would be faulted in every time) */
+    static __thread uint8_t *kept;
+    static __thread int64_t kept_bytes;
+    const int64_t bytes = (hw + 1) * (int64_t)sizeof(uint32_t) + 2 * size + hw;
+    if (kept_bytes < bytes) {
+        free(kept);
+        kept = (uint8_t *)malloc((size_t)bytes);
+        kept_bytes = kept ? bytes : 0;
+        if (!kept) return -1;
+    }
     call_t k = {c, h, w, maps, runs, tables, fill, pad, NULL, NULL, NULL};
-    k.grey = (uint8_t *)malloc((size_t)hw);
-    k.px = (uint32_t *)malloc((size_t)(hw + 1) * sizeof(uint32_t));
-    uint8_t *buf = layers > 1 ? (uint8_t *)malloc((size_t)(2 * size)) : NULL;
-    int status = k.grey && k.px && (buf || layers <= 1) ? 0 : -1;
+    k.px = (uint32_t *)kept;
+    uint8_t *buf = kept + (hw + 1) * sizeof(uint32_t);
+    k.grey = buf + 2 * size;
+    int status = 0;
     for (int64_t i = 0; i < n && !status; i++) {
         const uint8_t *src = x + i * size;
         for (int64_t l = 0; l < layers && !status; l++) {
@@ -378,9 +421,5 @@ int dx_apply(const uint8_t *x, uint8_t *out, int64_t n, int64_t layers, int64_t 
             src = dst;
         }
     }
-    free(k.grey);
-    free(k.px);
-    free(buf);
-    dx_resize_scratch_free(k.resize);
     return status;
 }

@@ -32,11 +32,11 @@
 #define AHEAD 8   /* rows prefetched ahead */
 
 /* Resample.c bicubic_filter, a = -0.5, in the same operation order. */
-static double bicubic(double x) {
-    if (x < 0.0) x = -x;
-    if (x < 1.0) return ((1.5 * x - 2.5) * x) * x + 1;
-    if (x < 2.0) return (((x - 5) * x + 8) * x - 4) * -0.5;
-    return 0.0;
+static inline double bicubic(double x) {
+    x = x < 0.0 ? -x : x;
+    /* both pieces computed, one kept: no branch on the data to mispredict */
+    const double near = ((1.5 * x - 2.5) * x) * x + 1, far = (((x - 5) * x + 8) * x - 4) * -0.5;
+    return x < 1.0 ? near : (x < 2.0 ? far : 0.0);
 }
 
 /* The largest kernel of a box of an axis of length `len` resized to `size`. */
@@ -155,8 +155,7 @@ typedef struct {
     double *k;
 } scratch_t;
 
-void dx_resize_scratch_free(void *p) {
-    scratch_t *s = (scratch_t *)p;
+static void scratch_free(scratch_t *s) {
     if (!s) return;
     free(s->xfirst); free(s->xcount); free(s->xkernel); free(s->yfirst); free(s->ycount);
     free(s->ykernel); free(s->wt); free(s->idx); free(s->rows); free(s->cols); free(s->tmp_t);
@@ -164,8 +163,7 @@ void dx_resize_scratch_free(void *p) {
     free(s);
 }
 
-/* Scratch for resizing boxes of h x w images to size x size, or NULL when out of memory. */
-void *dx_resize_scratch(int64_t h, int64_t w, int64_t size) {
+static scratch_t *scratch_new(int64_t h, int64_t w, int64_t size) {
     const int64_t kx = max_taps(w, size), ky = max_taps(h, size), kmax = kx > ky ? kx : ky;
     const int64_t blocks = (size + BLOCK - 1) / BLOCK;
     scratch_t *s = (scratch_t *)calloc(1, sizeof(scratch_t));
@@ -187,10 +185,24 @@ void *dx_resize_scratch(int64_t h, int64_t w, int64_t size) {
     s->acc = (int32_t *)malloc((size_t)(size > h ? size : h) * sizeof(int32_t));
     if (!(s->xfirst && s->xcount && s->xkernel && s->yfirst && s->ycount && s->ykernel && s->wt
           && s->idx && s->rows && s->cols && s->tmp_t && s->k && s->acc)) {
-        dx_resize_scratch_free(s);
+        scratch_free(s);
         return NULL;
     }
     return s;
+}
+
+/* Scratch for resizing boxes of h x w images to size x size, or NULL when out of memory.
+ * Each thread keeps its last one for the next call of the same size: made afresh per call,
+ * its pages would be faulted in every time. */
+void *dx_resize_scratch(int64_t h, int64_t w, int64_t size) {
+    static __thread scratch_t *kept;
+    static __thread int64_t kept_h, kept_w, kept_size;
+    if (!kept || kept_h != h || kept_w != w || kept_size != size) {
+        scratch_free(kept);
+        kept = scratch_new(h, w, size);
+        kept_h = h, kept_w = w, kept_size = size;
+    }
+    return kept;
 }
 
 #ifdef DX_VBMI
@@ -301,6 +313,5 @@ int dx_resize(const uint8_t *x, uint8_t *out, int64_t n, int64_t c, int64_t h, i
     for (int64_t i = 0; i < n; i++)
         dx_resize_box(x + i * c * h * w, c, h, w, boxes + 4 * i, size,
                       out + i * c * size * size, s);
-    dx_resize_scratch_free(s);
     return 0;
 }
