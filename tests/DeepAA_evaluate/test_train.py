@@ -102,12 +102,14 @@ def test_deterministic_sets_the_torch_flags(restore_determinism):
     assert not torch.backends.cudnn.benchmark and torch.backends.cudnn.deterministic
 
 
-def test_resume_equals_uninterrupted_run(tiny, restore_determinism):
+@pytest.mark.parametrize("backend", ["pil", "batch"])
+def test_resume_equals_uninterrupted_run(tiny, restore_determinism, backend):
     """Bit for bit: on a CPU as configured; on a GPU with ``deterministic: true`` (without it,
-    cuDNN's kernels may sum in another order in every run)."""
+    cuDNN's kernels may sum in another order in every run); with the policy per image or per
+    batch in the loader."""
     path, work = tiny
     full, part = work / "full.pth", work / "part.pth"
-    small = ["--train_size", "12"]  # 3 steps per epoch
+    small = ["--train_size", "12", "--aug_backend", backend]  # 3 steps per epoch
     if torch.cuda.is_available():
         small += ["--deterministic", "true"]
     a = main(["-c", str(path), "--save", str(full)] + small)
@@ -216,6 +218,25 @@ def test_tensor_backend_applies_the_policy_on_the_device(tiny, monkeypatch):
     monkeypatch.setattr(batched, "apply_policy_batch", spy)
     path, work = tiny
     res = main(["-c", str(path), "--aug_backend", "tensor", "--epoch", "1",
+                "--lr_schedule.warmup.epoch", "0", "--batch", "8"])
+    assert res["history"][0]["train"]["n"] == 24
+    assert calls == [(torch.uint8, (8, 3, 16, 16), torch.uint8, (8, 3, 16, 16), True)] * 3
+
+
+def test_batch_backend_applies_the_policy_per_batch_in_the_loader(tiny, monkeypatch):
+    import augmentation.batched as batched
+
+    calls = []
+    real = batched.apply_policy_batch
+
+    def spy(policy, x, mirror=True, generator=None):
+        out = real(policy, x, mirror=mirror, generator=generator)
+        calls.append((x.dtype, tuple(x.shape), out.dtype, tuple(out.shape), mirror))
+        return out
+
+    monkeypatch.setattr(batched, "apply_policy_batch", spy)
+    path, work = tiny
+    res = main(["-c", str(path), "--aug_backend", "batch", "--epoch", "1",
                 "--lr_schedule.warmup.epoch", "0", "--batch", "8"])
     assert res["history"][0]["train"]["n"] == 24
     assert calls == [(torch.uint8, (8, 3, 16, 16), torch.uint8, (8, 3, 16, 16), True)] * 3
