@@ -4,15 +4,17 @@ for pre-augmented data), and of the training loader alone. It trains on the devi
 picks (a GPU where there is one).
 
     python benchmarks/train_epoch.py [--dataset npz:DIR] [--n 512] [--model wresnet10_1]
-        [--batch 64] [--workers 1] [--threads 0] [--backends pil,batch,tensor] [--epochs 1]
-        [--amp bf16] [--channels_last] [--deterministic] [--loader_sizes 32,224]
+        [--batch 64] [--workers 1] [--threads 0] [--backends pil,batch,tensor,tensor_inline]
+        [--epochs 1] [--amp bf16] [--channels_last] [--deterministic] [--loader_sizes 32,224]
 
 Without ``--dataset`` it generates ``--n`` random 32x32 images. Prints images/s of each and
 the ratio epoch(policy) / epoch(no augmentation) in time (goal: <= 1.1, i.e. the policy
 hidden behind the model's compute) for each placement of the policy asked for: ``pil``
 (Pillow per image in the loader workers), ``batch`` (``aug_backend: batch``, the batched
 path's C kernels per batch in the loader workers) and ``tensor`` (``aug_backend: tensor``,
-per batch on the training device). With ``--epochs`` above 1 the rate is the last epoch's, so
+per batch on the training device; on a GPU the next batch's policy is prepared by a helper
+thread on a side stream while a step trains, and ``tensor_inline`` times it without that
+helper, ``DEEPAA_AUG_AHEAD=0``). With ``--epochs`` above 1 the rate is the last epoch's, so
 start-up (cuDNN autotuning, the first allocations) is left out.
 
 The loader alone is measured per worker: the training loader of each CPU placement run in
@@ -104,11 +106,19 @@ def loader_rates(args, tmp: str) -> dict:
     return out
 
 
-def epoch_rate(cfg: dict, tmp: str) -> float:
+def epoch_rate(cfg: dict, tmp: str, ahead: bool = True) -> float:
     path = os.path.join(tmp, f"{cfg['aug']}_{cfg['aug_backend']}.yaml")
     with open(path, "w") as f:
         yaml.safe_dump(cfg, f)
-    res = main(["-c", path])
+    saved = os.environ.get("DEEPAA_AUG_AHEAD")
+    os.environ["DEEPAA_AUG_AHEAD"] = "1" if ahead else "0"
+    try:
+        res = main(["-c", path])
+    finally:
+        if saved is None:
+            del os.environ["DEEPAA_AUG_AHEAD"]
+        else:
+            os.environ["DEEPAA_AUG_AHEAD"] = saved
     return res["history"][-1]["train"]["images_per_s"]
 
 
@@ -123,7 +133,8 @@ def run(argv=None) -> dict:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     p.add_argument("--backends", default="pil,batch",
-                   help="comma-separated placements of the policy to time: pil, batch, tensor")
+                   help="comma-separated placements of the policy to time: pil, batch, tensor, "
+                        "tensor_inline")
     p.add_argument("--epochs", type=int, default=1, help="epochs per run; the last is timed")
     p.add_argument("--amp", choices=("bf16", "fp16"), default=None)
     p.add_argument("--channels_last", action="store_true")
@@ -135,8 +146,9 @@ def run(argv=None) -> dict:
                    help="image sizes of the loader-alone comparison (32, 224; empty: none)")
     args = p.parse_args(argv)
     backends = args.backends.split(",") if args.backends else []
-    if not set(backends) <= {"pil", "batch", "tensor"}:
-        p.error(f"--backends must name pil, batch and/or tensor, got {args.backends!r}")
+    if not set(backends) <= {"pil", "batch", "tensor", "tensor_inline"}:
+        p.error(f"--backends must name pil, batch, tensor and/or tensor_inline, got "
+                f"{args.backends!r}")
     try:
         args.loader_sizes = [int(v) for v in args.loader_sizes.split(",") if v]
     except ValueError:
@@ -155,7 +167,8 @@ def run(argv=None) -> dict:
             out["epoch_none"] = epoch_rate(_config(args, dataset, "none"), tmp)
         for backend in backends:
             out[f"epoch_policy_{backend}"] = epoch_rate(
-                _config(args, dataset, "DeepAA", backend), tmp)
+                _config(args, dataset, "DeepAA", backend.split("_")[0]), tmp,
+                ahead=backend != "tensor_inline")
     device = (torch.cuda.get_device_name() if torch.cuda.is_available()
               else f"CPU, {torch.get_num_threads()} torch threads")
     print(f"device: {device}; {os.cpu_count()} CPU cores; {args.workers} loader worker(s), "
