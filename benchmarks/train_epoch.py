@@ -64,10 +64,11 @@ def _config(args, dataset: str, aug: str, backend: str = "pil") -> dict:
             "test_interval": 10 ** 6, "save_model": False}
 
 
-def loader_rate(cfg: dict, repeats: int = 3) -> float:
+def loader_rate(cfg: dict, repeats: int = 5, min_time: float = 0.5) -> float:
     """Images per CPU second of the training loader alone (policy + tensor conversion) in
-    this process, on one torch thread: what one loader worker delivers per core. The best of
-    ``repeats`` epochs (other jobs on a shared machine only ever slow one down)."""
+    this process, on one torch thread: what one loader worker delivers per core. Each
+    measurement runs whole epochs for at least ``min_time`` CPU seconds; the best of
+    ``repeats`` is kept (other jobs on a shared machine only ever slow one down)."""
     from augmentation import DeepAAPolicy
 
     cfg = validate(dict(cfg, num_workers=0))
@@ -80,11 +81,14 @@ def loader_rate(cfg: dict, repeats: int = 3) -> float:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
+        for x, _ in loader:  # warm-up: caches, the C kernels' build
+            pass
         best = 0.0
         for _ in range(repeats):
             t0, n = time.process_time(), 0
-            for x, _ in loader:
-                n += len(x)
+            while n == 0 or time.process_time() - t0 < min_time:
+                for x, _ in loader:
+                    n += len(x)
             best = max(best, n / (time.process_time() - t0))
     finally:
         torch.set_num_threads(threads)

@@ -204,7 +204,10 @@ def test_batch_augmentation_on_one_process(tiny):
     assert res["history"][0]["train"]["n"] == 24  # each image 3 times
 
 
-def test_tensor_backend_applies_the_policy_on_the_device(tiny, monkeypatch):
+@pytest.mark.parametrize("backend", ["tensor", "batch"])
+def test_batched_backends_apply_the_policy_per_batch(tiny, monkeypatch, backend):
+    """aug_backend tensor (on the device) and batch (in the loader) run the policy on whole
+    uint8 batches of the virtual-worker size, mirror on."""
     import augmentation.batched as batched
 
     calls = []
@@ -217,26 +220,7 @@ def test_tensor_backend_applies_the_policy_on_the_device(tiny, monkeypatch):
 
     monkeypatch.setattr(batched, "apply_policy_batch", spy)
     path, work = tiny
-    res = main(["-c", str(path), "--aug_backend", "tensor", "--epoch", "1",
-                "--lr_schedule.warmup.epoch", "0", "--batch", "8"])
-    assert res["history"][0]["train"]["n"] == 24
-    assert calls == [(torch.uint8, (8, 3, 16, 16), torch.uint8, (8, 3, 16, 16), True)] * 3
-
-
-def test_batch_backend_applies_the_policy_per_batch_in_the_loader(tiny, monkeypatch):
-    import augmentation.batched as batched
-
-    calls = []
-    real = batched.apply_policy_batch
-
-    def spy(policy, x, mirror=True, generator=None):
-        out = real(policy, x, mirror=mirror, generator=generator)
-        calls.append((x.dtype, tuple(x.shape), out.dtype, tuple(out.shape), mirror))
-        return out
-
-    monkeypatch.setattr(batched, "apply_policy_batch", spy)
-    path, work = tiny
-    res = main(["-c", str(path), "--aug_backend", "batch", "--epoch", "1",
+    res = main(["-c", str(path), "--aug_backend", backend, "--epoch", "1",
                 "--lr_schedule.warmup.epoch", "0", "--batch", "8"])
     assert res["history"][0]["train"]["n"] == 24
     assert calls == [(torch.uint8, (8, 3, 16, 16), torch.uint8, (8, 3, 16, 16), True)] * 3
