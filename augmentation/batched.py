@@ -15,13 +15,14 @@ from ``augmentation.space``; the Pillow ops in ``augmentation.ops`` are the grou
   (batched_resize).
 
 Randomness comes from an optional ``torch.Generator`` (on the CPU or on the images' device);
-without one, torch's global generator is used.
+without one, torch's global generator is used; ``batched_draws`` makes the draws.
 
-Two executors apply the ops, with the same parameters (one set of per-image draws, see
-_draw_uniforms), so they give the same pixels:
+Two executors apply the ops, with the same parameters (one set of per-image draws), so they
+give the same pixels:
 
 * on CPU tensors, the compiled kernels of ``batched_native`` (C, built on first use): one
-  pass over the batch, each image with its own op, no grouping; 23-32x Pillow at 32x32 on
+  pass over the batch (a whole policy in one call), each image with its own op, no grouping;
+  23-53x Pillow at 32x32 and about 10x for ImageNet policies at 224x224 on
   one core (benchmarks/README.md); results come back NCHW-contiguous whatever the input's
   memory format. RandResizeCrop is one more op of that pass on 224 x 224 images; on images
   of another size it changes their size, so they are resized by a C call of their own
@@ -39,12 +40,13 @@ import numpy as np
 import torch
 
 from . import batched_color as colour
+from . import batched_draws as draws
 from . import batched_geometry as geometry
 from . import batched_native as native
 from . import batched_resize as resize
 from .batched_device import to_device
+from .batched_draws import sample_candidates  # noqa: F401  (part of this module's API)
 from .ops import CROP_PAD, CUTOUT_SIDE, IMAGENET_SIZE
-from .policy import pick_candidates
 from .space import OPS, check_l_mags, level_to_value
 
 _AFFINE = ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate")
@@ -73,58 +75,13 @@ def _check_name(name: str) -> None:
         raise ValueError(f"unknown op {name!r}")
 
 
-def _uniform(shape, generator, device) -> torch.Tensor:
-    """float64 uniforms in [0, 1) drawn on the generator's device, moved to ``device``."""
-    where = generator.device if generator is not None else torch.device("cpu")
-    return torch.rand(shape, generator=generator, device=where, dtype=torch.float64).to(device)
-
-
-# Per-image uniforms of one call (of every layer of a policy, drawn before any layer runs),
-# in image order: column 0 decides the sign of a signed op under the mirror, columns 1 and 2
-# the parameters of a random op (the flip; the cutout centre x, y; the crop's top, left).
-# Parameters therefore do not depend on how images are grouped, and the torch and C
-# executors use the same numbers.
-_N_UNIFORMS = 3
-
-
-def _draw_uniforms(shape, names, mirror: bool, generator) -> torch.Tensor | None:
-    """float64 (*shape, 3) on the CPU (shape: (n,) or (layers, n)), or None when no op in
-    ``names`` needs them (nothing is drawn then; RandResizeCrop draws its own boxes, layer
-    by layer, after these)."""
-    if not any((mirror and OPS[name].signed) or (OPS[name].random and name != "RandResizeCrop")
-               for name in names):
-        return None
-    return _uniform((*shape, _N_UNIFORMS), generator, torch.device("cpu"))
-
-
-def _random_params(name: str, u, shape, generator):
-    """The draws of random op ``name`` (SPEC §1) for images whose uniforms are ``u`` (float64
-    numpy (N, 3), see _draw_uniforms), as numpy arrays: RandFlip's flags, the cutout boxes
-    (x0, y0, x1, y1), RandCrop's (top, left), RandResizeCrop's (left, top, w, h) boxes from
-    its own draws. numpy, not torch: a few small arrays, where torch's per-call cost would
-    dominate."""
-    n, _, h, w = shape
-    if name == "RandFlip":
-        return u[:, 1] < 0.5
-    if name in CUTOUT_SIDE:
-        side = CUTOUT_SIDE[name]
-        (x_lo, x_hi), (y_lo, y_hi) = geometry.cutout_centre_bounds(w, h, side)
-        cx, cy = x_lo + (x_hi - x_lo) * u[:, 1], y_lo + (y_hi - y_lo) * u[:, 2]
-        return geometry.cutout_boxes(w, h, side, cx, cy)
-    if name == "RandCrop":
-        offsets = np.floor(u[:, 1:3] * (2 * CROP_PAD + 1)).astype(np.int64)
-        return offsets[:, 0], offsets[:, 1]
-    draws = _uniform((4, n, 10), generator, torch.device("cpu")).numpy()
-    return resize.resized_crop_boxes(w, h, *draws)
-
-
 def _params(name: str, values, u, shape, mirror: bool, generator):
     """The per-image parameters of op ``name`` for the torch executor, for images whose
     uniforms are ``u``: the values (float64 (N,), CPU) of a magnitude op after the mirror
     (SPEC §3: signed values flip with p = 0.5 per image), or the draws of a random op
     (_random_params), all CPU tensors."""
     if OPS[name].random:
-        drawn = _random_params(name, None if u is None else u.numpy(), shape, generator)
+        drawn = draws.random_params(name, None if u is None else u.numpy(), shape, generator)
         if isinstance(drawn, tuple):
             return tuple(torch.from_numpy(part) for part in drawn)
         return torch.from_numpy(drawn)
@@ -144,7 +101,7 @@ def _execute(x: torch.Tensor, name: str, params) -> torch.Tensor:
     if name == "RandCrop":
         return geometry.padded_crop(x, params[0], params[1], CROP_PAD)
     if name == "RandResizeCrop":
-        if native.usable(x, ()):  # the C resize: the same pixels, about 4x faster on a CPU
+        if native.usable(x, ()):  # the C resize: the same pixels, several times faster
             return native.resized_crop(x, params, IMAGENET_SIZE)
         return resize.resized_crop(x, params, IMAGENET_SIZE)
     if name in _AFFINE:
@@ -197,7 +154,7 @@ def _native_rows(shape, ids, levels, u, l_mags, mirror, generator):
     flat = ids.reshape(-1)
     present = np.unique(flat).tolist()
     table.ensure(present)
-    flat_u = None if u is None else u.reshape(-1, _N_UNIFORMS)
+    flat_u = None if u is None else u.reshape(-1, draws.N_UNIFORMS)
     negative = np.zeros_like(flat)
     if mirror and u is not None:
         negative = (_SIGNED_NP[flat] & (flat_u[:, 0] < 0.5)).astype(flat.dtype)
@@ -211,7 +168,7 @@ def _native_rows(shape, ids, levels, u, l_mags, mirror, generator):
             rows = np.flatnonzero(part == _OP_ID[name])
             if rows.size:
                 rows = rows + k * n
-                native.fill_random(ip, rows, name, _random_params(
+                native.fill_random(ip, rows, name, draws.random_params(
                     name, None if u is None else flat_u[rows], (rows.size,) + tuple(shape[1:]),
                     generator))
     return table, code.reshape(layers, n), ip.reshape(layers, n, 4), fp.reshape(layers, n)
@@ -243,7 +200,7 @@ def apply_candidate(x, name: str, level: int, l_mags: int = 13, mirror: bool = F
     n = x.shape[0]
     op_ids = torch.full((n,), _OP_ID[name], dtype=torch.long)
     levels = _check_levels(op_ids, torch.full((n,), int(level), dtype=torch.long), l_mags)
-    u = _draw_uniforms((n,), (name,), mirror, generator)
+    u = draws.draw_uniforms((n,), (name,), mirror, generator)
     if n and native.usable(x, (name,)):
         return _native(x, op_ids, levels, u, l_mags, mirror, generator)
     return _apply_one_op(x, name, _values(name, levels, l_mags), u, mirror, generator)
@@ -345,7 +302,7 @@ def apply_ops(x, names, levels, l_mags: int = 13, mirror: bool = False,
         return x.clone()
     op_ids = torch.tensor([_OP_ID[name] for name in names], dtype=torch.long)
     levels = _check_levels(op_ids, levels, l_mags)
-    u = _draw_uniforms((x.shape[0],), set(names), mirror, generator)
+    u = draws.draw_uniforms((x.shape[0],), set(names), mirror, generator)
     return _merge(_dispatch(x, op_ids, levels, u, l_mags, mirror, generator), x.shape[0], x,
                   crop=False)
 
@@ -385,20 +342,6 @@ def _split(x, op_ids, levels, u, l_mags, mirror, generator) -> dict:
     return groups
 
 
-def sample_candidates(policy, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """int64 (n, layers) on the CPU: one candidate index per image per layer, by each layer's
-    inverse CDF (policy.pick_candidates, the Pillow transform's rule) at uniforms (n, layers)
-    drawn in one call."""
-    probs = np.asarray(policy.probs, dtype=np.float64)
-    if probs.ndim != 2 or probs.shape[1] != len(policy.candidates):
-        raise ValueError(f"policy probs of shape {tuple(probs.shape)} do not match "
-                         f"{len(policy.candidates)} candidates")
-    if n == 0:
-        return torch.zeros(0, probs.shape[0], dtype=torch.long)
-    u = _uniform((n, probs.shape[0]), generator, torch.device("cpu")).numpy()
-    return torch.from_numpy(pick_candidates(np.cumsum(probs, axis=1), u))
-
-
 _IDS: dict = {}  # id(candidates) -> (candidates, l_mags, result): the list is kept alive
 
 
@@ -431,9 +374,9 @@ def apply_policy_batch(policy, x, mirror: bool = True,
     n = x.shape[0]
     if n == 0:
         return x.clone()
-    choice = sample_candidates(policy, n, generator).numpy().T  # (layers, n)
+    choice = draws.sample_candidates(policy, n, generator).numpy().T  # (layers, n)
     ops_all, levels_all, names = _candidate_ids(policy.candidates, policy.l_mags)
-    u_all = _draw_uniforms(choice.shape, names, mirror, generator)
+    u_all = draws.draw_uniforms(choice.shape, names, mirror, generator)
     if native.usable(x, names):  # all layers in one C call, each image through all of them
         table, *rows = _native_rows(x.shape, ops_all[choice], levels_all[choice],
                                     None if u_all is None else u_all.numpy(), policy.l_mags,
