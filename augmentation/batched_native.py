@@ -3,13 +3,15 @@
 On a CPU core the torch path (batched_color / batched_geometry) pays for every torch call:
 a 32x32 op costs 2-6 µs per image there, while the work itself is a few hundred nanoseconds.
 ``batched_native.c`` does the same ops in one loop over the batch, each image with its own op
-and parameters, so a mixed batch needs no grouping, no gather of index tensors and no merge.
+and parameters, so a mixed batch needs no grouping, no gather of index tensors and no merge;
+a policy's layers are one call too, each image through all of them while it is in the cache.
 
 * The parameters come from the same code as the torch executor's (geometry maps from
   ``batched_geometry.source_index``, Solarize thresholds and Posterize masks from
-  ``batched_color``, the random draws of ``batched``), tabulated once per (op, level, sign)
-  in a ``CandidateTable``, so a call is a few numpy lookups and one C call; both executors give
-  the same pixels for the same generator (tests/augmentation/test_batched_native.py).
+  ``batched_color``, the random draws of ``batched_draws``), tabulated once per (op, level,
+  sign) in a ``CandidateTable``, so a call is a few numpy lookups and one C call; both
+  executors give the same pixels for the same generator
+  (tests/augmentation/test_batched_native.py).
 * The ImageEnhance blend is evaluated as Blend.c does, in float32 without fused multiply-add.
   Before a factor is used its whole 256 x 256 table is compared once with Pillow's own
   ``Image.blend`` table (batched_lut); if they differ anywhere (a Pillow built with FMA, say),
@@ -19,9 +21,10 @@ and parameters, so a mixed batch needs no grouping, no gather of index tensors a
   size); images of other sizes are resized by a call of their own (``resized_crop``).
 * The library is compiled on first use with the system C compiler (``$CC``, else ``cc``) into
   a cache folder (``$DEEPAA_CACHE``, else ``$XDG_CACHE_HOME/deepaa`` or ``~/.cache/deepaa``,
-  else a private temp folder; see _cache_dir), named by a hash of the source, flags, compiler
-  version and CPU features and written atomically, so concurrent processes share one build. Without a
-  compiler, or with ``DEEPAA_NATIVE=0``, ``available()`` is False and the torch path runs.
+  else a private temp folder; see _cache_dir), named by a hash of the sources, flags,
+  compiler version and CPU features and written atomically, so concurrent processes share one
+  build. Without a compiler, or with ``DEEPAA_NATIVE=0``, ``available()`` is False and the
+  torch path runs.
 """
 from __future__ import annotations
 
