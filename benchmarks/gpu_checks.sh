@@ -2,8 +2,10 @@
 # The GPU checks of the PyTorch side, in one run of a few minutes on a machine with one CUDA
 # GPU (TensorFlow is not needed): the torch tests with the GPU visible (the batched
 # augmentation and RandResizeCrop's chunked resize against Pillow on cuda, a policy batch
-# without host-device synchronisation, the trainer on cuda), then the augmentation and
-# training-epoch benchmarks. Logs and JSON go to $OUT (default gpu_checks_out/).
+# without host-device synchronisation, the next batch's policy on a side stream, the trainer
+# on cuda), then the augmentation and training-epoch benchmarks (every placement of the
+# policy: Pillow or batched in WORKERS=4 loader workers, on the GPU with and without the
+# helper thread; at fp32 and bf16). Logs and JSON go to $OUT (default gpu_checks_out/).
 # SKIP=augment (or tests, train; comma-separated) leaves parts out. Exits non-zero if a part
 # failed, after running the others.
 #
@@ -38,13 +40,17 @@ fi
 
 if ! skip train; then
     echo "== training epoch, WRN-28-10 (benchmarks/train_epoch.py)"
-    for opts in "" "--deterministic" "--amp bf16 --channels_last"; do
+    # every placement of the policy with 4 loader workers, at fp32 and at bf16 (the loader
+    # comparison per worker once); then deterministic kernels
+    for opts in "--loader_sizes 32,224" "--amp bf16 --channels_last --loader_sizes ''" \
+                "--deterministic --backends pil,batch --loader_sizes ''"; do
         # shellcheck disable=SC2086  # opts holds several flags
-        timeout "${TRAIN_TIMEOUT:-120}" $PY benchmarks/train_epoch.py --model wresnet28_10 \
-            --n 5120 --batch 128 --workers 12 --backends pil,tensor --epochs 2 $opts \
+        eval timeout "${TRAIN_TIMEOUT:-240}" $PY benchmarks/train_epoch.py --model wresnet28_10 \
+            --n 5120 --batch 128 --workers "${WORKERS:-4}" \
+            --backends pil,batch,tensor,tensor_inline --epochs 2 $opts \
             >> "$OUT/train_epoch.log" 2>&1 || failed+=("train $opts")
     done
-    grep -a '^device:\|^data loader\|^epoch, \|Error' "$OUT/train_epoch.log"
+    grep -a '^device:\|^loader alone\|^epoch, \|Error' "$OUT/train_epoch.log"
 fi
 
 if (( ${#failed[@]} )); then

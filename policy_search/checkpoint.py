@@ -2,8 +2,8 @@
 decide whether a run may continue one, and the lock that keeps one search per folder.
 
 A checkpoint holds the logits and every layer's Adam state (``PolicyLogits.get_state``), the
-position (next layer, next step), the cosine traces and a meta record: the flags, the path of
-the pretrained weights and the sizes of the data splits. All randomness of a step is derived
+position (next layer, next step), the per-step records (``policy_search.trace``) and a meta
+record: the flags, the path of the pretrained weights and the sizes of the data splits. All randomness of a step is derived
 from (seed, layer, step), so the position is the random state and a resumed run ends with the
 policy of an uninterrupted one.
 
@@ -15,7 +15,9 @@ checkpoint exists.
 
 Reading a checkpoint checks everything in it before anything is used: a file that is not a
 readable npz, lacks a field, holds a field of the wrong shape or type, or a position that does
-not fit the flags or its own traces raises UsageError naming --resume.
+not fit the flags or its own traces raises UsageError naming --resume. Per-step matrices
+absent from a checkpoint written before they were kept load as NaN rows; present, they must
+fit their cosine trace.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ import numpy as np
 from augmentation.files import InUse, atomic_write, exclusive
 from augmentation.space import candidates
 from policy_search.config import UsageError
+from policy_search.trace import SearchTrace
 
 CHECKPOINT = "checkpoint.npz"
 PRETRAIN_CHECKPOINT = "pretrain_checkpoint.npz"
@@ -37,17 +40,22 @@ PRETRAIN_CHECKPOINT = "pretrain_checkpoint.npz"
 RESUME_KEYS = ("dataset", "n_classes", "use_model", "n_policies", "search_bno", "seed", "l_mags",
                "policy_lr", "EXP_G", "EXP_gT_factor", "train_same_labels", "repeat_random_ops",
                "N_repeat_random", "n_val_per_point", "policy_bn_training", "pretrain_size",
-               "aug_backend")
-# Pretraining continues only with the flags that shaped it (and then searches with the rest).
-PRETRAIN_KEYS = RESUME_KEYS + ("nb_epochs", "pretrain_lr", "batch_size")
+               "aug_backend", "precision")
+# Values of resume keys added after checkpoints were first written: a checkpoint without the
+# key was made with this value.
+RESUME_KEY_DEFAULTS = {"precision": "fp32"}
+# Pretraining continues only with the flags that shaped it (and then searches with the rest);
+# --precision is the search model's alone (pretraining is float32).
+PRETRAIN_KEYS = tuple(k for k in RESUME_KEYS if k != "precision") + (
+    "nb_epochs", "pretrain_lr", "batch_size")
 POLICY_STATE = ("logits", "adam_iterations", "adam_momentum", "adam_velocity")
 
 
-def save_checkpoint(path, policy_state: dict, layer: int, step: int, traces, meta: dict):
+def save_checkpoint(path, policy_state: dict, layer: int, step: int, trace: SearchTrace,
+                    meta: dict):
     arrays = {f"policy/{k}": np.asarray(v) for k, v in policy_state.items()}
     arrays["position"] = np.array([layer, step], np.int64)
-    for k, trace in enumerate(traces):
-        arrays[f"cos_trace/{k}"] = np.asarray(trace, np.float64)
+    arrays.update(trace.arrays())
     arrays["meta_json"] = np.array(json.dumps(meta))
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
@@ -92,8 +100,10 @@ def _int_array(arrays: dict, key: str, shape, path) -> np.ndarray:
 
 
 def load_checkpoint(path):
-    """(policy state, layer, step, cosine traces, meta) of a search checkpoint, each checked
-    for presence, type and shape (check_progress then checks them against the flags)."""
+    """(policy state, layer, step, SearchTrace, meta) of a search checkpoint, each field
+    checked for presence, type and shape (check_progress then checks them against the flags).
+    A checkpoint from before the per-step matrices were kept has only the cosine traces: its
+    matrices load as NaN rows (``SearchTrace.from_arrays``)."""
     arrays = _open_npz(path)
     meta = _meta(arrays, path)
     layer, step = (int(v) for v in _int_array(arrays, "position", (2,), path))
@@ -103,21 +113,26 @@ def load_checkpoint(path):
         if a is None or a.dtype.kind not in "fiu" or not np.all(np.isfinite(a)):
             raise _unreadable(path, f"'policy/{key}' is missing or not finite numbers")
         state[key] = a
+    if state["logits"].ndim != 2:
+        raise _unreadable(path, f"'policy/logits' has shape {state['logits'].shape}, not "
+                                "(layers, candidates)")
     n = len([k for k in arrays if k.startswith("cos_trace/")])
-    traces = []
     for k in range(n):
         t = arrays.get(f"cos_trace/{k}")
         if t is None or t.ndim != 1 or t.dtype.kind != "f" or not np.all(np.isfinite(t)):
             raise _unreadable(path, f"'cos_trace/{k}' is missing or not finite numbers")
-        traces.append(list(t))
-    return state, layer, step, traces, meta
+    try:
+        trace = SearchTrace.from_arrays(arrays)
+    except ValueError as err:  # a matrix of another type or shape than its cosine trace's
+        raise _unreadable(path, str(err)) from None
+    return state, layer, step, trace, meta
 
 
 def check_progress(args, checkpoint, n_candidates: int) -> None:
     """The state's shapes fit --n_policies and the candidates of --l_mags, and the position
     is one the run can reach: layers before it complete, its own layer ``step`` steps in
     (the cosine traces say how many steps each layer has done)."""
-    state, layer, step, traces, _ = checkpoint
+    state, layer, step, trace, _ = checkpoint
     k, d = args.n_policies, n_candidates
     path = os.path.join(args.results_dir, CHECKPOINT)
     shapes = {"logits": (k, d), "adam_iterations": (k,), "adam_momentum": (k, d),
@@ -129,9 +144,9 @@ def check_progress(args, checkpoint, n_candidates: int) -> None:
     if not (0 <= layer < k and 0 <= step < args.search_bno) and (layer, step) != (k, 0):
         raise _unreadable(path, f"position layer {layer + 1} step {step} lies outside "
                                       f"{k} layers of {args.search_bno} steps")
-    done = [len(t) for t in traces] + [0] * (k - len(traces))
+    done = [trace.steps_done(j) for j in range(trace.n_layers)] + [0] * (k - trace.n_layers)
     expected = [args.search_bno] * layer + [step] * (layer < k) + [0] * (k - layer - 1)
-    if len(traces) > k or done != expected:
+    if trace.n_layers > k or done != expected:
         raise _unreadable(path, f"its traces ({done} steps per layer) do not end at its "
                                       f"position (layer {layer + 1}, step {step})")
 
@@ -196,9 +211,10 @@ def occupied(results_dir: str, ckpt_path: str) -> str:
 def check_resume(args, meta, keys=RESUME_KEYS) -> None:
     """Refuse (UsageError) to resume a checkpoint made with other flags or other weights."""
     for key in keys:
-        if meta["flags"].get(key) != getattr(args, key):
+        saved = meta["flags"].get(key, RESUME_KEY_DEFAULTS.get(key))
+        if saved != getattr(args, key):
             raise UsageError("--resume", f"the checkpoint was made with --{key} "
-                             f"{meta['flags'].get(key)!r}, not {getattr(args, key)!r}")
+                             f"{saved!r}, not {getattr(args, key)!r}")
     saved = meta.get("weights")
     if args.pretrained is not None and saved is not None and \
             os.path.abspath(args.pretrained) != os.path.abspath(saved):
@@ -232,13 +248,13 @@ def starting_point(args):
     return resume
 
 
-def roll_back(in_flight, logits, traces) -> tuple[int, int]:
+def roll_back(in_flight, logits, trace: SearchTrace) -> tuple[int, int]:
     """After a Ctrl-C inside a step: the logits go back to their state before the step and its
-    cosine, if already recorded, is dropped, so a resume repeats the step exactly once.
+    records, if already made, are dropped, so a resume repeats the step exactly once.
     ``in_flight`` is (layer, step, logits state before the step); returns (layer, step)."""
     layer, step, state = in_flight
     logits.set_state(state)
-    del traces[layer][step:]
+    trace.truncate(layer, step)
     return layer, step
 
 

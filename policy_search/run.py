@@ -29,6 +29,7 @@ from policy_search.augment import Augmenter, make_executor
 from policy_search.checkpoint import (CHECKPOINT, PRETRAIN_CHECKPOINT, results_lock, roll_back,
                                       save_checkpoint, starting_point)
 from policy_search.config import UsageError
+from policy_search.trace import SearchTrace
 
 log = logging.getLogger("deepaa.search")
 
@@ -273,7 +274,8 @@ def _search_model(args, strategy, prep, weights):
     from policy_search import pretrain as pre
 
     with strategy.scope():
-        model = build_model(args.use_model, args.n_classes, prep.input_shape)
+        model = build_model(args.use_model, args.n_classes, prep.input_shape,
+                            args.precision)
     try:
         pre.load_weights(model, weights)
     except ValueError as err:
@@ -299,12 +301,12 @@ def _search(args, tf, model, strategy, prep, executor, weights, resume, started)
     builder = data.StepBuilder(prep.train, prep.sampler, executor, prep.space,
                                args.train_same_labels, args.EXP_G, args.EXP_gT_factor, columns,
                                groups, args.seed)
-    traces = [[] for _ in range(args.n_policies)]
+    trace = SearchTrace(args.n_policies, len(prep.candidates))
     layer0, step0, elapsed0 = 0, 0, 0.0
     if resume is not None:
         state, layer0, step0, old, meta = resume
         logits.set_state(state)
-        traces = old + [[] for _ in range(args.n_policies - len(old))]
+        trace = old
         elapsed0 = float(meta.get("elapsed_s", 0.0))
         log.info("resumed at layer %d, step %d", layer0 + 1, step0)
     ckpt_path = os.path.join(args.results_dir, CHECKPOINT)
@@ -314,7 +316,10 @@ def _search(args, tf, model, strategy, prep, executor, weights, resume, started)
     def checkpoint(layer, step):
         meta = {"flags": _flags(args), "weights": os.path.abspath(weights),
                 "splits": prep.split_sizes(), "elapsed_s": elapsed0 + time.time() - run_start}
-        save_checkpoint(ckpt_path, logits.get_state(), layer, step, traces, meta)
+        save_checkpoint(ckpt_path, logits.get_state(), layer, step, trace, meta)
+        # What python -m augmentation.visualize draws from a results folder, even mid-search.
+        atomic_write(os.path.join(args.results_dir, "trace.json"),
+                     json.dumps(trace.op_summary(prep.candidates)))
         log.debug("checkpoint at layer %d step %d", layer + 1, step)
 
     if resume is None:  # from now on the search, not the pretraining, is what --resume continues
@@ -338,7 +343,7 @@ def _search(args, tf, model, strategy, prep, executor, weights, resume, started)
                     out = (searcher.stage1_step(batch) if layer == 0
                            else searcher.stagek_step(layer, batch))
                     t2 = time.time()
-                    traces[layer].append(float(out["cos_sim"]))
+                    trace.record(layer, out["cos_sim"], logits.probs(layer), out["importance"])
                     in_flight = None
                     ent = _entropy(logits.probs(layer))
                     with writer.as_default():
@@ -363,21 +368,21 @@ def _search(args, tf, model, strategy, prep, executor, weights, resume, started)
                 bar.close()
             log.info("layer %d done: entropy %.4f, last cos_sim %.5f", layer + 1,
                      _entropy(logits.probs(layer)),
-                     traces[layer][-1] if traces[layer] else float("nan"))
+                     trace.cos[layer][-1] if trace.cos[layer] else float("nan"))
     except KeyboardInterrupt:
         # A step cut short may already have applied its Adam update: the logits go back to
         # their state before it, and the checkpoint points at it, so a resume repeats it
         # exactly once. Between steps, the position is what the traces say is done.
         if in_flight is not None:
-            checkpoint(*roll_back(in_flight, logits, traces))
+            checkpoint(*roll_back(in_flight, logits, trace))
         else:
-            checkpoint(*_position(traces, args.search_bno))
+            checkpoint(*_position(trace, args.search_bno))
         log.info("interrupted: checkpoint written; continue with --resume")
         return 130
     except (FloatingPointError, DatasetError) as err:  # an image that does not decode, or
         # gradients that are not finite: the step is undone and the checkpoint kept
-        layer, step = roll_back(in_flight, logits, traces) if in_flight else \
-            _position(traces, args.search_bno)
+        layer, step = roll_back(in_flight, logits, trace) if in_flight else \
+            _position(trace, args.search_bno)
         checkpoint(layer, step)
         flag = "--dataset" if isinstance(err, DatasetError) else "--pretrained"
         why = "" if flag == "--dataset" else f" (with the weights {weights})"
@@ -385,7 +390,7 @@ def _search(args, tf, model, strategy, prep, executor, weights, resume, started)
                          "holds the policy before this step") from None
     writer.flush()
     checkpoint(args.n_policies, 0)
-    _write_policy(args, prep, logits, traces, weights, elapsed0 + time.time() - run_start,
+    _write_policy(args, prep, logits, trace, weights, elapsed0 + time.time() - run_start,
                   started)
     return 0
 
@@ -395,16 +400,16 @@ def _remove(path: str) -> None:
         os.remove(path)
 
 
-def _position(traces, steps_per_layer: int) -> tuple[int, int]:
-    """(layer, step) of the first step not done, from the cosine traces; (layers, 0) when all
-    are done."""
-    for layer, trace in enumerate(traces):
-        if len(trace) < steps_per_layer:
-            return layer, len(trace)
-    return len(traces), 0
+def _position(trace, steps_per_layer: int) -> tuple[int, int]:
+    """(layer, step) of the first step not done, from the records; (layers, 0) when all are
+    done."""
+    for layer in range(trace.n_layers):
+        if trace.steps_done(layer) < steps_per_layer:
+            return layer, trace.steps_done(layer)
+    return trace.n_layers, 0
 
 
-def _write_policy(args, prep, logits, traces, weights, search_s, started):
+def _write_policy(args, prep, logits, trace, weights, search_s, started):
     from augmentation.convert import policy_to_npz
     from augmentation.policy import Policy, save_policy
 
@@ -417,7 +422,8 @@ def _write_policy(args, prep, logits, traces, weights, search_s, started):
         "wall_time_s": round(time.time() - started, 2),
         "search_time_s": round(search_s, 2),
         "entropy": [round(_entropy(p), 6) for p in probs],
-        "cos_sim_trace": [[round(c, 6) for c in t] for t in traces],
+        "cos_sim_trace": [[round(c, 6) for c in t] for t in trace.cos],
+        "op_prob_trace": trace.op_summary(prep.candidates),
     }
     policy = Policy(probs=probs, candidates=list(prep.candidates), l_mags=args.l_mags,
                     space=prep.space, meta=meta)

@@ -159,3 +159,125 @@ def test_a_disk_that_fills_up_is_one_line(tmp_path):
     assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
     assert res.stderr.startswith(f"error: cannot write in {out}: File too large")
     assert not [p for p in out.iterdir() if not p.name.endswith(".png")]
+
+
+def _trace_summary(n_layers=2, n_steps=40):
+    """A search trace as the search writes it: per layer, op probabilities over the steps
+    (Identity fading, RandCutout rising in the last layer) and the entropy."""
+    ops = [op.name for op in OP_TABLE["cifar"]]
+    steps, probs, entropy = [], [], []
+    for k in range(n_layers):
+        t = np.linspace(0, 1, n_steps)
+        rows = np.full((n_steps, len(ops)), 0.02)
+        rows[:, 0] = 0.9 - 0.6 * t
+        rows[:, ops.index("RandCutout")] = 0.05 + 0.5 * t * k
+        rows /= rows.sum(axis=1, keepdims=True)
+        steps.append(list(range(1, n_steps + 1)))
+        probs.append(rows.round(5).tolist())
+        entropy.append((-(rows * np.log(rows)).sum(axis=1)).tolist())
+    return {"ops": ops, "steps": steps, "probs": probs, "entropy": entropy}
+
+
+def test_search_trace_is_drawn_from_a_searched_policy(tmp_path):
+    """A policy whose meta holds the search's trace gets search_trace.png beside the other
+    figures; the released policies (no trace) do not."""
+    from augmentation.visualize import leading_ops
+
+    summary = _trace_summary()
+    policy = load_policy("cifar_1")
+    searched = Policy(policy.probs[:2], policy.candidates, policy.l_mags, policy.space,
+                      {"op_prob_trace": summary})
+    path = tmp_path / "searched.yaml"
+    save_policy(searched, path)
+    out = tmp_path / "pictures"
+    assert main([str(path), "--out", str(out), "--n_images", "2", "--n_samples", "2"]) == 0
+    assert "search_trace.png" in _pngs(out)
+    _check_png(out / "search_trace.png")
+    probs = np.asarray(summary["probs"][1])
+    lead = leading_ops(probs, summary["ops"], 3)
+    assert lead[0] == summary["ops"].index("RandCutout") and 0 in lead  # Identity was high
+
+
+def test_a_running_search_folder_draws_its_trace(tmp_path):
+    """A results folder without policy.yaml: search_trace.png from its trace.json; a folder
+    with neither, or a trace.json that is not a trace, is a one-line error."""
+    import json
+
+    folder = tmp_path / "search"
+    folder.mkdir()
+    out = tmp_path / "pictures"
+    assert main([str(folder), "--out", str(out)]) == 2 and not out.exists()
+    (folder / "trace.json").write_text("[1, 2")
+    assert main([str(folder), "--out", str(out)]) == 2 and not out.exists()
+    (folder / "trace.json").write_text(json.dumps(_trace_summary(3, 25)))
+    assert main([str(folder), "--out", str(out)]) == 0
+    assert _pngs(out) == ["search_trace.png"]
+    _check_png(out / "search_trace.png")
+
+
+def _bad_trace(case):
+    summary = _trace_summary(2, 10)
+    if case == "not a mapping":
+        return [1, 2]
+    if case == "probs of another shape":
+        summary["probs"][1] = summary["probs"][1][:-1]
+    elif case == "an infinite probability":
+        summary["probs"][0][3][0] = float("inf")
+    elif case == "steps that are not numbers":
+        summary["steps"][0][0] = "one"
+    elif case == "101 layers":
+        for key in ("steps", "probs", "entropy"):
+            summary[key] = summary[key][:1] * 101
+    elif case == "entropy of another length":
+        summary["entropy"] = summary["entropy"][:1]
+    return summary
+
+
+TRACE_CASES = ["not a mapping", "probs of another shape", "an infinite probability",
+               "steps that are not numbers", "101 layers", "entropy of another length"]
+
+
+@pytest.mark.parametrize("case", TRACE_CASES)
+def test_a_damaged_trace_in_a_policy_is_one_line_and_draws_nothing(tmp_path, capsys, case):
+    """meta.op_prob_trace of a policy file someone edited: one line naming it, exit 2, no
+    output folder (the policy itself is fine)."""
+    policy = load_policy("cifar_1")
+    path = tmp_path / "edited.yaml"
+    save_policy(Policy(policy.probs, policy.candidates, policy.l_mags, policy.space,
+                       {"op_prob_trace": _bad_trace(case)}), path)
+    out = tmp_path / "pictures"
+    assert main([str(path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "meta.op_prob_trace" in err[0], err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("case", TRACE_CASES + ["nested 100,000 deep"])
+def test_a_damaged_trace_json_is_one_line_and_draws_nothing(tmp_path, capsys, case):
+    import json
+
+    folder = tmp_path / "search"
+    folder.mkdir()
+    text = "[" * 100000 if case == "nested 100,000 deep" else json.dumps(_bad_trace(case))
+    (folder / "trace.json").write_text(text)
+    out = tmp_path / "pictures"
+    assert main([str(folder), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "trace.json" in err[0], err
+    assert not out.exists()
+
+
+def test_a_trace_with_steps_not_kept_is_drawn(tmp_path):
+    """NaN probabilities (the steps of a search resumed from a checkpoint that did not keep
+    them) are gaps in the lines, not an error."""
+    import json
+
+    summary = _trace_summary(2, 10)
+    for row in summary["probs"][0][:4]:
+        row[:] = [float("nan")] * len(row)
+    folder = tmp_path / "search"
+    folder.mkdir()
+    (folder / "trace.json").write_text(json.dumps(summary))
+    out = tmp_path / "pictures"
+    assert main([str(folder), "--out", str(out)]) == 0
+    _check_png(out / "search_trace.png")

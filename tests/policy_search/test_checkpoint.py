@@ -11,8 +11,20 @@ import pytest
 
 from policy_search import checkpoint
 from policy_search.config import UsageError
+from policy_search.trace import MATRICES, SearchTrace
 
 K, D, STEPS = 2, 29, 4  # layers, candidates (l_mags 3), steps per layer
+
+
+def _trace(cos, n_candidates=D, seed=0):
+    """A SearchTrace with the given cosines per layer and random other records."""
+    rng = np.random.default_rng(seed)
+    trace = SearchTrace(len(cos), n_candidates)
+    for k, layer in enumerate(cos):
+        for c in layer:
+            trace.record(k, c, rng.dirichlet(np.ones(n_candidates)),
+                         rng.normal(size=(2, n_candidates)))
+    return trace
 
 
 def _meta(n_policies=K):
@@ -33,13 +45,43 @@ def _args(tmp_path):
 
 def test_round_trip(tmp_path):
     path = tmp_path / "checkpoint.npz"
-    state, traces = _state(), [[0.1, 0.2, 0.3, 0.4], [0.3]]
-    checkpoint.save_checkpoint(path, state, 1, 1, traces, _meta())
+    state, trace = _state(), _trace([[0.1, 0.2, 0.3, 0.4], [0.3]])
+    checkpoint.save_checkpoint(path, state, 1, 1, trace, _meta())
     got = checkpoint.load_checkpoint(path)
-    _, layer, step, back, meta = got
-    assert (layer, step) == (1, 1) and back == traces and meta == _meta()
+    _, layer, step, loaded, meta = got
+    assert (layer, step) == (1, 1) and loaded.cos == trace.cos and meta == _meta()
     assert all(np.array_equal(got[0][k], v) for k, v in state.items())
+    for name in MATRICES:
+        for k in range(K):
+            assert np.array_equal(loaded.matrix(name, k), trace.matrix(name, k))
     checkpoint.check_progress(_args(tmp_path), got, D)
+
+
+def test_a_checkpoint_with_cosines_only_loads_with_nan_records(tmp_path):
+    """Checkpoints written before the per-step probabilities and importances were kept still
+    resume: their steps get NaN rows, one per recorded cosine."""
+    path = tmp_path / "checkpoint.npz"
+    np.savez(path, **{f"policy/{k}": v for k, v in _state().items()},
+             **{"position": np.array([1, 1]), "cos_trace/0": np.array([0.1, 0.2, 0.3, 0.4]),
+                "cos_trace/1": np.array([0.3]), "meta_json": np.array(json.dumps(_meta()))})
+    got = checkpoint.load_checkpoint(path)
+    loaded = got[3]
+    assert loaded.cos == [[0.1, 0.2, 0.3, 0.4], [0.3]]
+    assert loaded.matrix("probs", 0).shape == (4, D) and np.isnan(loaded.matrix("probs", 0)).all()
+    checkpoint.check_progress(_args(tmp_path), got, D)
+    loaded.record(1, 0.4, np.full(D, 1 / D), np.zeros((2, D)))
+    assert loaded.matrix("probs", 1).shape == (2, D)
+    assert not np.isnan(loaded.matrix("probs", 1)[1]).any()
+
+
+def test_a_checkpoint_without_precision_resumes_as_fp32():
+    """--precision came after the first checkpoints: one without it was made in float32."""
+    meta = {"flags": {key: 1 for key in checkpoint.RESUME_KEYS if key != "precision"}}
+    args = argparse.Namespace(**meta["flags"], precision="fp32", pretrained=None)
+    checkpoint.check_resume(args, meta)
+    args.precision = "bf16"
+    with pytest.raises(UsageError, match="made with --precision 'fp32', not 'bf16'"):
+        checkpoint.check_resume(args, meta)
 
 
 def _npz(**arrays):
@@ -50,7 +92,7 @@ def _npz(**arrays):
 
 def _good(tmp_path):
     path = tmp_path / "good.npz"
-    checkpoint.save_checkpoint(path, _state(), 1, 1, [[0.1] * STEPS, [0.3]], _meta())
+    checkpoint.save_checkpoint(path, _state(), 1, 1, _trace([[0.1] * STEPS, [0.3]]), _meta())
     return dict(np.load(path))
 
 
@@ -77,6 +119,13 @@ DAMAGED = {
     "meta a list": lambda g, raw: _npz(**dict(g, meta_json=np.array("[1, 2]"))),
     "weights a number": lambda g, raw: _npz(**dict(g, meta_json=np.array(json.dumps(
         {"flags": {}, "weights": 3})))),
+    "probs of another width": lambda g, raw: _npz(**{**g, "prob_trace/0":
+                                                      g["prob_trace/0"][:, 1:]}),
+    "a probability row too many": lambda g, raw: _npz(**{**g, "prob_trace/1": np.concatenate(
+        [g["prob_trace/1"]] * 2)}),
+    "text importances": lambda g, raw: _npz(**{**g, "importance_mean/0": np.array(
+        [["a"] * D] * STEPS)}),
+    "a cosine trace missing": lambda g, raw: _npz(**_without(g, "cos_trace/0")),
 }
 
 
@@ -108,9 +157,9 @@ OUT_OF_PLACE = {
 def test_a_position_or_shape_the_flags_cannot_reach_is_refused(tmp_path, case):
     """A position out of range used to be accepted and silently cut the layer short."""
     path = tmp_path / "checkpoint.npz"
-    layer, step, traces = OUT_OF_PLACE.get(case, (1, 1, [[0.1] * 4, [0.1]]))
+    layer, step, cos = OUT_OF_PLACE.get(case, (1, 1, [[0.1] * 4, [0.1]]))
     state = _state(k=3) if case == "logits of another shape" else _state()
-    checkpoint.save_checkpoint(path, state, layer, step, traces, _meta())
+    checkpoint.save_checkpoint(path, state, layer, step, _trace(cos), _meta())
     with pytest.raises(UsageError, match="--resume: .*checkpoint.npz is not a usable"):
         checkpoint.check_progress(_args(tmp_path), checkpoint.load_checkpoint(path), D)
 
@@ -118,18 +167,18 @@ def test_a_position_or_shape_the_flags_cannot_reach_is_refused(tmp_path, case):
 def test_the_positions_a_run_writes_are_accepted(tmp_path):
     """Start (before any step), mid-layer, a layer boundary and the end of the search."""
     path = tmp_path / "checkpoint.npz"
-    for layer, step, traces in ((0, 0, [[], []]), (0, 3, [[0.1] * 3, []]),
-                                (1, 0, [[0.1] * 4, []]), (2, 0, [[0.1] * 4, [0.2] * 4]),
-                                (1, 0, [[0.1] * 4])):  # traces of layers not begun may lack
-        checkpoint.save_checkpoint(path, _state(), layer, step, traces, _meta())
+    for layer, step, cos in ((0, 0, [[], []]), (0, 3, [[0.1] * 3, []]),
+                             (1, 0, [[0.1] * 4, []]), (2, 0, [[0.1] * 4, [0.2] * 4]),
+                             (1, 0, [[0.1] * 4])):  # traces of layers not begun may lack
+        checkpoint.save_checkpoint(path, _state(), layer, step, _trace(cos), _meta())
         checkpoint.check_progress(_args(tmp_path), checkpoint.load_checkpoint(path), D)
 
 
 def test_a_used_results_folder_is_named_finished_or_not(tmp_path):
     path = tmp_path / "checkpoint.npz"
-    checkpoint.save_checkpoint(path, _state(), 1, 3, [[0.1] * 4, [0.1] * 3], _meta())
+    checkpoint.save_checkpoint(path, _state(), 1, 3, _trace([[0.1] * 4, [0.1] * 3]), _meta())
     assert "pass --resume" in checkpoint.occupied(str(tmp_path), str(path))
-    checkpoint.save_checkpoint(path, _state(), 2, 0, [[0.1] * 4, [0.2] * 4], _meta())
+    checkpoint.save_checkpoint(path, _state(), 2, 0, _trace([[0.1] * 4, [0.2] * 4]), _meta())
     assert "finished search" in checkpoint.occupied(str(tmp_path), str(path))
     path.write_bytes(b"not a checkpoint")
     assert "pass --resume" in checkpoint.occupied(str(tmp_path), str(path))
@@ -168,12 +217,13 @@ def test_roll_back_drops_the_cut_steps_update_and_cosine():
     """Ctrl-C after step 2 of layer 1 recorded its cosine: the logits return to their state
     before the step and the trace to its two finished steps, so a resume repeats step 2 once."""
     logits, before = _Logits(), {"logits": np.zeros(3)}
-    traces = [[0.5, 0.4, 0.3], [0.2, 0.1, 0.9]]
-    assert checkpoint.roll_back((1, 2, before), logits, traces) == (1, 2)
-    assert logits.state is before and traces == [[0.5, 0.4, 0.3], [0.2, 0.1]]
-    traces = [[0.5, 0.4, 0.3], [0.2, 0.1]]  # cut before the cosine was recorded
-    assert checkpoint.roll_back((1, 2, before), logits, traces) == (1, 2)
-    assert traces == [[0.5, 0.4, 0.3], [0.2, 0.1]]
+    trace = _trace([[0.5, 0.4, 0.3], [0.2, 0.1, 0.9]])
+    assert checkpoint.roll_back((1, 2, before), logits, trace) == (1, 2)
+    assert logits.state is before and trace.cos == [[0.5, 0.4, 0.3], [0.2, 0.1]]
+    assert all(len(trace.matrix(name, 1)) == 2 for name in ("probs", "importance_mean"))
+    trace = _trace([[0.5, 0.4, 0.3], [0.2, 0.1]])  # cut before the step was recorded
+    assert checkpoint.roll_back((1, 2, before), logits, trace) == (1, 2)
+    assert trace.cos == [[0.5, 0.4, 0.3], [0.2, 0.1]]
 
 
 def test_only_the_process_that_writes_the_results_takes_the_lock():

@@ -78,7 +78,7 @@ def test_the_npz_export_is_checked_too(tmp_path):
 
 def test_a_step_larger_than_memory_is_refused_naming_the_flag_given():
     args = config.parse_args(BASE + ["--EXP_G", "1000"])
-    assert checks.step_images(args, 3) == 2 * (1000 * 139 + 139 + 16)  # cpu: 2 points, 2 layers
+    assert checks.step_images(args, 3) == 2 * (1000 * 139 + 139 + 64)  # cpu: 2 points, 2 layers
     sizes = {"batch_size": 100, "val_batch_size": 100, "test_batch_size": 100}
     checks.memory(args, 32, 3, sizes, available=2**40)  # fits in a terabyte
     with pytest.raises(config.UsageError, match=r"^--EXP_G: a search step .* GiB of 32x32"):

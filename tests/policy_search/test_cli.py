@@ -55,7 +55,8 @@ def test_defaults_are_the_released_ones_and_flags_override_presets():
     assert (fast.EXP_G, fast.search_bno, fast.train_same_labels, fast.EXP_gT_factor,
             fast.test_batch_size) == (3, 512, 8, 2, 256)
     cpu = config.parse_args(["--preset", "cpu", "--use_model", "WRN_16_1"])
-    assert cpu.use_model == "WRN_16_1" and cpu.l_mags == 13 and cpu.EXP_G == 2
+    assert cpu.use_model == "WRN_16_1" and cpu.l_mags == 13 and cpu.EXP_G == 4
+    assert (cpu.search_bno, cpu.policy_lr, cpu.n_val_per_point) == (256, 0.025, 64)
     dummies = config.parse_args(["--port", "1234", "--mode", "server"])
     assert (dummies.port, dummies.mode, d.port) == (1234, "server", 38277)  # released types
 
@@ -77,10 +78,16 @@ def test_resume_refuses_a_checkpoint_of_other_search_flags():
     assert config.parse_args(["--dataset", "imagenet"]).pretrained.endswith(
         "imagenet_resnet50.weights.h5")
     assert config.parse_args(["--dataset", "imagenet", "--resume"]).pretrained is None
-    for key, other in (("aug_backend", "pil"), ("EXP_G", 5), ("seed", 2)):
+    for key, other in (("aug_backend", "pil"), ("EXP_G", 5), ("seed", 2), ("precision", "bf16")):
         changed = {"flags": dict(meta["flags"], **{key: other})}
         with pytest.raises(config.UsageError, match=f"--{key}"):
             checkpoint.check_resume(args, changed)
+    # A checkpoint from before --precision existed was searched in float32.
+    legacy = {"flags": {k: v for k, v in meta["flags"].items() if k != "precision"}}
+    checkpoint.check_resume(args, legacy)
+    with pytest.raises(config.UsageError, match="--precision"):
+        checkpoint.check_resume(config.parse_args(["--preset", "cpu", "--precision", "bf16"]),
+                                legacy)
 
 
 def test_help_lists_every_released_flag(tmp_path):
@@ -117,6 +124,7 @@ def _bad_cases(dataset, tmp):
         (["--pretrained", str(garbage)], "--pretrained"),
         (["--resume"], "--resume"),
         (["--n_classes", "x"], "--n_classes"),
+        (["--precision", "fp16"], "--precision"),
         (["--results_dir", str(earlier)], "--results_dir"),
     ], base
 

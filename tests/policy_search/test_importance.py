@@ -176,3 +176,28 @@ def test_tiny_float32_gradients_do_not_underflow():
     r_tiny = matcher.importance(aug, labels, tiny_val, tiny_tr).numpy()
     assert np.all(np.isfinite(r_tiny))
     assert rel_err(r_tiny * 1e-24, r) < 1e-4
+
+
+def test_bf16_importances_follow_fp32():
+    """--precision bf16 computes the same importances as float32 up to bfloat16 rounding:
+    the same weights, the same images, importances correlated over the images and the
+    gradients float32 (measured on a pretrained WRN-10-1: benchmarks/search_precision.py)."""
+    from networks.tf_models import build_model
+
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(24, 16, 16, 3)).astype(np.float32)
+    labels = rng.integers(0, 4, 24)
+    val = rng.normal(size=(16, 16, 16, 3)).astype(np.float32)
+    val_labels = rng.integers(0, 4, 16)
+    models = {p: build_model("WRN_10_1", 4, (16, 16, 3), precision=p) for p in ("fp32", "bf16")}
+    models["bf16"].set_weights(models["fp32"].get_weights())
+    r = {}
+    for precision, model in models.items():
+        matcher = GradientMatcher(model, chunk_size=8)
+        g_val = matcher.val_grad(val, val_labels)
+        g_tr = matcher.mean_grad(images, labels)
+        assert all(g.dtype == tf.float32 for g in g_tr)
+        r[precision] = matcher.importance(images, labels, g_val, g_tr).numpy()
+    assert not np.array_equal(r["fp32"], r["bf16"])  # bf16 really ran
+    assert np.corrcoef(r["fp32"], r["bf16"])[0, 1] > 0.995
+    assert rel_err(r["bf16"], r["fp32"]) < 0.1
