@@ -127,32 +127,43 @@ class DeepAAPolicy:
         if plain.dtype != torch.uint8 or plain.dim() not in (3, 4) or plain.shape[-3] != 3:
             raise ValueError(f"DeepAAPolicy takes a uint8 tensor 3 x H x W or N x 3 x H x W, "
                              f"got {plain.dtype} {tuple(plain.shape)}")
-        batch = plain if plain.dim() == 4 else plain[None]
-        self._check_batch_size(batch.shape)
-        pixels = batch.permute(0, 2, 3, 1).cpu().numpy()
-        outs = [np.asarray(self._apply_pil(Image.fromarray(np.ascontiguousarray(a)), rng))
-                for a in pixels]
-        if outs:
-            out = torch.from_numpy(np.stack(outs)).permute(0, 3, 1, 2).contiguous()
-            out = out.to(plain.device)
-        else:
-            out = plain.clone()
-        out = out if plain.dim() == 4 else out[0]
+        out = self.apply_numpy(plain.movedim(-3, -1).cpu().numpy(), rng=rng)
+        out = torch.from_numpy(out).movedim(-1, -3).contiguous().to(plain.device)
         return tv_tensors.wrap(out, like=x) if wrap else out
 
-    def _check_batch_size(self, shape) -> None:
-        """RandResizeCrop brings the images it picks to 224 x 224 (SPEC §1); in a batch of
-        another size those would no longer stack with the rest, so such a batch is refused
-        before anything is drawn."""
-        if shape[0] < 2 or tuple(shape[2:]) == (IMAGENET_SIZE, IMAGENET_SIZE):
-            return
+    def apply_numpy(self, x: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
+        """The policy on a uint8 array H x W x 3 or N x H x W x 3 (channels last, as Keras and
+        tf.data hold images), each image through the Pillow ops in turn, drawing from the same
+        stream as single calls; a new array comes back (the input is not changed)."""
+        x = np.asarray(x)
+        if x.dtype != np.uint8 or x.ndim not in (3, 4) or x.shape[-1] != 3:
+            raise ValueError(f"DeepAAPolicy takes a uint8 array H x W x 3 or N x H x W x 3, "
+                             f"got {x.dtype} {x.shape}")
+        rng = self._generator() if rng is None else rng
+        batch = x if x.ndim == 4 else x[None]
+        self.check_batch_size(*batch.shape[:3])
+        if not len(batch):
+            return x.copy()
+        out = np.stack([np.asarray(self._apply_pil(Image.fromarray(np.ascontiguousarray(a)),
+                                                   rng)) for a in batch])
+        return out if x.ndim == 4 else out[0]
+
+    @property
+    def resizes(self) -> bool:
+        """Whether the policy can pick RandResizeCrop, which makes an image 224 x 224 (SPEC §1)."""
         picks = [i for i, (name, _) in enumerate(self.policy.candidates)
                  if name == "RandResizeCrop"]
-        if picks and self.policy.probs[:, picks].any():
-            raise ValueError(f"a batch of {shape[2]} x {shape[3]} images cannot take this "
-                             f"policy's RandResizeCrop (it makes them {IMAGENET_SIZE} x "
-                             f"{IMAGENET_SIZE}); give {IMAGENET_SIZE} x {IMAGENET_SIZE} images "
-                             "or one image at a time")
+        return bool(picks) and bool(self.policy.probs[:, picks].any())
+
+    def check_batch_size(self, n, h: int, w: int) -> None:
+        """Refuse a batch of n images of h x w (n None: not known yet) that this policy cannot
+        take: images that RandResizeCrop brings to 224 x 224 would no longer stack with the
+        rest of a batch of another size. Called before anything is drawn."""
+        if (n is None or n >= 2) and (h, w) != (IMAGENET_SIZE, IMAGENET_SIZE) and self.resizes:
+            raise ValueError(f"a batch of {h} x {w} images cannot take this policy's "
+                             f"RandResizeCrop (it makes them {IMAGENET_SIZE} x {IMAGENET_SIZE}); "
+                             f"give {IMAGENET_SIZE} x {IMAGENET_SIZE} images or one image at a "
+                             "time")
 
     def _apply_in_sample(self, inputs, rng):
         """A ``transforms.v2`` sample (several inputs, or a tuple / list / dict): transform its

@@ -203,6 +203,9 @@ def test_every_input_type_gives_the_pixels_of_the_pil_path(device):
         assert type(out) is type(x) and out.shape == x.shape and out.device == x.device
         assert all(np.array_equal(_hwc(out[i]), w) for i, w in enumerate(want)), type(x)
     assert torch.equal(batch, torch.stack([_chw(img, device) for img in imgs]))  # input kept
+    arrays = np.stack([np.asarray(img) for img in imgs])  # channels last, as Keras holds them
+    assert np.array_equal(t.apply_numpy(arrays, rng=np.random.default_rng(5)), np.stack(want))
+    assert np.array_equal(t.apply_numpy(arrays[0], rng=np.random.default_rng(5)), want[0])
 
 
 def test_tensor_images_change_size_as_pil_ones_do_and_batches_that_cannot_stack_are_refused():
