@@ -322,5 +322,12 @@ def _run_in_group(cfg, args, rank, world, local) -> dict:
             dist.destroy_process_group()
 
 
+def cli() -> int:
+    """The ``deepaa-train`` command: :func:`main` on the process's arguments, exit status 0
+    (main returns the results dict, which is no exit status)."""
+    main()
+    return 0
+
+
 if __name__ == "__main__":
     main()

@@ -38,8 +38,9 @@ class PolicyError(ValueError):
 
 
 def policies_dir() -> Path:
-    """Where the shipped policies live: ``confs/policies`` beside the package."""
-    return Path(__file__).resolve().parent.parent / "confs" / "policies"
+    """Where the shipped policies live: ``augmentation/policies``, inside the package, so an
+    installed copy has them too."""
+    return Path(__file__).resolve().parent / "policies"
 
 
 def available_policies() -> list[str]:
