@@ -383,5 +383,12 @@ def one_line(exc: BaseException) -> str:
     return " ".join(text.split()) or type(exc).__name__
 
 
+def cli() -> int:
+    """The ``deepaa-train`` command: :func:`main` on the process's arguments, exit status 0
+    (main returns the results dict, which is no exit status)."""
+    main()
+    return 0
+
+
 if __name__ == "__main__":
     main()

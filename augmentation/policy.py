@@ -43,8 +43,9 @@ class PolicyError(ValueError):
 
 
 def policies_dir() -> Path:
-    """Where the shipped policies live: ``confs/policies`` beside the package."""
-    return Path(__file__).resolve().parent.parent / "confs" / "policies"
+    """Where the shipped policies live: ``augmentation/policies``, inside the package, so an
+    installed copy has them too."""
+    return Path(__file__).resolve().parent / "policies"
 
 
 def available_policies() -> list[str]:
@@ -313,6 +314,76 @@ def policy_from_dict(data) -> Policy:
     return Policy(np.array(layers, dtype=np.float64), cands, l_mags, space, dict(meta or {}))
 
 
+def _fmt(x: float, digits: int | None) -> str:
+    """A float as YAML 1.1 reads it back: PyYAML needs a '.' in the mantissa of an exponent
+    form ('1e-05' would load as a string)."""
+    s = repr(float(x)) if digits is None else f"{x:.{digits}g}"
+    mant, e, exp = s.partition("e")
+    if e and "." not in mant:
+        s = f"{mant}.0e{exp}"
+    return s
+
+
+def _plain(x):
+    """meta values as plain Python for yaml.safe_dump."""
+    if isinstance(x, dict):
+        return {str(k): _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return _plain(x.tolist())
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, Path):
+        return str(x)
+    return x
+
+
+def policy_to_yaml(policy: Policy, digits: int | None = None, probs=None) -> str:
+    """The policy as YAML text: one block line per op and candidate, each layer a flow list
+    wrapped one op per line with a comment naming the op (readable and diff-friendly).
+    ``digits=None`` writes each float64 exactly (shortest repr); an int writes that many
+    significant digits. ``probs`` overrides the table written (the npz converter writes the
+    file's own float32 values, which loading renormalises)."""
+    table = policy.probs if probs is None else np.asarray(probs, dtype=np.float64)
+    if table.shape != policy.probs.shape:
+        raise ValueError(f"probs shape {table.shape} != policy shape {policy.probs.shape}")
+    out = [
+        f"format: {FORMAT}",
+        f"space: {policy.space}",
+        f"l_mags: {policy.l_mags}",
+        "ops:             # the op table used: name -> [low, high], or null without a magnitude",
+    ]
+    for op in OP_TABLE[policy.space]:
+        out.append(f"  {op.name}: " + (f"[{op.low!r}, {op.high!r}]" if op.has_magnitude else "null"))
+    out.append(f"candidates:      # {policy.n_candidates} entries, in order: [op name, level]")
+    out += [f"  - [{name}, {level}]" for name, level in policy.candidates]
+    out.append(f"layers:          # {policy.n_layers} layers; column i is candidate i")
+    groups: list[tuple[str, list[int]]] = []
+    for i, (name, _) in enumerate(policy.candidates):
+        if groups and groups[-1][0] == name:
+            groups[-1][1].append(i)
+        else:
+            groups.append((name, [i]))
+    for row in table:
+        for g, (name, idx) in enumerate(groups):
+            lead = "  - [" if g == 0 else "     "
+            body = ", ".join(_fmt(row[i], digits) for i in idx)
+            tail = "]" if g == len(groups) - 1 else ","
+            out.append(f"{lead}{body}{tail}  # {name}")
+    meta = _plain(policy.meta)
+    if meta:
+        try:
+            dumped = yaml.safe_dump(meta, sort_keys=False, default_flow_style=False, width=4096)
+        except yaml.YAMLError as e:
+            raise PolicyError(f"meta cannot be written as YAML ({e})") from None
+        out.append("meta:")
+        out += ["  " + line for line in dumped.rstrip("\n").split("\n")]
+    else:
+        out.append("meta: {}")
+    return "\n".join(out) + "\n"
+
+
 def load_policy(path_or_name) -> Policy:
     """Read and validate a policy YAML, by path or by shipped name (``cifar_1``,
     ``deepaa_imagenet_2``). Raises :class:`PolicyError` with a one-line message."""
@@ -345,11 +416,8 @@ def load_policy(path_or_name) -> Policy:
 
 
 def save_policy(policy: Policy, path, digits: int | None = None, probs=None) -> Path:
-    """Write ``policy`` as YAML atomically (see :func:`augmentation.convert.policy_to_yaml`);
-    returns the path."""
+    """Write ``policy`` as YAML atomically (see :func:`policy_to_yaml`); returns the path."""
     if not isinstance(policy, Policy):
         raise TypeError(f"save_policy expects a Policy, got {type(policy).__name__}")
-    from .convert import policy_to_yaml  # the writer lives with the other format code
-
     atomic_write(path, policy_to_yaml(policy, digits, probs))
     return Path(path)

@@ -8,9 +8,8 @@ import yaml
 from PIL import Image
 
 from augmentation import space
-from augmentation.convert import policy_to_yaml
 from augmentation.policy import (
-    FORMAT, Policy, PolicyError, load_policy, save_policy,
+    FORMAT, Policy, PolicyError, load_policy, policy_to_yaml, save_policy,
 )
 
 
@@ -26,6 +25,21 @@ def image(seed=0, size=(32, 32)):
 
 
 # --- Policy -------------------------------------------------------------------------------------
+
+def test_the_yaml_format_needs_no_converter(tmp_path):
+    """policy.py reads and writes its format itself: saving does not import augmentation.convert
+    (which imports policy.py; the import cycle is gone)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from augmentation.policy import Policy, save_policy; "
+            f"save_policy(Policy.uniform(1), {str(tmp_path / 'u.yaml')!r}); "
+            "print('augmentation.convert' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False" and (tmp_path / "u.yaml").is_file()
+
 
 def test_round_trip_is_exact(tmp_path):
     d = space.n_candidates(5)
