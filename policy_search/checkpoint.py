@@ -56,9 +56,13 @@ def save_checkpoint(path, policy_state: dict, layer: int, step: int, trace: Sear
     arrays = {f"policy/{k}": np.asarray(v) for k, v in policy_state.items()}
     arrays["position"] = np.array([layer, step], np.int64)
     arrays.update(trace.arrays())
-    arrays["meta_json"] = np.array(json.dumps(meta))
+    _write_npz(path, arrays, meta)
+
+
+def _write_npz(path, arrays: dict, meta: dict) -> None:
+    """``arrays`` and the meta record (as JSON) in one npz, written atomically."""
     buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
+    np.savez(buffer, **arrays, meta_json=np.array(json.dumps(meta)))
     atomic_write(path, buffer.getvalue())
 
 
@@ -157,10 +161,7 @@ def save_pretraining(path, weights: list, optimizer: list, epoch: int, meta: dic
     arrays = {f"weights/{i}": np.asarray(w) for i, w in enumerate(weights)}
     arrays.update({f"optimizer/{i}": np.asarray(v) for i, v in enumerate(optimizer)})
     arrays["epoch"] = np.array(epoch, np.int64)
-    arrays["meta_json"] = np.array(json.dumps(meta))
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    atomic_write(path, buffer.getvalue())
+    _write_npz(path, arrays, meta)
 
 
 def load_pretraining(path, nb_epochs: int):

@@ -252,15 +252,20 @@ def test_a_damaged_trace_in_a_policy_is_one_line_and_draws_nothing(tmp_path, cap
     assert not out.exists()
 
 
+def _running_search(tmp_path, text):
+    """A results folder whose trace.json holds ``text``, and the folder its picture goes to."""
+    folder = tmp_path / "search"
+    folder.mkdir()
+    (folder / "trace.json").write_text(text)
+    return folder, tmp_path / "pictures"
+
+
 @pytest.mark.parametrize("case", TRACE_CASES + ["nested 100,000 deep"])
 def test_a_damaged_trace_json_is_one_line_and_draws_nothing(tmp_path, capsys, case):
     import json
 
-    folder = tmp_path / "search"
-    folder.mkdir()
     text = "[" * 100000 if case == "nested 100,000 deep" else json.dumps(_bad_trace(case))
-    (folder / "trace.json").write_text(text)
-    out = tmp_path / "pictures"
+    folder, out = _running_search(tmp_path, text)
     assert main([str(folder), "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "trace.json" in err[0], err
@@ -275,9 +280,6 @@ def test_a_trace_with_steps_not_kept_is_drawn(tmp_path):
     summary = _trace_summary(2, 10)
     for row in summary["probs"][0][:4]:
         row[:] = [float("nan")] * len(row)
-    folder = tmp_path / "search"
-    folder.mkdir()
-    (folder / "trace.json").write_text(json.dumps(summary))
-    out = tmp_path / "pictures"
+    folder, out = _running_search(tmp_path, json.dumps(summary))
     assert main([str(folder), "--out", str(out)]) == 0
     _check_png(out / "search_trace.png")
