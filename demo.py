@@ -136,7 +136,8 @@ def run_search(args, prof, spec, dataroot, out) -> str:
     cmd = [sys.executable, os.path.join(ROOT, "DeepAA_search.py"), "--dataset", spec,
            "--dataroot", dataroot, "--n_classes", "10", "--use_model", "WRN_10_1",
            *prof["search"], "--seed", "1", "--out", policy, "--results_dir", folder]
-    if os.path.exists(os.path.join(folder, "checkpoint.npz")):
+    if any(os.path.exists(os.path.join(folder, name))
+           for name in ("checkpoint.npz", "pretrain_checkpoint.npz")):
         cmd.append("--resume")  # an interrupted demo search continues where it stopped
     print(" ".join(cmd[1:]), flush=True)
     rc = subprocess.call(cmd, cwd=out, env=_env())

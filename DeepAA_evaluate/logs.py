@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import types
 
@@ -17,28 +18,42 @@ def write_json(path: str, obj) -> None:
 
 
 class MetricWriter:
-    """Per-epoch scalars of the main process; no-op without a tag (as the released trainer)."""
+    """Per-epoch scalars of the main process; no-op without a tag (as the released trainer).
+
+    The folders it makes are removed again by :meth:`discard` when the run fails before its
+    first epoch is logged (a full disk, a bad image, Ctrl-C), so such a run leaves no empty
+    ``logs/<tag>/`` behind."""
 
     def __init__(self, tag: str, enabled: bool = True, root: str = "logs"):
-        self.writers, self.jsonl = {}, None
+        self.writers, self.jsonl, self.made, self.logged = {}, None, None, False
         if not tag or not enabled:
             return
         base = os.path.join(root, tag)
+        self.made = next((p for p in _ancestors(os.path.abspath(base)) if not os.path.exists(p)),
+                         None)
         if "tensorflow" not in sys.modules:
             # TensorBoard's writer imports TensorFlow when it is installed (seconds of start-up
             # and the trainer must not load it); this marker makes it use its own stub.
             sys.modules.setdefault("tensorboard.compat.notf",
                                    types.ModuleType("tensorboard.compat.notf"))
         try:
+            self._open(base)
+        except BaseException:
+            self.discard()
+            raise
+
+    def _open(self, base: str) -> None:
+        try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
             os.makedirs(base, exist_ok=True)
             self.jsonl = open(os.path.join(base, "metrics.jsonl"), "a", encoding="utf-8")
             return
-        self.writers = {name: SummaryWriter(log_dir=os.path.join(base, name))
-                        for name in ("train", "test")}
+        for name in ("train", "test"):
+            self.writers[name] = SummaryWriter(log_dir=os.path.join(base, name))
 
     def epoch(self, entry: dict) -> None:
+        self.logged = True
         if self.jsonl is not None:
             self.jsonl.write(json.dumps(entry, default=float) + "\n")
             self.jsonl.flush()
@@ -57,3 +72,17 @@ class MetricWriter:
             self.jsonl.close()
         for w in self.writers.values():
             w.close()
+
+    def discard(self) -> None:
+        """Close, and remove the folders this writer made if it logged nothing."""
+        self.close()
+        if self.made is not None and not self.logged:
+            shutil.rmtree(self.made, ignore_errors=True)
+
+
+def _ancestors(path: str) -> list[str]:
+    """``path`` and the folders above it, outermost first."""
+    out = [path]
+    while os.path.dirname(out[-1]) != out[-1]:
+        out.append(os.path.dirname(out[-1]))
+    return out[::-1]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import reprlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,12 +21,16 @@ import numpy as np
 import yaml
 
 from .files import atomic_write
-from .space import OP_TABLE, SPACES, candidates as space_candidates, identity_index
+from .space import (OP_TABLE, SPACES, candidates as space_candidates, identity_index,
+                    l_mags_problem)
 
 FORMAT = "deepaa-policy/1"
 # How far a layer's probabilities may sum from 1 before the file is rejected; the released
 # policies were stored in float32 and miss 1 by up to ~1e-7.
 SUM_TOLERANCE = 1e-4
+# The largest policy file read: 100 layers of the 2,801 candidates of l_mags 255 take about
+# 4 MB, so anything far beyond is not a policy (and would be parsed for minutes).
+MAX_FILE_BYTES = 64 * 2**20
 _KEYS = ("format", "space", "l_mags", "ops", "candidates", "layers")
 _OPTIONAL_KEYS = ("meta",)
 
@@ -50,7 +55,29 @@ def available_policies() -> list[str]:
 
 
 def _is_number(x) -> bool:
-    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool)
+    """A YAML number that fits a float64 (an integer of hundreds of digits does not)."""
+    if not isinstance(x, (int, float, np.integer, np.floating)) or isinstance(x, bool):
+        return False
+    return not isinstance(x, int) or abs(x) <= _FLOAT64_MAX
+
+
+_FLOAT64_MAX = int(np.finfo(np.float64).max)
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = _SHORT.maxother = 60
+_SHORT.maxlong = 40
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxtuple, _SHORT.maxdict = 2, 4, 4, 4
+
+
+def short_repr(value) -> str:
+    """A bounded repr for messages: a file's value may be a huge number, a long string or a
+    nest of YAML aliases whose full repr would take hours."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 10**30:
+        return f"an integer of about {int(abs(value).bit_length() * 0.30103) + 1} digits"
+    try:
+        text = _SHORT.repr(value)
+    except ValueError:  # a value too large to print even in part
+        return f"a {type(value).__name__}"
+    return text if len(text) <= 80 else text[:76] + " ..."
 
 
 def pick_candidates(cdf: np.ndarray, u: np.ndarray) -> np.ndarray:
@@ -89,12 +116,13 @@ class Policy:
 
     def __post_init__(self):
         if self.space not in SPACES:
-            raise PolicyError(f"unknown space {self.space!r}; expected one of {', '.join(SPACES)}")
+            raise PolicyError(f"unknown space {short_repr(self.space)}; expected one of {', '.join(SPACES)}")
         if not isinstance(self.l_mags, (int, np.integer)) or isinstance(self.l_mags, bool):
-            raise PolicyError(f"l_mags must be an integer, got {self.l_mags!r}")
+            raise PolicyError(f"l_mags must be an integer, got {short_repr(self.l_mags)}")
         self.l_mags = int(self.l_mags)
-        if self.l_mags < 3 or self.l_mags % 2 == 0:
-            raise PolicyError(f"l_mags must be an odd integer >= 3, got {self.l_mags}")
+        problem = l_mags_problem(self.l_mags)
+        if problem:
+            raise PolicyError(f"l_mags {problem}")
         expected = space_candidates(self.space, self.l_mags)
         if self.candidates is None:
             self.candidates = list(expected)
@@ -188,9 +216,9 @@ def _check_candidates(cands, expected, space, l_mags):
     for i, c in enumerate(cands):
         if not (isinstance(c, tuple) and len(c) == 2 and isinstance(c[0], str)
                 and isinstance(c[1], (int, np.integer)) and not isinstance(c[1], bool)):
-            raise PolicyError(f"candidate {i} must be [op name, integer level], got {list(c) if isinstance(c, tuple) else c!r}")
+            raise PolicyError(f"candidate {i} must be [op name, integer level], got {short_repr(list(c) if isinstance(c, tuple) else c)}")
         if c[0] not in known:
-            raise PolicyError(f"candidate {i}: unknown op {c[0]!r} for space {space!r}")
+            raise PolicyError(f"candidate {i}: unknown op {short_repr(c[0])} for space {space!r}")
     if len(cands) != len(expected):
         raise PolicyError(
             f"{len(cands)} candidates, but space {space!r} with l_mags={l_mags} has {len(expected)}"
@@ -198,7 +226,7 @@ def _check_candidates(cands, expected, space, l_mags):
     for i, (c, e) in enumerate(zip(cands, expected)):
         if (c[0], int(c[1])) != e:
             raise PolicyError(
-                f"candidate {i} is [{c[0]}, {c[1]}] but the {space} table with l_mags={l_mags} "
+                f"candidate {i} is [{c[0]}, {short_repr(c[1])}] but the {space} table with l_mags={l_mags} "
                 f"has [{e[0]}, {e[1]}] there"
             )
 
@@ -228,17 +256,17 @@ def _check_ops(ops, space: str) -> None:
     table = {op.name: op for op in OP_TABLE[space]}
     for name, rng in ops.items():
         if name not in table:
-            raise PolicyError(f"unknown op {name!r} in 'ops' for space {space!r}")
+            raise PolicyError(f"unknown op {short_repr(name)} in 'ops' for space {space!r}")
         spec = table[name]
         if spec.has_magnitude:
             if not (isinstance(rng, list) and len(rng) == 2 and all(_is_number(v) for v in rng)):
-                raise PolicyError(f"ops.{name} must be [low, high], got {rng!r}")
+                raise PolicyError(f"ops.{name} must be [low, high], got {short_repr(rng)}")
             if not (math.isclose(rng[0], spec.low, abs_tol=1e-9) and math.isclose(rng[1], spec.high, abs_tol=1e-9)):
                 raise PolicyError(
                     f"ops.{name} range {rng} disagrees with this code's table [{spec.low}, {spec.high}]"
                 )
         elif rng is not None:
-            raise PolicyError(f"ops.{name} has no magnitude and must be null, got {rng!r}")
+            raise PolicyError(f"ops.{name} has no magnitude and must be null, got {short_repr(rng)}")
     missing = [n for n in table if n not in ops]
     if missing:
         raise PolicyError(f"'ops' lacks {', '.join(missing)} of the {space} table")
@@ -255,14 +283,13 @@ def policy_from_dict(data) -> Policy:
     if extra:
         raise PolicyError(f"unknown key(s): {', '.join(extra)}")
     if data["format"] != FORMAT:
-        raise PolicyError(f"unsupported format {data['format']!r}; this code reads {FORMAT!r}")
+        raise PolicyError(f"unsupported format {short_repr(data['format'])}; this code reads {FORMAT!r}")
     space, l_mags = data["space"], data["l_mags"]
     if not isinstance(space, str) or space not in SPACES:
-        raise PolicyError(f"unknown space {space!r}; expected one of {', '.join(SPACES)}")
-    if not isinstance(l_mags, int) or isinstance(l_mags, bool):
-        raise PolicyError(f"l_mags must be an integer, got {l_mags!r}")
-    if l_mags < 3 or l_mags % 2 == 0:
-        raise PolicyError(f"l_mags must be an odd integer >= 3, got {l_mags}")
+        raise PolicyError(f"unknown space {short_repr(space)}; expected one of {', '.join(SPACES)}")
+    problem = l_mags_problem(l_mags)
+    if problem:
+        raise PolicyError(f"l_mags {problem}")
     _check_ops(data["ops"], space)
     cands = data["candidates"]
     if not isinstance(cands, list):
@@ -277,7 +304,8 @@ def policy_from_dict(data) -> Policy:
             raise PolicyError(f"layer {k + 1} must be a list of probabilities, got {type(row).__name__}")
         bad = [v for v in row if not _is_number(v)]
         if bad:
-            raise PolicyError(f"layer {k + 1} has a non-number entry {bad[0]!r}")
+            raise PolicyError(f"layer {k + 1} has a non-number entry: {short_repr(bad[0])} "
+                              "(probabilities are float64 numbers)")
         if len(row) != len(cands):
             raise PolicyError(f"layer {k + 1} has {len(row)} probabilities for {len(cands)} candidates")
     meta = data.get("meta")
@@ -364,7 +392,12 @@ def load_policy(path_or_name) -> Policy:
         raise PolicyError(f"{path}: no such file")
     if path.is_dir():
         raise PolicyError(f"{path}: is a directory, not a policy file")
+    if not path.is_file():  # a device or a pipe (/dev/zero, /dev/stdin) would be read forever
+        raise PolicyError(f"{path}: not a regular file")
     try:
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise PolicyError(f"{path}: {path.stat().st_size} bytes, more than a policy file "
+                              f"holds ({MAX_FILE_BYTES})")
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise PolicyError(f"{path}: cannot read ({e})") from None
@@ -374,6 +407,8 @@ def load_policy(path_or_name) -> Policy:
         where = getattr(e, "problem_mark", None)
         line = f" at line {where.line + 1}" if where is not None else ""
         raise PolicyError(f"{path}: not valid YAML{line} ({getattr(e, 'problem', None) or e})") from None
+    except (ValueError, RecursionError) as e:  # an integer of thousands of digits, deep nesting
+        raise PolicyError(f"{path}: not a readable YAML document ({type(e).__name__})") from None
     try:
         return policy_from_dict(data)
     except PolicyError as e:

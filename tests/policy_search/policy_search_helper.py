@@ -101,6 +101,64 @@ def run_steps(strategy, chunk_size=3):
             "logits": policy.get_state()["logits"]}
 
 
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def make_data(directory, n=480, classes=4, size=16, seed=0):
+    """Colour-coded classes with noise: learnable in one epoch, so gradients are meaningful."""
+    rng = np.random.default_rng(seed)
+    directory.mkdir(parents=True)
+    for split, m in (("train", n), ("test", 64)):
+        y = rng.integers(0, classes, m)
+        x = rng.integers(0, 80, (m, size, size, 3))
+        x[np.arange(m), :, :, y % 3] += 140
+        x[y >= 3, : size // 2] += 30
+        np.savez(directory / f"{split}_0.npz", x=np.clip(x, 0, 255).astype(np.uint8), y=y)
+    return directory
+
+
+def search_env(**extra) -> dict:
+    return dict(os.environ, PYTHONPATH=ROOT, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2",
+                **extra)
+
+
+def search(args, tmp, expect=0, **kwargs):
+    """DeepAA_search.py ARGS in ``tmp``; fails unless it exits with ``expect``."""
+    import subprocess
+
+    res = subprocess.run([sys.executable, os.path.join(ROOT, "DeepAA_search.py"), *args],
+                         cwd=tmp, capture_output=True, text=True, timeout=300, env=search_env(),
+                         **kwargs)
+    assert res.returncode == expect, res.stderr[-3000:]
+    return res
+
+
+def common_flags(data) -> list:
+    """A small search on ``make_data``'s dataset: WRN-10-1, 29 candidates, 2 layers x 4
+    steps, seed 3 (with the cpu preset's sizes otherwise)."""
+    return ["--dataset", f"npz:{data}", "--n_classes", "4", "--use_model", "WRN_10_1",
+            "--preset", "cpu", "--l_mags", "3", "--n_policies", "2", "--search_bno", "4",
+            "--seed", "3"]
+
+
+def stop_when_logged(proc, log, line, sig, timeout=240):
+    """Send ``sig`` to the search ``proc`` once its ``log`` file holds ``line``; returns
+    (exit code, stderr)."""
+    import time
+
+    try:
+        deadline = time.time() + timeout
+        while time.time() < deadline and not (log.exists() and line in log.read_text()):
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            time.sleep(0.02)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return proc.returncode, err.decode()
+
+
 def free_port() -> int:
     import socket
 
