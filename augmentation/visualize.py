@@ -211,6 +211,11 @@ def plot_trace(summary: dict, path: str, title: str = "") -> None:
     palette = [plt.get_cmap("tab20")(2 * i) for i in range(10)] + \
         [plt.get_cmap("Dark2")(i) for i in range(8)]
     colours = {name: palette[i % len(palette)] for i, name in enumerate(ops)}
+    # One entropy scale for every panel, from the trace itself (the number of candidates, and
+    # so the largest entropy, depends on --l_mags).
+    recorded = [np.asarray(layer, np.float64) for layer in summary.get("entropy", [])]
+    entropy_top = max([float(np.nanmax(h)) for h in recorded if np.isfinite(h).any()] + [1.0])
+    entropy_top *= 1.05
     for k, ax in enumerate(axes.flat):
         if k >= layers:
             ax.axis("off")
@@ -224,7 +229,7 @@ def plot_trace(summary: dict, path: str, title: str = "") -> None:
         if len(entropy) == len(steps) and len(steps):
             twin = ax.twinx()
             twin.plot(steps, entropy, color="black", lw=0.8, ls="--")
-            twin.set_ylim(0, np.log(139) * 1.05)
+            twin.set_ylim(0, entropy_top)
             twin.tick_params(labelsize=7)
             if k % cols == cols - 1 or k == layers - 1:
                 twin.set_ylabel("entropy (nats, dashed)", fontsize=8)
