@@ -25,7 +25,9 @@ CHECKPOINT = "checkpoint.npz"
 RESUME_KEYS = ("dataset", "n_classes", "use_model", "n_policies", "search_bno", "seed", "l_mags",
                "policy_lr", "EXP_G", "EXP_gT_factor", "train_same_labels", "repeat_random_ops",
                "N_repeat_random", "n_val_per_point", "policy_bn_training", "pretrain_size",
-               "aug_backend")
+               "aug_backend", "backend", "precision")
+# The value of a key that checkpoints made before the key existed were made with.
+RESUME_DEFAULTS = {"backend": "tf", "precision": "fp32"}
 
 
 def save_checkpoint(path, policy_state: dict, layer: int, step: int, traces, meta: dict):
@@ -67,9 +69,10 @@ def occupied(results_dir: str, ckpt_path: str) -> str:
 def check_resume(args, meta) -> None:
     """Refuse (UsageError) to resume a checkpoint made with other flags or other weights."""
     for key in RESUME_KEYS:
-        if meta["flags"].get(key) != getattr(args, key):
+        made = meta["flags"].get(key, RESUME_DEFAULTS.get(key))
+        if made != getattr(args, key):
             raise UsageError("--resume", f"the checkpoint was made with --{key} "
-                             f"{meta['flags'].get(key)!r}, not {getattr(args, key)!r}")
+                             f"{made!r}, not {getattr(args, key)!r}")
     saved = meta.get("weights")
     if args.pretrained is not None and saved is not None and \
             os.path.abspath(args.pretrained) != os.path.abspath(saved):
@@ -87,11 +90,17 @@ def roll_back(in_flight, logits, traces) -> tuple[int, int]:
     return layer, step
 
 
-def writes_results(environ=os.environ) -> bool:
-    """Whether this process writes the results folder, read from ``TF_CONFIG`` before
-    TensorFlow starts, by the rule devices.is_chief applies once it has: every process of a
-    one-machine run; in a multi-worker one the chief where the cluster names one, else
-    worker 0."""
+def writes_results(environ=os.environ, backend: str = "tf") -> bool:
+    """Whether this process writes the results folder, read from the environment before the
+    framework starts. PyTorch: rank 0 of a torchrun job (``RANK``), or a lone process.
+    TensorFlow, from ``TF_CONFIG`` by the rule devices.is_chief applies once it has: every
+    process of a one-machine run; in a multi-worker one the chief where the cluster names one,
+    else worker 0."""
+    if backend == "torch":
+        try:
+            return int(environ.get("RANK", "0") or 0) == 0
+        except ValueError:
+            return True  # backend_torch reports a malformed RANK
     try:
         config = json.loads(environ.get("TF_CONFIG", "").strip() or "{}")
         cluster, task = config.get("cluster") or {}, config.get("task") or {}
@@ -109,7 +118,7 @@ def results_lock(args):
     """Held for the whole run by the process that writes ``--results_dir``: a second search
     there (say a --resume started twice) would overwrite the first one's checkpoints, so it
     is refused (augmentation.files.InUse) before it reads anything."""
-    if not writes_results():
+    if not writes_results(backend=args.backend):
         return contextlib.nullcontext()
     return exclusive(os.path.join(args.results_dir, ".search.lock"), args.results_dir)
 

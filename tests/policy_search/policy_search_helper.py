@@ -91,7 +91,7 @@ def run_steps(strategy, chunk_size=3):
     with strategy.scope():
         model = tiny_model(keras)
     matcher = GradientMatcher(model, strategy, chunk_size=chunk_size)
-    policy = PolicyLogits(2, 6, 0, 0.025, strategy)
+    policy = PolicyLogits(2, 6, 0, 0.025)
     searcher = Searcher(matcher, policy, "cifar")
     batch = search_batch(4, 6, 5, n_gtr=7, n_copies=2)
     s1 = searcher.stage1_step(batch)
