@@ -10,15 +10,17 @@ runs one stage-1 and one stage-k step and saves the cosines, importances and log
 from __future__ import annotations
 
 import argparse
-import os
-import sys
-
 import contextlib
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 SIZE, CHANNELS, N_CLASSES = 8, 3, 5
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @contextlib.contextmanager
@@ -101,6 +103,32 @@ def run_steps(strategy, chunk_size=3):
             "logits": policy.get_state()["logits"]}
 
 
+def make_search_data(directory, n=480, classes=4, size=16, seed=0):
+    """An ``npz:`` dataset of colour-coded classes with noise: learnable in one epoch, so
+    gradients are meaningful."""
+    rng = np.random.default_rng(seed)
+    directory.mkdir(parents=True)
+    for split, m in (("train", n), ("test", 64)):
+        y = rng.integers(0, classes, m)
+        x = rng.integers(0, 80, (m, size, size, 3))
+        x[np.arange(m), :, :, y % 3] += 140
+        x[y >= 3, : size // 2] += 30
+        np.savez(directory / f"{split}_0.npz", x=np.clip(x, 0, 255).astype(np.uint8), y=y)
+    return directory
+
+
+def run_search(args, cwd, command=None, timeout=300):
+    """``DeepAA_search.py ARGS`` (or ``command + ARGS``) in a fresh process on the CPU; fails
+    with its stderr unless it exits 0."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), CUDA_VISIBLE_DEVICES="",
+               TF_CPP_MIN_LOG_LEVEL="2")
+    command = command or [sys.executable, str(ROOT / "DeepAA_search.py")]
+    res = subprocess.run([*command, *args], cwd=cwd, capture_output=True, text=True,
+                         timeout=timeout, env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return res
+
+
 def free_port() -> int:
     import socket
 
@@ -113,7 +141,6 @@ def run_workers(commands, env, timeout=300):
     """Run one process per command as MultiWorker workers 0..n-1 on loopback ports (TF_CONFIG
     added to ``env``) and wait for all; fails with a worker's stderr if one exits non-zero."""
     import json
-    import subprocess
 
     workers = [f"127.0.0.1:{free_port()}" for _ in commands]
     procs = []

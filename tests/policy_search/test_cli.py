@@ -77,10 +77,20 @@ def test_resume_refuses_a_checkpoint_of_other_search_flags():
     assert config.parse_args(["--dataset", "imagenet"]).pretrained.endswith(
         "imagenet_resnet50.weights.h5")
     assert config.parse_args(["--dataset", "imagenet", "--resume"]).pretrained is None
-    for key, other in (("aug_backend", "pil"), ("EXP_G", 5), ("seed", 2)):
+    for key, other in (("aug_backend", "pil"), ("EXP_G", 5), ("seed", 2), ("backend", "torch"),
+                       ("precision", "bf16")):
         changed = {"flags": dict(meta["flags"], **{key: other})}
         with pytest.raises(config.UsageError, match=f"--{key}"):
             checkpoint.check_resume(args, changed)
+    # A checkpoint written before --backend and --precision existed is a fp32 TensorFlow one.
+    older = {"flags": {k: v for k, v in meta["flags"].items() if k not in ("backend",
+                                                                              "precision")}}
+    checkpoint.check_resume(args, older)
+    with pytest.raises(config.UsageError, match="--backend 'tf', not 'torch'"):
+        checkpoint.check_resume(config.parse_args(["--preset", "cpu", "--backend", "torch"]),
+                                older)
+    assert config.parse_args(["--dataset", "imagenet", "--backend", "torch"]).pretrained.endswith(
+        "imagenet_resnet50.pt")
 
 
 def test_help_lists_every_released_flag(tmp_path):
@@ -99,6 +109,8 @@ def dataset(tmp_path_factory):
 def _bad_cases(dataset, tmp):
     garbage = tmp / "garbage.weights.h5"
     garbage.write_bytes(b"not a weights file")
+    keras_file = tmp / "keras.weights.h5"  # the HDF5 signature of Keras weights
+    keras_file.write_bytes(config.HDF5_SIGNATURE + b"\0" * 64)
     earlier = tmp / "earlier_search"  # a fresh run must not overwrite its checkpoint
     earlier.mkdir()
     (earlier / "checkpoint.npz").write_bytes(b"a search's progress")
@@ -118,6 +130,13 @@ def _bad_cases(dataset, tmp):
         (["--resume"], "--resume"),
         (["--n_classes", "x"], "--n_classes"),
         (["--results_dir", str(earlier)], "--results_dir"),
+        (["--compile"], "--compile"),
+        (["--precision", "bf16"], "--precision"),
+        (["--precision", "fp16"], "--precision"),
+        (["--backend", "jax"], "--backend"),
+        (["--backend", "torch", "--cpu_replicas", "2"], "--cpu_replicas"),
+        (["--backend", "torch", "--pretrained", str(garbage)], "--pretrained"),
+        (["--backend", "torch", "--pretrained", str(keras_file)], "networks.convert_weights"),
     ], base
 
 

@@ -12,30 +12,9 @@ from PIL import Image
 from augmentation import load_policy
 from augmentation.convert import npz_to_policy
 from augmentation.space import candidates
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _make_data(directory, n=480, classes=4, size=16, seed=0):
-    """Colour-coded classes with noise: learnable in one epoch, so gradients are meaningful."""
-    rng = np.random.default_rng(seed)
-    directory.mkdir(parents=True)
-    for split, m in (("train", n), ("test", 64)):
-        y = rng.integers(0, classes, m)
-        x = rng.integers(0, 80, (m, size, size, 3))
-        x[np.arange(m), :, :, y % 3] += 140
-        x[y >= 3, : size // 2] += 30
-        np.savez(directory / f"{split}_0.npz", x=np.clip(x, 0, 255).astype(np.uint8), y=y)
-    return directory
-
-
-def _search(args, tmp):
-    env = dict(os.environ, PYTHONPATH=str(ROOT), CUDA_VISIBLE_DEVICES="",
-               TF_CPP_MIN_LOG_LEVEL="2")
-    res = subprocess.run([sys.executable, str(ROOT / "DeepAA_search.py"), *args], cwd=tmp,
-                         capture_output=True, text=True, timeout=300, env=env)
-    assert res.returncode == 0, res.stderr[-3000:]
-    return res
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helper, in any import mode
+from policy_search_helper import ROOT, make_search_data as _make_data  # noqa: E402
+from policy_search_helper import run_search as _search  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +88,6 @@ def test_weights_of_another_split_are_flagged(run):
 def test_two_workers_write_one_set_of_outputs(run):
     """MultiWorker (TF_CONFIG, two processes on loopback): both run the search, only the chief
     (worker 0) writes the results folder and the policy; the other's scratch folder is gone."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helper, in any import mode
     import policy_search_helper
 
     tmp, common = run
