@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-import sys
-import types
 
-from augmentation.files import atomic_write
+from augmentation.files import atomic_write, summary_writer
 
 
 def write_json(path: str, obj) -> None:
@@ -24,19 +22,12 @@ class MetricWriter:
         if not tag or not enabled:
             return
         base = os.path.join(root, tag)
-        if "tensorflow" not in sys.modules:
-            # TensorBoard's writer imports TensorFlow when it is installed (seconds of start-up
-            # and the trainer must not load it); this marker makes it use its own stub.
-            sys.modules.setdefault("tensorboard.compat.notf",
-                                   types.ModuleType("tensorboard.compat.notf"))
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
+        writers = {name: summary_writer(os.path.join(base, name)) for name in ("train", "test")}
+        if None in writers.values():  # tensorboard is not installed
             os.makedirs(base, exist_ok=True)
             self.jsonl = open(os.path.join(base, "metrics.jsonl"), "a", encoding="utf-8")
             return
-        self.writers = {name: SummaryWriter(log_dir=os.path.join(base, name))
-                        for name in ("train", "test")}
+        self.writers = writers
 
     def epoch(self, entry: dict) -> None:
         if self.jsonl is not None:

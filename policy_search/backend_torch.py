@@ -28,14 +28,12 @@ import io
 import json
 import math
 import os
-import sys
-import types
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from augmentation.files import atomic_write
+from augmentation.files import atomic_write, summary_writer
 from networks.names import default_chunk_size
 from networks.torch_models import search_l2, search_model
 
@@ -167,23 +165,15 @@ class TorchBackend:
 
 
 class ScalarWriter:
-    """Tensorboard scalars without TensorFlow: ``torch.utils.tensorboard`` when tensorboard is
-    installed, else JSON lines ``{"tag", "value", "step"}`` in ``folder/scalars.jsonl``."""
+    """Tensorboard scalars without TensorFlow (``augmentation.files.summary_writer``) when
+    tensorboard is installed, else JSON lines ``{"tag", "value", "step"}`` in
+    ``folder/scalars.jsonl``."""
 
     def __init__(self, folder: str):
-        self.writer = self.lines = None
-        if "tensorflow" not in sys.modules:
-            # TensorBoard's writer loads TensorFlow when it is installed; this marker makes it
-            # use its own stub, so a PyTorch search never loads TensorFlow.
-            sys.modules.setdefault("tensorboard.compat.notf",
-                                   types.ModuleType("tensorboard.compat.notf"))
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
+        self.writer, self.lines = summary_writer(folder), None
+        if self.writer is None:
             os.makedirs(folder, exist_ok=True)
             self.lines = open(os.path.join(folder, "scalars.jsonl"), "a", encoding="utf-8")
-            return
-        self.writer = SummaryWriter(log_dir=folder)
 
     def scalar(self, tag, value, step):
         if self.writer is not None:

@@ -9,12 +9,13 @@ scaled by 1/‖g_val‖; the importance r(a) = (∇θ ℓ(a) · t) / (‖g_tr‖
 augmented image is a forward-mode Jacobian-vector product of ℓ along t
 (``torch.func.jvp``, chunked), so no per-example gradient is ever formed.
 
-Batch norm: the search model's batch-norm layers run in inference mode (frozen, SPEC §2).
-With ``bn_training`` (``--policy_bn_training``) they normalise with each chunk's statistics
-and, as on the TensorFlow side, leave the running statistics as they were.
+Batch norm: the search model's batch-norm layers run in inference mode (frozen, SPEC §2), as
+the affine map they then are (see ``TorchMatcher.__init__``). With ``bn_training``
+(``--policy_bn_training``) they normalise with each chunk's statistics and, as on the
+TensorFlow side, leave the running statistics as they were.
 
 Options of the PyTorch search: ``precision="bf16"`` runs the model's passes under bfloat16
-autocast (weights, gradients and tangents stay float32, batch norm runs on float32 inputs,
+autocast (weights, gradients and tangents stay float32, batch norm and the loss run in float32,
 inner products are float64);
 ``compile=True`` compiles the per-chunk gradient and JVP functions with ``torch.compile``.
 
@@ -25,11 +26,12 @@ importances in point order, so every rank applies the same policy update.
 from __future__ import annotations
 
 import contextlib
+import types
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.func import functional_call, jvp
+from torch.func import functional_call, grad, jvp
 
 
 def theta_names(model) -> list[str]:
@@ -67,13 +69,19 @@ class TorchMatcher:
         self.device = self.theta[0].device
         self.dtype = self.theta[0].dtype
         self.autocast = precision == "bf16"
-        if self.autocast:
-            # Batch norm in float32 on the bfloat16 activations: autocast leaves it in the
-            # input's dtype, and its forward-mode derivative would then come out in float32
-            # beside a bfloat16 value, which the next convolution refuses.
-            for m in model.modules():
-                if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                    m.register_forward_pre_hook(_float32_input)
+        for m in model.modules():
+            if not isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                continue
+            # Frozen batch norm (inference mode) is the affine map x·s + t (s = γ/√(σ² + ε),
+            # t = β − μ·s, float32): F.batch_norm's function to rounding, which torch.compile
+            # traces through a JVP (it fails on F.batch_norm there) and whose derivative
+            # keeps one dtype under bfloat16 autocast. In training mode the layer's own.
+            m.forward = types.MethodType(_batch_norm, m)
+            if self.bn_training and self.autocast:
+                # Training-mode batch norm on float32 inputs: autocast leaves it in the
+                # input's dtype, and its forward-mode derivative would then come out in
+                # float32 beside a bfloat16 value, which the next convolution refuses.
+                m.register_forward_pre_hook(_float32_input)
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
         self.rank = torch.distributed.get_rank() if distributed else 0
         self.replicas = torch.distributed.get_world_size() if distributed else 1
@@ -85,20 +93,29 @@ class TorchMatcher:
 
     # ----- per-chunk primitives -------------------------------------------------------------
     def _loss(self, theta, images, labels):
-        """ℓ(x_i): cross-entropy of the model's logits (in the weights' dtype), per image."""
+        """ℓ(x_i): cross-entropy of the model's logits (in the weights' dtype), per image. θ
+        comes in as arguments, the rest of the model's state (batch norm's parameters and
+        statistics) as constants read at each call."""
+        state = {name: t.detach() for name, t in self.model.named_buffers()}
+        state.update((name, p.detach()) for name, p in self.model.named_parameters()
+                     if not p.requires_grad)
+        state.update(zip(self.names, theta))
         with torch.autocast(self.device.type, torch.bfloat16, enabled=self.autocast):
-            logits = functional_call(self.model, dict(zip(self.names, theta)), (images,))
+            logits = functional_call(self.model, state, (images,))
         return F.cross_entropy(logits.to(self.dtype), labels, reduction="none")
 
-    def _chunk_grad(self, images, labels, weights):
-        """Σ_i w_i ∇θ ℓ(x_i) over one chunk."""
-        loss = torch.sum(weights * self._loss(self.theta, images, labels))
-        return torch.autograd.grad(loss, self.theta, allow_unused=True)
+    def _chunk_grad(self, images, labels, weights, *theta):
+        """Σ_i w_i ∇θ ℓ(x_i) over one chunk (``torch.func.grad``: one graph to compile)."""
+        def weighted_loss(*th):
+            return torch.sum(weights * self._loss(th, images, labels))
 
-    def _chunk_jvp(self, images, labels, *tangent):
+        return grad(weighted_loss, argnums=tuple(range(len(theta))))(*theta)
+
+    def _chunk_jvp(self, images, labels, *theta_and_tangent):
         """∇θ ℓ(x_i) · tangent for every image of one chunk, in forward mode."""
-        primals = tuple(t.detach() for t in self.theta)
-        return jvp(lambda *theta: self._loss(theta, images, labels), primals, tangent)[1]
+        n = len(theta_and_tangent) // 2
+        return jvp(lambda *theta: self._loss(theta, images, labels),
+                   theta_and_tangent[:n], theta_and_tangent[n:])[1]
 
     # ----- chunked passes ---------------------------------------------------------------------
     def weighted_grad(self, images, labels, weights) -> list:
@@ -107,13 +124,14 @@ class TorchMatcher:
         if not len(images) == len(labels) == len(weights):
             raise ValueError("images, labels and weights must have the same length")
         total = [torch.zeros_like(t) for t in self.theta]
+        theta = [t.detach() for t in self.theta]
         with self._batch_norm_mode():
             for start in range(0, len(images), self.chunk_size):
                 end = start + self.chunk_size
-                chunk = self._grad_fn(images[start:end], labels[start:end], weights[start:end])
+                chunk = self._grad_fn(images[start:end], labels[start:end], weights[start:end],
+                                      *theta)
                 for acc, g in zip(total, chunk):
-                    if g is not None:
-                        acc += g
+                    acc += g
         return total
 
     def mean_grad(self, images, labels) -> list:
@@ -130,11 +148,12 @@ class TorchMatcher:
         images, labels, _ = self._prepare(images, labels, None)
         tangent = tuple(torch.as_tensor(t, dtype=self.dtype, device=self.device)
                         for t in tangent)
+        theta = tuple(t.detach() for t in self.theta)
         out = []
         with torch.no_grad(), self._batch_norm_mode():
             for start in range(0, len(images), self.chunk_size):
                 end = start + self.chunk_size
-                out.append(self._jvp_fn(images[start:end], labels[start:end], *tangent))
+                out.append(self._jvp_fn(images[start:end], labels[start:end], *theta, *tangent))
         return torch.cat(out) if out else torch.zeros(0, dtype=self.dtype, device=self.device)
 
     def tangent(self, g_val, g_tr):
@@ -177,9 +196,9 @@ class TorchMatcher:
         cos = torch.zeros(per, dtype=torch.float64, device=self.device)
         r = torch.zeros(per, dense.shape[1], dtype=torch.float64, device=self.device)
         for j, i in enumerate(mine):
-            g_val = self.mean_grad(self._nchw(val[i], stats), val_labels[i])
-            dense_i = self._nchw(dense[i], stats)
-            train_i = dense_i if gtr is None else self._nchw(gtr[i], stats)
+            g_val = self.mean_grad(self.device_images(val[i], stats), val_labels[i])
+            dense_i = self.device_images(dense[i], stats)
+            train_i = dense_i if gtr is None else self.device_images(gtr[i], stats)
             g_tr = self.weighted_grad(train_i, np.full(len(train_i), labels[i]), weights)
             cos[j], r[j] = self.match(dense_i, np.full(len(dense_i), labels[i]), g_val, g_tr)
         if self.replicas > 1:
@@ -187,7 +206,7 @@ class TorchMatcher:
         return cos.cpu().numpy(), r.cpu().numpy()
 
     # ----- helpers ----------------------------------------------------------------------------
-    def _nchw(self, images, stats):
+    def device_images(self, images, stats):
         """NHWC numpy images -> NCHW tensor on the device; uint8 normalised there as
         data.normalize does, (x / 255 − mean) / std in float32."""
         x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device, non_blocking=True)
@@ -218,6 +237,14 @@ class TorchMatcher:
             for m, (training, tracking) in zip(norms, saved):
                 m.train(training)
                 m.track_running_stats = tracking
+
+
+def _batch_norm(module, x):
+    if module.training:
+        return type(module).forward(module, x)
+    scale = module.weight * torch.rsqrt(module.running_var + module.eps)
+    shift = module.bias - module.running_mean * scale
+    return x * scale[:, None, None] + shift[:, None, None]
 
 
 def _float32_input(module, args):

@@ -58,16 +58,64 @@ def tiny_model(keras, seed: int = 0):
     x = keras.layers.GlobalAveragePooling2D()(x)
     out = keras.layers.Dense(N_CLASSES)(x)
     model = keras.Model(inp, out)
-    rng = np.random.default_rng(seed)
-    for w in model.weights:
-        values = rng.normal(0.0, 0.5, size=tuple(w.shape))
-        if "variance" in w.path:
-            values = 0.5 + np.abs(values)
-        w.assign(values.astype(w.dtype))
+    random_weights(model, seed, 0.5)
     for layer in model.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.trainable = False  # the search freezes batch norm (SPEC §2)
     return model
+
+
+def random_weights(model, seed: int = 0, scale: float = 0.3):
+    """Every weight of a Keras model from a seeded N(0, scale²); batch-norm variances kept
+    positive (0.5 + |draw|)."""
+    rng = np.random.default_rng(seed)
+    for w in model.weights:
+        values = rng.normal(0.0, scale, size=tuple(w.shape))
+        if "variance" in w.path:
+            values = 0.5 + np.abs(values)
+        w.assign(values.astype(w.dtype))
+
+
+def rel_err(a, b):
+    """max |a − b| / max |b|."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return np.max(np.abs(a - b)) / np.max(np.abs(b))
+
+
+def check_importance_maths(r, g_val, g_tr, cos, G, g_val_ref, p):
+    """The finite-difference check of SPEC §2's importance, for either backend (float64):
+    g_val and g_tr (flattened) equal the per-example references (G: [N, params] per-example
+    gradients of the training images, g_val_ref: the mean validation gradient); r equals the
+    central difference in p of cos(g_val, Σ_i p_i ∇ℓ_i); the cosine is that cosine at p; and
+    Σ p_i r_i = 0, since the tangent is orthogonal to g_tr."""
+    def cosine_of(q):
+        g = q @ G
+        return g_val_ref @ g / (np.linalg.norm(g_val_ref) * np.linalg.norm(g))
+
+    assert rel_err(g_val, g_val_ref) < 1e-10
+    assert rel_err(g_tr, p @ G) < 1e-10
+    h = 1e-5
+    fd = np.array([(cosine_of(p + h * e) - cosine_of(p - h * e)) / (2 * h)
+                   for e in np.eye(len(p))])
+    assert rel_err(r, fd) <= 1e-6
+    assert abs(cos - cosine_of(p)) < 1e-12
+    assert abs(p @ r) < 1e-12 * np.max(np.abs(r)) * len(r)
+
+
+def stop_and_resume(tmp, common, weights):
+    """A search stopped in the middle of layer 2 (4 steps of layer 1 + 1 of layer 2) and
+    resumed ends with the policy of the uninterrupted search in ``tmp/full``."""
+    from augmentation import load_policy
+
+    part = tmp / "part"
+    args = common + ["--pretrained", weights, "--results_dir", str(part)]
+    run_search(args + ["--stop_after_steps", "5"], tmp)
+    assert (part / "checkpoint.npz").is_file() and not (part / "policy.yaml").exists()
+    res = run_search(args + ["--resume"], tmp)
+    assert "resumed at layer 2, step 1" in (part / "search.log").read_text(), res.stderr[-500:]
+    full, resumed = load_policy(tmp / "full" / "policy.yaml"), load_policy(part / "policy.yaml")
+    np.testing.assert_allclose(resumed.probs, full.probs, rtol=0, atol=1e-9)
+    assert resumed.meta["cos_sim_trace"] == full.meta["cos_sim_trace"]
 
 
 def search_batch(n_points, n_dense, n_val, n_gtr=0, n_copies=0, seed=1):

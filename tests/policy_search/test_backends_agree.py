@@ -19,24 +19,10 @@ from policy_search.importance import GradientMatcher
 from policy_search.layers import PolicyLogits, Searcher
 from policy_search.torch_importance import TorchMatcher
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helper, in any import mode
-from policy_search_helper import CHANNELS, N_CLASSES, SIZE, search_batch  # noqa: E402
+from policy_search_helper import (CHANNELS, N_CLASSES, SIZE, random_weights,  # noqa: E402
+                                  rel_err, search_batch)
 
 TOL = 1e-5
-
-
-def rel_err(a, b):
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return np.max(np.abs(a - b)) / np.max(np.abs(b))
-
-
-def random_weights(model, seed=0):
-    """Weights and batch-norm statistics of a seeded draw (the statistics positive)."""
-    rng = np.random.default_rng(seed)
-    for w in model.weights:
-        values = rng.normal(0.0, 0.3, size=tuple(w.shape))
-        if "variance" in w.path:
-            values = 0.5 + np.abs(values)
-        w.assign(values.astype(w.dtype))
 
 
 def pair(seed=0, name="WRN_10_1"):
@@ -117,7 +103,7 @@ def test_search_steps_give_the_same_logits(models):
     logits = [s.policy.all_logits() for s in searchers]
     assert rel_err(logits[1], logits[0]) < TOL
     moved = logits[0] - PolicyLogits(2, 6, 0, 0.025).all_logits()
-    assert np.abs(moved).min() > 0.01  # every logit of both layers took two steps
+    assert np.abs(moved).min() > 1e-3 and np.abs(moved).max() > 0.03  # both layers moved
 
 
 def test_pretraining_steps_agree():

@@ -14,7 +14,7 @@ from augmentation.convert import npz_to_policy
 from augmentation.space import candidates
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helper, in any import mode
 from policy_search_helper import ROOT, make_search_data as _make_data  # noqa: E402
-from policy_search_helper import run_search as _search  # noqa: E402
+from policy_search_helper import run_search as _search, stop_and_resume  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -111,18 +111,7 @@ def test_two_workers_write_one_set_of_outputs(run):
 
 def test_stop_and_resume_gives_the_same_policy(run):
     tmp, common = run
-    weights = str(tmp / "full" / "pretrained_WRN_10_1.weights.h5")
-    part = tmp / "part"
-    args = common + ["--pretrained", weights, "--results_dir", str(part)]
-    # Stop in the middle of layer 2 (4 steps of layer 1 + 1 of layer 2), then resume.
-    _search(args + ["--stop_after_steps", "5"], tmp)
-    assert (part / "checkpoint.npz").is_file() and not (part / "policy.yaml").exists()
-    res = _search(args + ["--resume"], tmp)
-    assert "resumed at layer 2, step 1" in (part / "search.log").read_text(), res.stderr[-500:]
-    full = load_policy(tmp / "full" / "policy.yaml")
-    resumed = load_policy(part / "policy.yaml")
-    np.testing.assert_allclose(resumed.probs, full.probs, rtol=0, atol=1e-9)
-    assert resumed.meta["cos_sim_trace"] == full.meta["cos_sim_trace"]
+    stop_and_resume(tmp, common, str(tmp / "full" / "pretrained_WRN_10_1.weights.h5"))
 
 
 @pytest.fixture(scope="module")

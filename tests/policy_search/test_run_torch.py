@@ -9,7 +9,7 @@ import pytest
 
 from augmentation import load_policy
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helper, in any import mode
-from policy_search_helper import make_search_data, run_search  # noqa: E402
+from policy_search_helper import make_search_data, run_search, stop_and_resume  # noqa: E402
 
 NO_TF = [sys.executable, str(Path(__file__).resolve().parent / "search_without_tf.py")]
 
@@ -55,16 +55,7 @@ def test_torch_search_writes_the_same_files_without_tensorflow(run):
 
 def test_stop_and_resume_gives_the_same_policy(run):
     tmp, common = run
-    weights = str(tmp / "full" / "pretrained_WRN_10_1.pt")
-    part = tmp / "part"
-    args = common + ["--pretrained", weights, "--results_dir", str(part)]
-    run_search(args + ["--stop_after_steps", "5"], tmp)
-    assert (part / "checkpoint.npz").is_file() and not (part / "policy.yaml").exists()
-    run_search(args + ["--resume"], tmp)
-    assert "resumed at layer 2, step 1" in (part / "search.log").read_text()
-    full, resumed = load_policy(tmp / "full" / "policy.yaml"), load_policy(part / "policy.yaml")
-    np.testing.assert_allclose(resumed.probs, full.probs, rtol=0, atol=1e-9)
-    assert resumed.meta["cos_sim_trace"] == full.meta["cos_sim_trace"]
+    stop_and_resume(tmp, common, str(tmp / "full" / "pretrained_WRN_10_1.pt"))
 
 
 def test_torchrun_two_processes_give_the_one_process_policy(run):
@@ -85,3 +76,17 @@ def test_torchrun_two_processes_give_the_one_process_policy(run):
     np.testing.assert_allclose(b.probs, a.probs, rtol=0, atol=1e-7)
     np.testing.assert_allclose(np.array(b.meta["cos_sim_trace"]),
                                np.array(a.meta["cos_sim_trace"]), rtol=0, atol=1e-6)
+
+
+def test_scalars_without_tensorboard_are_json_lines(tmp_path, monkeypatch):
+    from policy_search.backend_torch import ScalarWriter
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # not installed
+    writer = ScalarWriter(str(tmp_path / "tensorboard"))
+    writer.scalar("cos_sim", np.float64(0.5), 3)
+    writer.scalar("entropy/layer1", 1.25, 4)
+    writer.close()
+    lines = (tmp_path / "tensorboard" / "scalars.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in lines] == [
+        {"tag": "cos_sim", "value": 0.5, "step": 3},
+        {"tag": "entropy/layer1", "value": 1.25, "step": 4}]
