@@ -301,10 +301,10 @@ def agreement(variants, weights, dataset, points, l_mags, model, n_classes):
         rows[label] = {"max|dr|/max|r|": np.abs(r - a).max() / np.abs(a).max(),
                        "corr": np.corrcoef(r.ravel(), a.ravel())[0, 1],
                        "same argmax": np.mean(r.argmax(1) == a.argmax(1))}
-    _table(rows, list(next(iter(rows.values()))), fmt="{:>14.3g}")
+    _table(rows, list(next(iter(rows.values()))), fmt="{:>14.3g}", ratios=False)
 
 
-def _table(rows, keys, extra=None, extra_name="", fmt="{:>14.4g}"):
+def _table(rows, keys, extra=None, extra_name="", fmt="{:>14.4g}", ratios=True):
     labels = list(rows)
     print(f"{'':<16}" + "".join(f"{label:>20}" for label in labels))
     for key in keys:
@@ -312,7 +312,7 @@ def _table(rows, keys, extra=None, extra_name="", fmt="{:>14.4g}"):
     if extra:
         print(f"{extra_name:<16}" + "".join(f"{fmt.format(extra(rows[label])):>20}"
                                              for label in labels))
-    if "tf" in rows and len(labels) > 1:
+    if ratios and "tf" in rows and len(labels) > 1:
         for key in keys:
             ratios = "".join(f"{rows[label][key] / rows['tf'][key]:>20.3f}" for label in labels)
             print(f"{key + ' / tf':<16}" + ratios)

@@ -87,9 +87,11 @@ class TorchMatcher:
         self.replicas = torch.distributed.get_world_size() if distributed else 1
         self._grad_fn, self._jvp_fn = self._chunk_grad, self._chunk_jvp
         if compile:  # True: inductor; a string names another torch.compile backend
+            # One static graph per chunk size (a full chunk and the few remainders of a
+            # search): dynamic shapes fail in the JVP's tangents and would fall back to eager.
             backend = compile if isinstance(compile, str) else "inductor"
-            self._grad_fn = torch.compile(self._chunk_grad, backend=backend)
-            self._jvp_fn = torch.compile(self._chunk_jvp, backend=backend)
+            self._grad_fn = torch.compile(self._chunk_grad, backend=backend, dynamic=False)
+            self._jvp_fn = torch.compile(self._chunk_jvp, backend=backend, dynamic=False)
 
     # ----- per-chunk primitives -------------------------------------------------------------
     def _loss(self, theta, images, labels):
