@@ -63,7 +63,10 @@ SCHEMA = {
     "num_workers": ((int, None), None, None),
     "train_size": ((int, None), None, None),
     "test_size": ((int, None), None, None),
-    "aug_backend": ((str,), "pil", ("pil", "tensor")),
+    # where the DeepAA policy runs: "pil" per image in the loader workers (Pillow), "batch"
+    # per batch in the loader workers (the batched path's C kernels), "tensor" per batch on
+    # the training device
+    "aug_backend": ((str,), "pil", ("pil", "batch", "tensor")),
     "amp": ((str, None), None, ("bf16", "fp16", None)),
     "channels_last": ((bool,), False, None),
     "compile": ((bool,), False, None),
@@ -158,11 +161,13 @@ def _check_values(cfg: dict) -> None:
         raise ConfigError(f"config key 'lr_schedule.warmup.multiplier' must be >= 1, got {warm['multiplier']}")
     if cfg["aug"] == "DeepAA" and not cfg["deepaa"]["EXP"]:
         raise ConfigError("missing required config key 'deepaa.EXP' (aug is DeepAA)")
-    if cfg["aug_backend"] == "tensor" and cfg["aug"] != "DeepAA":
-        raise ConfigError("config key 'aug_backend' may be 'tensor' only with aug DeepAA")
-    if cfg["aug_backend"] == "tensor" and cfg["cutout"] > 0:
-        # The cutout comes after the policy, which then runs on the device: not supported.
-        raise ConfigError("config key 'cutout' must be <= 0 with aug_backend 'tensor'")
+    if cfg["aug_backend"] != "pil" and cfg["aug"] != "DeepAA":
+        raise ConfigError(f"config key 'aug_backend' may be {cfg['aug_backend']!r} only with "
+                          "aug DeepAA")
+    if cfg["aug_backend"] != "pil" and cfg["cutout"] > 0:
+        # The cutout comes after the policy, which then runs on whole batches: not supported.
+        raise ConfigError(f"config key 'cutout' must be <= 0 with aug_backend "
+                          f"{cfg['aug_backend']!r}")
     if not is_train_model(cfg["model"]["type"]):
         raise ConfigError(f"config key 'model.type': unknown model {cfg['model']['type']!r}; "
                           "expected wresnet<depth>_<width> with depth = 6n + 4 or resnet50")

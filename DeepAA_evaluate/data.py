@@ -36,6 +36,7 @@ from PIL import Image
 
 from augmentation import center_crop
 from augmentation.ops import IMAGENET_SIZE
+from DeepAA_evaluate.batch_policy import BatchTrainSet, collated, seeded_generator
 from deepaa_data import load_dataset
 
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
@@ -230,13 +231,21 @@ class DeviceAugment:
     def __call__(self, x: torch.Tensor, epoch: int, step: int) -> torch.Tensor:
         out = []
         for j, chunk in enumerate(x.split(self.micro)):
-            key = [self.seed, epoch, step, self.first_batch + j, 2]
             # a CPU generator on any device: the draws are used on the CPU anyway (no copies
             # back from the GPU), and a GPU run gets the images a CPU run gets
-            gen = torch.Generator()
-            gen.manual_seed(int(np.random.SeedSequence(key).generate_state(1, np.uint64)[0] >> 1))
+            gen = seeded_generator([self.seed, epoch, step, self.first_batch + j, 2])
             out.append(self.apply(self.policy, chunk, mirror=True, generator=gen))
         return torch.cat(out)
+
+
+def train_dataset(cfg: dict, base, kind: str, policy=None, micro: int = 1):
+    """The training Dataset for ``cfg["aug_backend"]``: per-image transforms
+    (:class:`TrainSet`), or the policy per batch in the loader (:class:`BatchTrainSet`, batches
+    of ``micro`` images drawing together)."""
+    if cfg["aug_backend"] == "batch":
+        return BatchTrainSet(base, policy.policy, micro, crop=kind == "imagenet")
+    width, height = base.image(0).size  # the baselines' crop size
+    return TrainSet(base, build_train_transform(cfg, kind, policy, (height, width)))
 
 
 class TrainSet(torch.utils.data.Dataset):
@@ -314,6 +323,8 @@ def default_workers() -> int:
 
 def make_loader(dataset, batch_sampler=None, batch_size=None, num_workers=0, pin=False):
     kwargs = dict(num_workers=num_workers, pin_memory=pin)
+    if hasattr(dataset, "__getitems__"):  # it builds whole batches itself
+        kwargs["collate_fn"] = collated
     if num_workers > 0:
         kwargs.update(persistent_workers=True, prefetch_factor=4)
     if batch_sampler is not None:

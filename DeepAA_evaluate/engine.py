@@ -22,6 +22,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from DeepAA_evaluate.prefetch import AugmentAhead
+
 
 class Runtime:
     """Device, process-group and precision settings of a run."""
@@ -98,20 +100,19 @@ def train_epoch(rt: Runtime, model, loader, optimizer, scheduler, scaler, normal
     """Train one epoch; returns the epoch's mean loss / top-1 / top-5 over all processes.
 
     ``micro`` is the virtual-worker batch size; ``device_aug(x_uint8, epoch, step) -> x_uint8``
-    is the on-device policy (``aug_backend: tensor``, ``data.DeviceAugment``).
+    is the on-device policy (``aug_backend: tensor``, ``data.DeviceAugment``), applied one
+    batch ahead on a GPU (``prefetch.AugmentAhead``).
     """
     model.train()
     clip = cfg["optimizer"]["clip"]
     params = list(model.parameters())
     sums = torch.zeros(4, dtype=torch.float64, device=rt.device)
-    bar = tqdm(loader, desc=f"[train {epoch:04d}/{cfg['epoch']:04d}]", disable=not rt.is_main,
+    # on a GPU, the on-device policy of the next batch is prepared while this one trains
+    batches = AugmentAhead(loader, rt.device, device_aug, epoch)
+    bar = tqdm(batches, desc=f"[train {epoch:04d}/{cfg['epoch']:04d}]", disable=not rt.is_main,
                mininterval=1.0, leave=False, dynamic_ncols=True)
     t0, n_seen = time.time(), 0
     for step, (x, y) in enumerate(bar):
-        x = x.to(rt.device, non_blocking=True)
-        y = y.to(rt.device, non_blocking=True)
-        if device_aug is not None:
-            x = device_aug(x, epoch, step)
         x = normalize(x)
         optimizer.zero_grad(set_to_none=True)
         chunks = list(zip(x.split(micro), y.split(micro)))

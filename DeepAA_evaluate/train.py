@@ -110,10 +110,9 @@ class Experiment:
                                      rt.rank)
         workers = D.default_workers() if cfg["num_workers"] is None else cfg["num_workers"]
         pin = rt.device.type == "cuda"
-        width, height = self.train_set.image(0).size  # the baselines' crop size
-        transform = D.build_train_transform(cfg, self.kind, self.policy, (height, width))
-        self.train_loader = D.make_loader(D.TrainSet(self.train_set, transform),
-                                          batch_sampler=self.sampler, num_workers=workers, pin=pin)
+        train_data = D.train_dataset(cfg, self.train_set, self.kind, self.policy, self.micro)
+        self.train_loader = D.make_loader(train_data, batch_sampler=self.sampler,
+                                          num_workers=workers, pin=pin)
         shard = range(rt.rank, len(self.test_set), world)
         self.test_loader = D.make_loader(
             D.TestSet(self.test_set, D.build_test_transform(self.kind), list(shard)),

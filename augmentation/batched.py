@@ -15,17 +15,19 @@ from ``augmentation.space``; the Pillow ops in ``augmentation.ops`` are the grou
   (batched_resize).
 
 Randomness comes from an optional ``torch.Generator`` (on the CPU or on the images' device);
-without one, torch's global generator is used.
+without one, torch's global generator is used; ``batched_draws`` makes the draws.
 
-Two executors apply the ops, with the same parameters (one set of per-image draws, see
-_draw_uniforms), so they give the same pixels:
+Two executors apply the ops, with the same parameters (one set of per-image draws), so they
+give the same pixels:
 
 * on CPU tensors, the compiled kernels of ``batched_native`` (C, built on first use): one
-  pass over the batch, each image with its own op, no grouping; 23-32x Pillow at 32x32 on
+  pass over the batch (a whole policy in one call), each image with its own op, no grouping;
+  23-53x Pillow at 32x32 and about 10x for ImageNet policies at 224x224 on
   one core (benchmarks/README.md); results come back NCHW-contiguous whatever the input's
-  memory format. RandResizeCrop changes the image size, so its images are resized by a C
-  kernel of their own (batched_native.resized_crop) and rejoin the rest afterwards. Any
-  device other than the CPU, and a CPU without a C compiler, use:
+  memory format. RandResizeCrop is one more op of that pass on 224 x 224 images; on images
+  of another size it changes their size, so they are resized by a C call of their own
+  (batched_native.resized_crop) and rejoin the rest afterwards. Any device other than the
+  CPU, and a CPU without a C compiler, use:
 * the torch executor (any device): cached source maps (block copies or one gather) for the
   geometry, cached lookup tables (batched_lut) for the colour ops; a mixed batch is grouped by
   one sort, and the affine ops, like the point ops, that meet in one call run as one pass.
@@ -34,13 +36,16 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+import numpy as np
 import torch
 
 from . import batched_color as colour
+from . import batched_draws as draws
 from . import batched_geometry as geometry
 from . import batched_native as native
 from . import batched_resize as resize
 from .batched_device import to_device
+from .batched_draws import sample_candidates  # noqa: F401  (part of this module's API)
 from .ops import CROP_PAD, CUTOUT_SIDE, IMAGENET_SIZE
 from .space import OPS, check_l_mags, level_to_value
 
@@ -70,46 +75,16 @@ def _check_name(name: str) -> None:
         raise ValueError(f"unknown op {name!r}")
 
 
-def _uniform(shape, generator, device) -> torch.Tensor:
-    """float64 uniforms in [0, 1) drawn on the generator's device, moved to ``device``."""
-    where = generator.device if generator is not None else torch.device("cpu")
-    return torch.rand(shape, generator=generator, device=where, dtype=torch.float64).to(device)
-
-
-# Per-image uniforms of one call (one policy layer), drawn in image order: column 0 decides
-# the sign of a signed op under the mirror, columns 1 and 2 the parameters of a random op (the
-# flip; the cutout centre x, y; the crop's top, left). Parameters therefore do not depend on
-# how images are grouped, and the torch and C executors use the same numbers.
-_N_UNIFORMS = 3
-
-
-def _draw_uniforms(n: int, names, mirror: bool, generator) -> torch.Tensor | None:
-    """float64 (n, 3) on the CPU, or None when no op in ``names`` needs them (nothing is drawn
-    then; RandResizeCrop draws its own, see _params)."""
-    if not any((mirror and OPS[name].signed) or (OPS[name].random and name != "RandResizeCrop")
-               for name in names):
-        return None
-    return _uniform((n, _N_UNIFORMS), generator, torch.device("cpu"))
-
-
 def _params(name: str, values, u, shape, mirror: bool, generator):
-    """The per-image parameters of op ``name`` for images whose uniforms are ``u``: the values
-    (float64 (N,), CPU) of a magnitude op after the mirror (SPEC §3: signed values flip with
-    p = 0.5 per image), or the draws of a random op (SPEC §1), all on the CPU."""
-    n, _, h, w = shape
-    if name == "RandFlip":
-        return u[:, 1] < 0.5
-    if name in CUTOUT_SIDE:
-        side = CUTOUT_SIDE[name]
-        (x_lo, x_hi), (y_lo, y_hi) = geometry.cutout_centre_bounds(w, h, side)
-        cx, cy = x_lo + (x_hi - x_lo) * u[:, 1], y_lo + (y_hi - y_lo) * u[:, 2]
-        return geometry.cutout_boxes(w, h, side, cx, cy)
-    if name == "RandCrop":
-        offsets = (u[:, 1:3] * (2 * CROP_PAD + 1)).floor().long()
-        return offsets[:, 0], offsets[:, 1]
-    if name == "RandResizeCrop":
-        draws = _uniform((4, n, 10), generator, torch.device("cpu"))
-        return resize.resized_crop_boxes(w, h, *draws)
+    """The per-image parameters of op ``name`` for the torch executor, for images whose
+    uniforms are ``u``: the values (float64 (N,), CPU) of a magnitude op after the mirror
+    (SPEC §3: signed values flip with p = 0.5 per image), or the draws of a random op
+    (_random_params), all CPU tensors."""
+    if OPS[name].random:
+        drawn = draws.random_params(name, None if u is None else u.numpy(), shape, generator)
+        if isinstance(drawn, tuple):
+            return tuple(torch.from_numpy(part) for part in drawn)
+        return torch.from_numpy(drawn)
     if mirror and OPS[name].signed:
         values = torch.where(u[:, 0] < 0.5, -values, values)
     return values
@@ -126,7 +101,7 @@ def _execute(x: torch.Tensor, name: str, params) -> torch.Tensor:
     if name == "RandCrop":
         return geometry.padded_crop(x, params[0], params[1], CROP_PAD)
     if name == "RandResizeCrop":
-        if native.usable(x, ()):  # the C resize: the same pixels, about 4x faster on a CPU
+        if native.usable(x, ()):  # the C resize: the same pixels, several times faster
             return native.resized_crop(x, params, IMAGENET_SIZE)
         return resize.resized_crop(x, params, IMAGENET_SIZE)
     if name in _AFFINE:
@@ -137,7 +112,7 @@ def _execute(x: torch.Tensor, name: str, params) -> torch.Tensor:
 _OP_NAMES = tuple(OPS)  # op ids index this (op-table order)
 _OP_ID = {name: k for k, name in enumerate(_OP_NAMES)}
 _HAS_MAGNITUDE = torch.tensor([OPS[name].has_magnitude for name in _OP_NAMES])
-_SIGNED = torch.tensor([OPS[name].signed for name in _OP_NAMES])
+_SIGNED_NP = np.array([OPS[name].signed for name in _OP_NAMES])
 
 
 @lru_cache(maxsize=256)
@@ -164,22 +139,46 @@ def _check_levels(op_ids: torch.Tensor, levels: torch.Tensor, l_mags: int) -> to
     return torch.where(magnitude, levels, torch.zeros_like(levels))
 
 
-def _native(x, op_ids, levels, u, l_mags, mirror, generator) -> torch.Tensor:
-    """All images of ``x`` through the C kernels (batched_native) in one call: the per-image
-    parameters are rows of a cached candidate table, plus the random ops' draws."""
-    table = native.candidate_table(_OP_NAMES, l_mags, *x.shape[2:])
-    table.ensure(torch.unique(op_ids).tolist())
-    negative = torch.zeros_like(op_ids)
+_NATIVE_RANDOM = ("RandFlip", "RandCrop", *CUTOUT_SIDE, "RandResizeCrop")
+
+
+def _native_rows(shape, ids, levels, u, l_mags, mirror, generator):
+    """The C kernels' parameters of op ``ids[l, i]`` at ``levels[l, i]`` (int64 arrays
+    (layers, n)) for layer l of image i of a batch of ``shape``, whose uniforms are ``u``
+    (float64 (layers, n, 3) or None): the rows of a cached candidate table (batched_native),
+    plus the random ops' draws, every layer at once except RandResizeCrop's boxes (drawn
+    layer by layer, as on the torch path). All numpy: a few small arrays, where torch's
+    per-call cost would dominate. Returns (table, code, ip, fp), (layers, n, ...) each."""
+    table = native.candidate_table(_OP_NAMES, l_mags, *shape[2:])
+    layers, n = ids.shape
+    flat = ids.reshape(-1)
+    present = np.unique(flat).tolist()
+    table.ensure(present)
+    flat_u = None if u is None else u.reshape(-1, draws.N_UNIFORMS)
+    negative = np.zeros_like(flat)
     if mirror and u is not None:
-        negative = (_SIGNED[op_ids] & (u[:, 0] < 0.5)).long()
-    code, ip, fp = table.rows(op_ids.numpy(), levels.numpy(), negative.numpy())
-    if u is not None:
-        for name in ("RandFlip", "RandCrop", *CUTOUT_SIDE):
-            rows = (op_ids == _OP_ID[name]).nonzero().view(-1)
-            if rows.numel():
-                shape = (rows.numel(),) + tuple(x.shape[1:])
-                native.fill_random(ip, rows.numpy(), name,
-                                   _params(name, None, u[rows], shape, mirror, generator))
+        negative = (_SIGNED_NP[flat] & (flat_u[:, 0] < 0.5)).astype(flat.dtype)
+    code, ip, fp = table.rows(flat, levels.reshape(-1), negative)
+    for name in _NATIVE_RANDOM:
+        if _OP_ID[name] not in present:
+            continue
+        # RandResizeCrop's boxes are drawn per layer; the others come from the uniforms
+        parts = [flat] if name != "RandResizeCrop" else [ids[layer] for layer in range(layers)]
+        for k, part in enumerate(parts):
+            rows = np.flatnonzero(part == _OP_ID[name])
+            if rows.size:
+                rows = rows + k * n
+                native.fill_random(ip, rows, name, draws.random_params(
+                    name, None if u is None else flat_u[rows], (rows.size,) + tuple(shape[1:]),
+                    generator))
+    return table, code.reshape(layers, n), ip.reshape(layers, n, 4), fp.reshape(layers, n)
+
+
+def _native(x, op_ids, levels, u, l_mags, mirror, generator) -> torch.Tensor:
+    """All images of ``x`` through the C kernels in one call, one op per image."""
+    table, code, ip, fp = _native_rows(x.shape, op_ids.numpy()[None], levels.numpy()[None],
+                                       None if u is None else u.numpy()[None], l_mags, mirror,
+                                       generator)
     return table.run(x, code, ip, fp)
 
 
@@ -201,7 +200,7 @@ def apply_candidate(x, name: str, level: int, l_mags: int = 13, mirror: bool = F
     n = x.shape[0]
     op_ids = torch.full((n,), _OP_ID[name], dtype=torch.long)
     levels = _check_levels(op_ids, torch.full((n,), int(level), dtype=torch.long), l_mags)
-    u = _draw_uniforms(n, (name,), mirror, generator)
+    u = draws.draw_uniforms((n,), (name,), mirror, generator)
     if n and native.usable(x, (name,)):
         return _native(x, op_ids, levels, u, l_mags, mirror, generator)
     return _apply_one_op(x, name, _values(name, levels, l_mags), u, mirror, generator)
@@ -303,14 +302,15 @@ def apply_ops(x, names, levels, l_mags: int = 13, mirror: bool = False,
         return x.clone()
     op_ids = torch.tensor([_OP_ID[name] for name in names], dtype=torch.long)
     levels = _check_levels(op_ids, levels, l_mags)
-    u = _draw_uniforms(x.shape[0], set(names), mirror, generator)
+    u = draws.draw_uniforms((x.shape[0],), set(names), mirror, generator)
     return _merge(_dispatch(x, op_ids, levels, u, l_mags, mirror, generator), x.shape[0], x,
                   crop=False)
 
 
 def _dispatch(x, op_ids, levels, u, l_mags, mirror, generator) -> dict:
     """Apply op_ids[i] at levels[i] to image i with the fastest executor that has every op:
-    the C kernels on a CPU (RandResizeCrop images through their own C resize, _split), else
+    the C kernels on a CPU (RandResizeCrop images that change size through their own C
+    resize, _split), else
     the torch executor. Returns {(h, w): (indices, images)} as _grouped does; the generator
     is consumed in the same order on every path, so the pixels do not depend on the path."""
     names = {_OP_NAMES[k] for k in torch.unique(op_ids).tolist()}
@@ -323,46 +323,44 @@ def _dispatch(x, op_ids, levels, u, l_mags, mirror, generator) -> dict:
 
 
 def _split(x, op_ids, levels, u, l_mags, mirror, generator) -> dict:
-    """A CPU batch with some RandResizeCrop images: the other images through one C call,
-    and the RandResizeCrop images resized apart (_execute sends them to the C resize);
-    {(h, w): (indices, images)} as _grouped returns. With a 224 x 224 input the resize keeps
-    the size, so the whole batch goes through the C call (those images as Identity) and the
-    resized images are written back in place, with no reordering copy. The generator is
-    consumed as on the torch path (the uniforms, then the crops' boxes), so the pixels are
-    the same."""
+    """A CPU batch whose RandResizeCrop images change size (an input other than 224 x 224):
+    the other images through one C call, and the RandResizeCrop images resized apart
+    (_execute sends them to the C resize); {(h, w): (indices, images)} as _grouped returns.
+    The generator is consumed as on the torch path (the uniforms, then the crops' boxes), so
+    the pixels are the same."""
     resize = op_ids == _OP_ID["RandResizeCrop"]
-    rows = resize.nonzero().view(-1)
-    same_size = tuple(x.shape[2:]) == (IMAGENET_SIZE, IMAGENET_SIZE)
-    others = torch.arange(x.shape[0]) if same_size else (~resize).nonzero().view(-1)
-    done = None
+    rows, others = resize.nonzero().view(-1), (~resize).nonzero().view(-1)
+    groups = {}
     if others.numel():
-        ids = torch.where(resize, _OP_ID["Identity"], op_ids)[others]
-        done = _native(x if same_size else x.index_select(0, others), ids, levels[others],
-                       None if u is None else u[others], l_mags, mirror, generator)
+        groups[tuple(x.shape[2:])] = (others, _native(
+            x.index_select(0, others), op_ids[others], levels[others],
+            None if u is None else u[others], l_mags, mirror, generator))
     resized = _apply_one_op(x.index_select(0, rows), "RandResizeCrop", _values(
         "RandResizeCrop", levels[rows], l_mags), None if u is None else u[rows], mirror,
         generator)
-    if same_size:
-        done.index_copy_(0, rows, resized)
-        return {tuple(x.shape[2:]): (others, done)}
-    groups = {tuple(resized.shape[2:]): (rows, resized)}
-    if done is not None:
-        groups[tuple(x.shape[2:])] = (others, done)
+    groups[tuple(resized.shape[2:])] = (rows, resized)
     return groups
 
 
-def sample_candidates(policy, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """int64 (n, layers): one candidate index per image per layer, drawn with
-    torch.multinomial from each layer's probabilities."""
-    where = generator.device if generator is not None else torch.device("cpu")
-    probs = torch.as_tensor(policy.probs, dtype=torch.float64, device=where)
-    if probs.dim() != 2 or probs.shape[1] != len(policy.candidates):
-        raise ValueError(f"policy probs of shape {tuple(probs.shape)} do not match "
-                         f"{len(policy.candidates)} candidates")
-    if n == 0:
-        return torch.zeros(0, probs.shape[0], dtype=torch.long)
-    draws = [torch.multinomial(row, n, replacement=True, generator=generator) for row in probs]
-    return torch.stack(draws, dim=1).cpu()
+_IDS: dict = {}  # id(candidates) -> (candidates, l_mags, result): the list is kept alive
+
+
+def _candidate_ids(candidates, l_mags: int):
+    """Op ids and checked levels of a policy's candidates, and its op names; cached per
+    candidate list (checking them costs more than a small batch's augmentation)."""
+    cached = _IDS.get(id(candidates))
+    if cached is not None and cached[0] is candidates and cached[1] == l_mags:
+        return cached[2]
+    for name, _ in candidates:
+        _check_name(name)
+    ops_all = torch.tensor([_OP_ID[name] for name, _ in candidates], dtype=torch.long)
+    levels_all = torch.tensor([level for _, level in candidates], dtype=torch.long)
+    result = (ops_all.numpy(), _check_levels(ops_all, levels_all, l_mags).numpy(),
+              {name for name, _ in candidates})
+    if len(_IDS) >= 64:
+        _IDS.clear()
+    _IDS[id(candidates)] = (candidates, l_mags, result)
+    return result
 
 
 def apply_policy_batch(policy, x, mirror: bool = True,
@@ -376,23 +374,20 @@ def apply_policy_batch(policy, x, mirror: bool = True,
     n = x.shape[0]
     if n == 0:
         return x.clone()
-    choice = sample_candidates(policy, n, generator)
-    for name, _ in policy.candidates:
-        _check_name(name)
-    ops_all = torch.tensor([_OP_ID[name] for name, _ in policy.candidates], dtype=torch.long)
-    levels_all = torch.tensor([level for _, level in policy.candidates], dtype=torch.long)
-    levels_all = _check_levels(ops_all, levels_all, policy.l_mags)
-    names = {name for name, _ in policy.candidates}
-    if native.usable(x, names):  # every layer one C call over the whole batch
-        for layer in range(choice.shape[1]):
-            picked = choice[:, layer]
-            u = _draw_uniforms(n, names, mirror, generator)
-            x = _native(x, ops_all[picked], levels_all[picked], u, policy.l_mags, mirror,
-                        generator)
+    choice = draws.sample_candidates(policy, n, generator).numpy().T  # (layers, n)
+    ops_all, levels_all, names = _candidate_ids(policy.candidates, policy.l_mags)
+    u_all = draws.draw_uniforms(choice.shape, names, mirror, generator)
+    if native.usable(x, names):  # all layers in one C call, each image through all of them
+        table, *rows = _native_rows(x.shape, ops_all[choice], levels_all[choice],
+                                    None if u_all is None else u_all.numpy(), policy.l_mags,
+                                    mirror, generator)
+        x = table.run(x, *rows)
         return resize.center_crop(x, IMAGENET_SIZE) if policy.space == "imagenet" else x
+    choice = torch.from_numpy(np.ascontiguousarray(choice.T))
+    ops_all, levels_all = torch.from_numpy(ops_all), torch.from_numpy(levels_all)
     groups = {tuple(x.shape[2:]): (torch.arange(n), x)}
     for layer in range(choice.shape[1]):
-        u = _draw_uniforms(n, names, mirror, generator)
+        u = None if u_all is None else u_all[layer]
         new_groups = {}
         for size in sorted(groups):
             idx, images = groups[size]

@@ -246,6 +246,7 @@ class _BoundsProbe:
         return lo
 
 
+@lru_cache(maxsize=256)
 def cutout_centre_bounds(width: int, height: int, side: int):
     """((x_lo, x_hi), (y_lo, y_hi)) of the uniform cutout centre (ops.cutout_center)."""
     probe = _BoundsProbe()
@@ -253,22 +254,22 @@ def cutout_centre_bounds(width: int, height: int, side: int):
     return probe.bounds[0], probe.bounds[1]
 
 
-def cutout_boxes(width: int, height: int, side: int, cx: torch.Tensor, cy: torch.Tensor):
-    """ops.cutout_box for a batch of float64 centres: corners (inclusive) clipped to the image,
-    then truncated. Returns int64 tensors x0, y0, x1, y1."""
+def cutout_boxes(width: int, height: int, side: int, cx, cy):
+    """ops.cutout_box for a batch of float64 centres (arrays or CPU tensors): corners
+    (inclusive) clipped to the image, then truncated. Returns int64 arrays x0, y0, x1, y1."""
     half = side // 2
-    x0 = (cx - half).clamp(0, width).floor().long()
-    y0 = (cy - half).clamp(0, height).floor().long()
-    x1 = (cx + half).clamp(0, width).floor().long()
-    y1 = (cy + half).clamp(0, height).floor().long()
-    return x0, y0, x1, y1
+    centre = np.stack([np.asarray(cx, dtype=np.float64), np.asarray(cy, dtype=np.float64)])
+    limit = np.array([[width], [height]], dtype=np.float64)
+    lo = np.floor(np.minimum(np.maximum(centre - half, 0), limit)).astype(np.int64)
+    hi = np.floor(np.minimum(np.maximum(centre + half, 0), limit)).astype(np.int64)
+    return lo[0], lo[1], hi[0], hi[1]
 
 
 def cutout(x: torch.Tensor, boxes) -> torch.Tensor:
     """Fill each image's inclusive box (x0, y0, x1, y1) with FILL_GREY (ImageDraw.rectangle):
     x * (1 - inside) + grey * inside in uint8, with no select or float pass."""
     n, c, h, w = x.shape
-    x0, y0, x1, y1 = (to_device(b, x.device).view(-1, 1) for b in boxes)
+    x0, y0, x1, y1 = (to_device(torch.as_tensor(b), x.device).view(-1, 1) for b in boxes)
     cols = torch.arange(w, device=x.device).view(1, w)
     rows = torch.arange(h, device=x.device).view(1, h)
     in_cols = ((cols >= x0) & (cols <= x1)).to(torch.uint8).view(n, 1, 1, w)

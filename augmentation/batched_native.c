@@ -13,8 +13,9 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#if defined(__AVX512VBMI__) && defined(__AVX512BW__)
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
 #include <immintrin.h>
+#define DX_AVX512 1 /* the vector loops below; each has a portable loop after it */
 #endif
 
 enum {
@@ -31,8 +32,14 @@ enum {
     OP_SHARPNESS = 10,
     OP_FLIP = 11,       /* ip0 = 1 to mirror */
     OP_CUTOUT = 12,     /* ip0..3 = x0, y0, x1, y1 inclusive, clipped: fill grey */
-    OP_CROP = 13        /* ip0 = top, ip1 = left offset into the image padded by `pad` grey */
+    OP_CROP = 13,       /* ip0 = top, ip1 = left offset into the image padded by `pad` grey */
+    OP_RESIZE = 14      /* ip0..3 = left, top, width, height of the box resized to h x w (h == w) */
 };
+
+/* batched_native_resize.c */
+void *dx_resize_scratch(int64_t h, int64_t w, int64_t size);
+int dx_resize_box(const uint8_t *img, int64_t c, int64_t h, int64_t w, const int32_t *box,
+                  int64_t size, uint8_t *dst, void *scratch);
 
 /* Image.blend(d, x, a) for one 8-bit pixel pair: Blend.c computes (float)d + a * (x - d) in
  * float32 and truncates, clipping outside 0..255. */
@@ -54,7 +61,7 @@ void dx_blend_table(float a, uint8_t *table) {
  * bits 0-6) and a blend on bit 7; scalar elsewhere. */
 static void apply_lut(const uint8_t *in, uint8_t *out, int64_t n, const uint8_t *lut) {
     int64_t p = 0;
-#if defined(__AVX512VBMI__) && defined(__AVX512BW__)
+#if defined(DX_AVX512) && defined(__AVX512VBMI__)
     const __m512i t0 = _mm512_loadu_si512(lut), t1 = _mm512_loadu_si512(lut + 64);
     const __m512i t2 = _mm512_loadu_si512(lut + 128), t3 = _mm512_loadu_si512(lut + 192);
     for (; p + 64 <= n; p += 64) {
@@ -82,7 +89,21 @@ static void blend_plane(const uint8_t *in, const uint8_t *deg, uint8_t *out, int
         for (int64_t p = 0; p < n; p++) out[p] = table[in[p] * 256 + deg[p]];
         return;
     }
-    for (int64_t p = 0; p < n; p++) {
+    int64_t p = 0;
+#ifdef DX_AVX512
+    /* the same float32 operations, 16 pixels at a time; max/min clip as the ternaries below
+     * do (a -0.0 they keep truncates to 0 all the same) */
+    const __m512 av = _mm512_set1_ps(a), zero = _mm512_setzero_ps(), top = _mm512_set1_ps(255.0f);
+    for (; p + 16 <= n; p += 16) {
+        const __m512i x = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(in + p)));
+        const __m512i d = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(deg + p)));
+        const __m512 diff = _mm512_cvtepi32_ps(_mm512_sub_epi32(x, d));
+        __m512 t = _mm512_add_ps(_mm512_cvtepi32_ps(d), _mm512_mul_ps(av, diff));
+        t = _mm512_min_ps(_mm512_max_ps(t, zero), top);
+        _mm_storeu_si128((__m128i *)(out + p), _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(t)));
+    }
+#endif
+    for (; p < n; p++) {
         float t = (float)deg[p] + a * (float)((int)in[p] - (int)deg[p]);
         t = t < 0.0f ? 0.0f : t;
         t = t > 255.0f ? 255.0f : t;
@@ -121,8 +142,18 @@ static void autocontrast_band(const uint8_t *in, uint8_t *out, int64_t n) {
 /* ImageOps.equalize: step = (total - count of the last non-zero bin) // 255; identity with at
  * most one non-zero bin or step 0; lut[i] = (step // 2 + pixels below i) // step, clipped. */
 static void equalize_band(const uint8_t *in, uint8_t *out, int64_t n) {
-    int64_t hist[256] = {0};
-    for (int64_t p = 0; p < n; p++) hist[in[p]]++;
+    /* four partial histograms, so that runs of equal pixels do not wait on one counter */
+    uint32_t part[4][256] = {{0}};
+    int64_t p = 0, hist[256];
+    for (; p + 4 <= n; p += 4) {
+        part[0][in[p]]++;
+        part[1][in[p + 1]]++;
+        part[2][in[p + 2]]++;
+        part[3][in[p + 3]]++;
+    }
+    for (; p < n; p++) part[0][in[p]]++;
+    for (int i = 0; i < 256; i++)
+        hist[i] = (int64_t)part[0][i] + part[1][i] + part[2][i] + part[3][i];
     int nonzero = 0, last = -1;
     for (int i = 0; i < 256; i++)
         if (hist[i]) { nonzero++; last = i; }
@@ -159,8 +190,26 @@ static void smooth_band(const uint8_t *restrict in, uint8_t *restrict out, int64
         memcpy(out, in, (size_t)hw);
         return;
     }
+    int64_t p = w + 1;
+#ifdef DX_AVX512
+    /* 32 pixels at a time in 16-bit lanes (S <= 3315, 2 S + 13 <= 6643), the division as
+     * the high half of a 16-bit product shifted by 4: the same (t * 40330) >> 20 */
+    for (; p + 32 <= hw - w - 1; p += 32) {
+#define NEAR(o) _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(in + p + (o))))
+        __m512i sum = _mm512_add_epi16(NEAR(-w - 1), NEAR(-w));
+        sum = _mm512_add_epi16(sum, _mm512_add_epi16(NEAR(-w + 1), NEAR(-1)));
+        sum = _mm512_add_epi16(sum, _mm512_add_epi16(NEAR(1), NEAR(w - 1)));
+        sum = _mm512_add_epi16(sum, _mm512_add_epi16(NEAR(w), NEAR(w + 1)));
+        const __m512i centre = NEAR(0);
+#undef NEAR
+        sum = _mm512_add_epi16(sum, _mm512_add_epi16(_mm512_slli_epi16(centre, 2), centre));
+        __m512i t = _mm512_add_epi16(_mm512_add_epi16(sum, sum), _mm512_set1_epi16(13));
+        t = _mm512_srli_epi16(_mm512_mulhi_epu16(t, _mm512_set1_epi16((short)40330)), 4);
+        _mm256_storeu_si256((__m256i *)(out + p), _mm512_cvtepi16_epi8(t));
+    }
+#endif
 #pragma GCC ivdep
-    for (int64_t p = w + 1; p < hw - w - 1; p++) {
+    for (; p < hw - w - 1; p++) {
         uint32_t s = (uint32_t)in[p - w - 1] + in[p - w] + in[p - w + 1] + in[p - 1]
                      + 5u * in[p] + in[p + 1] + in[p + w - 1] + in[p + w] + in[p + w + 1];
         out[p] = (uint8_t)(((2u * s + 13u) * 40330u) >> 20); /* floor(t / 26), t <= 6643 */
@@ -194,193 +243,183 @@ static void padded_crop(const uint8_t *in, uint8_t *out, int64_t h, int64_t w, i
     }
 }
 
-/* Apply op[i] with parameters ip[4 i .. 4 i + 3], fp[i] to image i. maps: int32 (M, H*W)
- * source indices (-1 = black), or for images with ip2 > 0 the ip2 runs from run ip3 of
- * `runs` (int32 triples dst, src or -1, length); tables: uint8 (K, 65536) blend tables
- * indexed x * 256 + d; fill: grey per band; pad: RandCrop's padding. Returns 0, 1 + i for
- * an unknown op at image i, or -1 when out of memory. */
-int dx_apply(const uint8_t *x, uint8_t *out, int64_t n, int64_t c, int64_t h, int64_t w,
-             const int32_t *op, const int32_t *ip, const float *fp, const int32_t *maps,
-             const int32_t *runs, const uint8_t *tables, const uint8_t *fill, int32_t pad) {
+/* dst[band][p] = img[band][map[p]] for the three bands, black where map[p] = hw. The bands
+ * are first interleaved into one word per pixel (px: hw + 1 words, the last one black), so
+ * that each output pixel costs one scattered load instead of three. */
+static void gather3(const uint8_t *restrict img, uint8_t *restrict dst,
+                    const int32_t *restrict map, int64_t hw, uint32_t *restrict px) {
+    const uint8_t *r = img, *g = img + hw, *b = img + 2 * hw;
+    for (int64_t p = 0; p < hw; p++)
+        px[p] = (uint32_t)r[p] | (uint32_t)g[p] << 8 | (uint32_t)b[p] << 16;
+    px[hw] = 0;
+    uint8_t *o0 = dst, *o1 = dst + hw, *o2 = dst + 2 * hw;
+    for (int64_t p = 0; p < hw; p++) {
+        const uint32_t v = px[map[p]];
+        o0[p] = (uint8_t)v;
+        o1[p] = (uint8_t)(v >> 8);
+        o2[p] = (uint8_t)(v >> 16);
+    }
+}
+
+/* What the ops of one call share: the image size, the tables of that size (maps: int32
+ * (M, H*W) source indices, H*W = black; runs: int32 triples dst, src or -1 for black, length;
+ * tables: uint8 (K, 65536) blend tables indexed x * 256 + d), the grey of each band, RandCrop's
+ * padding, and scratch. */
+typedef struct {
+    int64_t c, h, w;
+    const int32_t *maps, *runs;
+    const uint8_t *tables, *fill;
+    int32_t pad;
+    uint8_t *grey;
+    uint32_t *px;
+    void *resize; /* RandResizeCrop's scratch, fetched at its first image */
+} call_t;
+
+/* Apply op `code` with parameters q[0..3] and factor a to one image, img -> dst (distinct).
+ * A gather reads map q0, or its q2 runs from run q3 when q2 > 0. Returns 0, 1 for an unknown
+ * op, -1 when out of memory. */
+static int apply_op(call_t *k, int32_t code, const int32_t *q, float a, const uint8_t *img,
+                    uint8_t *dst) {
+    const int64_t c = k->c, h = k->h, w = k->w, hw = h * w, size = c * hw;
+    /* the blend ops' table (q1 >= 0) when the float formula is not Pillow's; others use q1
+     * for their own parameters */
+    const uint8_t *table = code >= OP_CONTRAST && code <= OP_SHARPNESS && q[1] >= 0
+                               ? k->tables + (int64_t)q[1] * 65536 : NULL;
+    switch (code) {
+    case OP_COPY:
+        memcpy(dst, img, (size_t)size);
+        break;
+    case OP_GATHER: {
+        const int32_t *map = k->maps + (int64_t)q[0] * hw;
+        if (q[2] > 0) { /* the map as runs (dst, src or -1 for black, length) */
+            const int32_t *run = k->runs + (int64_t)q[3] * 3;
+            for (int32_t m = 0; m < q[2]; m++, run += 3)
+                for (int64_t b = 0; b < c; b++) {
+                    if (run[1] < 0) memset(dst + b * hw + run[0], 0, (size_t)run[2]);
+                    else memcpy(dst + b * hw + run[0], img + b * hw + run[1], (size_t)run[2]);
+                }
+            break;
+        }
+        if (c == 3) {
+            gather3(img, dst, map, hw, k->px);
+            break;
+        }
+        for (int64_t b = 0; b < c; b++)
+            for (int64_t p = 0; p < hw; p++)
+                dst[b * hw + p] = map[p] >= hw ? 0 : img[b * hw + map[p]];
+        break;
+    }
+    case OP_AUTOCONTRAST:
+        for (int64_t b = 0; b < c; b++) autocontrast_band(img + b * hw, dst + b * hw, hw);
+        break;
+    case OP_INVERT:
+        for (int64_t p = 0; p < size; p++) dst[p] = (uint8_t)(255 - img[p]);
+        break;
+    case OP_EQUALIZE:
+        for (int64_t b = 0; b < c; b++) equalize_band(img + b * hw, dst + b * hw, hw);
+        break;
+    case OP_SOLARIZE: {
+        const int t = q[0];
+        for (int64_t p = 0; p < size; p++)
+            dst[p] = img[p] < t ? img[p] : (uint8_t)(255 - img[p]);
+        break;
+    }
+    case OP_POSTERIZE: {
+        const uint8_t mask = (uint8_t)q[0];
+        for (int64_t p = 0; p < size; p++) dst[p] = img[p] & mask;
+        break;
+    }
+    case OP_CONTRAST: {
+        luminance(img, hw, k->grey);
+        int64_t total = 0;
+        for (int64_t p = 0; p < hw; p++) total += k->grey[p];
+        /* ImageStat mean in double, then int(mean + 0.5) (ImageEnhance.Contrast) */
+        int mean = (int)((double)total / (double)hw + 0.5);
+        blend_flat(img, dst, size, mean, a, table);
+        break;
+    }
+    case OP_COLOR:
+        luminance(img, hw, k->grey);
+        for (int64_t b = 0; b < c; b++)
+            blend_plane(img + b * hw, k->grey, dst + b * hw, hw, a, table);
+        break;
+    case OP_BRIGHTNESS:
+        blend_flat(img, dst, size, 0, a, table);
+        break;
+    case OP_SHARPNESS:
+        for (int64_t b = 0; b < c; b++) {
+            smooth_band(img + b * hw, k->grey, h, w);
+            blend_plane(img + b * hw, k->grey, dst + b * hw, hw, a, table);
+        }
+        break;
+    case OP_FLIP:
+        if (!q[0]) {
+            memcpy(dst, img, (size_t)size);
+            break;
+        }
+        for (int64_t r = 0; r < c * h; r++)
+            for (int64_t p = 0; p < w; p++) dst[r * w + p] = img[r * w + w - 1 - p];
+        break;
+    case OP_CUTOUT:
+        memcpy(dst, img, (size_t)size);
+        for (int64_t b = 0; b < c; b++)
+            for (int64_t r = q[1]; r <= q[3] && r < h; r++)
+                for (int64_t p = q[0]; p <= q[2] && p < w; p++)
+                    dst[b * hw + r * w + p] = k->fill[b];
+        break;
+    case OP_CROP:
+        for (int64_t b = 0; b < c; b++)
+            padded_crop(img + b * hw, dst + b * hw, h, w, q[0], q[1], k->pad, k->fill[b]);
+        break;
+    case OP_RESIZE:
+        if (h != w) return 1;
+        if (!k->resize && !(k->resize = dx_resize_scratch(h, w, h))) return -1;
+        dx_resize_box(img, c, h, w, q, h, dst, k->resize);
+        break;
+    default:
+        return 1;
+    }
+    return 0;
+}
+
+/* Apply `layers` ops to every image in turn: op[l * n + i] with parameters ip[4 (l n + i) ..]
+ * and factor fp[l n + i] is layer l of image i. An image goes through all its layers before
+ * the next one starts, its intermediate results in two buffers of one image that stay in the
+ * cache (a policy batch is one call); an Identity before the last layer costs nothing.
+ * fill: grey per band; pad: RandCrop's padding. Returns 0, 1 + l n + i for an unknown op, or
+ * -1 when out of memory. */
+int dx_apply(const uint8_t *x, uint8_t *out, int64_t n, int64_t layers, int64_t c, int64_t h,
+             int64_t w, const int32_t *op, const int32_t *ip, const float *fp,
+             const int32_t *maps, const int32_t *runs, const uint8_t *tables,
+             const uint8_t *fill, int32_t pad) {
     const int64_t hw = h * w, size = c * hw;
-    uint8_t *grey = (uint8_t *)malloc((size_t)hw);
-    if (!grey) return -1;
+    /* scratch: the interleaved pixels, two images, the grey band; kept by the thread between
+     * calls (made afresh per call, its pages would be faulted in every time) */
+    static __thread uint8_t *kept;
+    static __thread int64_t kept_bytes;
+    const int64_t bytes = (hw + 1) * (int64_t)sizeof(uint32_t) + 2 * size + hw;
+    if (kept_bytes < bytes) {
+        free(kept);
+        kept = (uint8_t *)malloc((size_t)bytes);
+        kept_bytes = kept ? bytes : 0;
+        if (!kept) return -1;
+    }
+    call_t k = {c, h, w, maps, runs, tables, fill, pad, NULL, NULL, NULL};
+    k.px = (uint32_t *)kept;
+    uint8_t *buf = kept + (hw + 1) * sizeof(uint32_t);
+    k.grey = buf + 2 * size;
     int status = 0;
     for (int64_t i = 0; i < n && !status; i++) {
-        const uint8_t *img = x + i * size;
-        uint8_t *dst = out + i * size;
-        const int32_t *q = ip + 4 * i;
-        const float a = fp[i];
-        /* the blend ops' table (ip1 >= 0) when the float formula is not Pillow's; others
-         * use ip1 for their own parameters */
-        const uint8_t *table = op[i] >= OP_CONTRAST && op[i] <= OP_SHARPNESS && q[1] >= 0
-                                   ? tables + (int64_t)q[1] * 65536 : NULL;
-        switch (op[i]) {
-        case OP_COPY:
-            memcpy(dst, img, (size_t)size);
-            break;
-        case OP_GATHER: {
-            const int32_t *map = maps + (int64_t)q[0] * hw;
-            if (q[2] > 0) { /* the map as runs (dst, src or -1 for black, length) */
-                const int32_t *run = runs + (int64_t)q[3] * 3;
-                for (int32_t k = 0; k < q[2]; k++, run += 3)
-                    for (int64_t b = 0; b < c; b++) {
-                        if (run[1] < 0) memset(dst + b * hw + run[0], 0, (size_t)run[2]);
-                        else memcpy(dst + b * hw + run[0], img + b * hw + run[1], (size_t)run[2]);
-                    }
-                break;
-            }
-            if (c == 3) {
-                const uint8_t *r = img, *g = img + hw, *bl = img + 2 * hw;
-                uint8_t *o0 = dst, *o1 = dst + hw, *o2 = dst + 2 * hw;
-                for (int64_t p = 0; p < hw; p++) {
-                    const int32_t m = map[p];
-                    if (m < 0) { o0[p] = o1[p] = o2[p] = 0; continue; }
-                    o0[p] = r[m]; o1[p] = g[m]; o2[p] = bl[m];
-                }
-                break;
-            }
-            for (int64_t b = 0; b < c; b++)
-                for (int64_t p = 0; p < hw; p++)
-                    dst[b * hw + p] = map[p] < 0 ? 0 : img[b * hw + map[p]];
-            break;
-        }
-        case OP_AUTOCONTRAST:
-            for (int64_t b = 0; b < c; b++) autocontrast_band(img + b * hw, dst + b * hw, hw);
-            break;
-        case OP_INVERT:
-            for (int64_t p = 0; p < size; p++) dst[p] = (uint8_t)(255 - img[p]);
-            break;
-        case OP_EQUALIZE:
-            for (int64_t b = 0; b < c; b++) equalize_band(img + b * hw, dst + b * hw, hw);
-            break;
-        case OP_SOLARIZE: {
-            const int t = q[0];
-            for (int64_t p = 0; p < size; p++)
-                dst[p] = img[p] < t ? img[p] : (uint8_t)(255 - img[p]);
-            break;
-        }
-        case OP_POSTERIZE: {
-            const uint8_t mask = (uint8_t)q[0];
-            for (int64_t p = 0; p < size; p++) dst[p] = img[p] & mask;
-            break;
-        }
-        case OP_CONTRAST: {
-            luminance(img, hw, grey);
-            int64_t total = 0;
-            for (int64_t p = 0; p < hw; p++) total += grey[p];
-            /* ImageStat mean in double, then int(mean + 0.5) (ImageEnhance.Contrast) */
-            int mean = (int)((double)total / (double)hw + 0.5);
-            blend_flat(img, dst, size, mean, a, table);
-            break;
-        }
-        case OP_COLOR:
-            luminance(img, hw, grey);
-            for (int64_t b = 0; b < c; b++)
-                blend_plane(img + b * hw, grey, dst + b * hw, hw, a, table);
-            break;
-        case OP_BRIGHTNESS:
-            blend_flat(img, dst, size, 0, a, table);
-            break;
-        case OP_SHARPNESS:
-            for (int64_t b = 0; b < c; b++) {
-                smooth_band(img + b * hw, grey, h, w);
-                blend_plane(img + b * hw, grey, dst + b * hw, hw, a, table);
-            }
-            break;
-        case OP_FLIP:
-            if (!q[0]) {
-                memcpy(dst, img, (size_t)size);
-                break;
-            }
-            for (int64_t r = 0; r < c * h; r++)
-                for (int64_t k = 0; k < w; k++) dst[r * w + k] = img[r * w + w - 1 - k];
-            break;
-        case OP_CUTOUT:
-            memcpy(dst, img, (size_t)size);
-            for (int64_t b = 0; b < c; b++)
-                for (int64_t r = q[1]; r <= q[3] && r < h; r++)
-                    for (int64_t k = q[0]; k <= q[2] && k < w; k++)
-                        dst[b * hw + r * w + k] = fill[b];
-            break;
-        case OP_CROP:
-            for (int64_t b = 0; b < c; b++)
-                padded_crop(img + b * hw, dst + b * hw, h, w, q[0], q[1], pad, fill[b]);
-            break;
-        default:
-            status = (int)(1 + i);
+        const uint8_t *src = x + i * size;
+        for (int64_t l = 0; l < layers && !status; l++) {
+            const int64_t j = l * n + i;
+            const int last = l == layers - 1;
+            if (op[j] == OP_COPY && !last) continue;
+            uint8_t *dst = last ? out + i * size : (src == buf ? buf + size : buf);
+            const int r = apply_op(&k, op[j], ip + 4 * j, fp[j], src, dst);
+            status = r > 0 ? (int)(1 + j) : r;
+            src = dst;
         }
     }
-    free(grey);
-    return status;
-}
-
-/* Resample.c clip8: a fixed-point sum (22 fractional bits, rounding bias included) to 8 bits. */
-static inline uint8_t clip8(int32_t ss) {
-    ss >>= 22;
-    return (uint8_t)(ss < 0 ? 0 : (ss > 255 ? 255 : ss));
-}
-
-/* dst[j * rows + i] = src[i * stride + j] for i < rows, j < cols, in 32 x 32 tiles. */
-static void transpose(const uint8_t *src, int64_t stride, int64_t rows, int64_t cols,
-                      uint8_t *dst) {
-    for (int64_t i0 = 0; i0 < rows; i0 += 32)
-        for (int64_t j0 = 0; j0 < cols; j0 += 32)
-            for (int64_t i = i0; i < i0 + 32 && i < rows; i++)
-                for (int64_t j = j0; j < j0 + 32 && j < cols; j++)
-                    dst[j * rows + i] = src[i * stride + j];
-}
-
-/* One Resample.c pass along the rows of a `lines` x `len` uint8 matrix, vectorised across
- * its columns: out row o = clip8(2^21 + sum_j in row (start[o] + j - base) * k[o][j]) for
- * the taps before row `end` (those after have weight 0). */
-static void resample_lines(const uint8_t *in, int64_t len, int64_t base, int64_t end,
-                           const int32_t *start, const int32_t *kernel, int64_t taps,
-                           int64_t outs, uint8_t *out, int32_t *acc) {
-    for (int64_t o = 0; o < outs; o++) {
-        const int64_t s0 = start[o], count = taps < end - s0 ? taps : end - s0;
-        const int32_t *k = kernel + o * taps;
-        for (int64_t p = 0; p < len; p++) acc[p] = 1 << 21;
-        for (int64_t j = 0; j < count; j++) {
-            const uint8_t *t = in + (s0 + j - base) * len;
-            const int32_t wt = k[j];
-            for (int64_t p = 0; p < len; p++) acc[p] += (int32_t)t[p] * wt;
-        }
-        for (int64_t p = 0; p < len; p++) out[o * len + p] = clip8(acc[p]);
-    }
-}
-
-/* Pillow's 8-bit BICUBIC resize of a box, per image (RandResizeCrop, SPEC §1): the horizontal
- * pass over source rows first..last-1 into 8-bit rows, then the vertical pass, each output
- * sample clip8 of its taps' pixel * weight summed from 2^21. The taps come from Python
- * (batched_resize.bicubic_taps, the same as the torch executor's): for image i, plan[8 i ..]
- * = offset of its column starts in `starts`, of its column weights in `weights`, taps per
- * column, the same three for rows, first, last. Both passes run along rows so that the
- * inner loop is contiguous: the horizontal one on the transposed band, whose result is
- * transposed back. out: N x C x size x size. Returns 0, or -1 when out of memory. */
-int dx_resize(const uint8_t *x, uint8_t *out, int64_t n, int64_t c, int64_t h, int64_t w,
-              int64_t size, const int64_t *plan, const int32_t *starts,
-              const int32_t *weights) {
-    uint8_t *cols = (uint8_t *)malloc((size_t)(w * h)); /* the band transposed */
-    uint8_t *tmp_t = (uint8_t *)malloc((size_t)(size * h)); /* horizontal pass, transposed */
-    uint8_t *tmp = (uint8_t *)malloc((size_t)(size * h));
-    int32_t *acc = (int32_t *)malloc((size_t)(size > h ? size : h) * sizeof(int32_t));
-    int status = cols && tmp_t && tmp && acc ? 0 : -1;
-    for (int64_t i = 0; i < n && !status; i++) {
-        const int64_t *q = plan + 8 * i;
-        const int64_t first = q[6], rows = q[7] - q[6];
-        for (int64_t b = 0; b < c; b++) {
-            transpose(x + ((i * c + b) * h + first) * w, w, rows, w, cols);
-            resample_lines(cols, rows, 0, w, starts + q[0], weights + q[1], q[2], size, tmp_t,
-                           acc);
-            transpose(tmp_t, rows, size, rows, tmp);
-            resample_lines(tmp, size, first, q[7], starts + q[3], weights + q[4], q[5], size,
-                           out + (i * c + b) * size * size, acc);
-        }
-    }
-    free(cols);
-    free(tmp_t);
-    free(tmp);
-    free(acc);
     return status;
 }

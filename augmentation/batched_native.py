@@ -3,25 +3,28 @@
 On a CPU core the torch path (batched_color / batched_geometry) pays for every torch call:
 a 32x32 op costs 2-6 µs per image there, while the work itself is a few hundred nanoseconds.
 ``batched_native.c`` does the same ops in one loop over the batch, each image with its own op
-and parameters, so a mixed batch needs no grouping, no gather of index tensors and no merge.
+and parameters, so a mixed batch needs no grouping, no gather of index tensors and no merge;
+a policy's layers are one call too, each image through all of them while it is in the cache.
 
 * The parameters come from the same code as the torch executor's (geometry maps from
   ``batched_geometry.source_index``, Solarize thresholds and Posterize masks from
-  ``batched_color``, the random draws of ``batched``), tabulated once per (op, level, sign)
-  in a ``CandidateTable``, so a call is a few numpy lookups and one C call; both executors give
-  the same pixels for the same generator (tests/augmentation/test_batched_native.py).
+  ``batched_color``, the random draws of ``batched_draws``), tabulated once per (op, level,
+  sign) in a ``CandidateTable``, so a call is a few numpy lookups and one C call; both
+  executors give the same pixels for the same generator
+  (tests/augmentation/test_batched_native.py).
 * The ImageEnhance blend is evaluated as Blend.c does, in float32 without fused multiply-add.
   Before a factor is used its whole 256 x 256 table is compared once with Pillow's own
   ``Image.blend`` table (batched_lut); if they differ anywhere (a Pillow built with FMA, say),
   that factor is looked up in Pillow's table instead, so the result is exact either way.
-* RandResizeCrop changes the image size, so it has a function of its own (``resized_crop``):
-  Pillow's fixed-point BICUBIC with the torch executor's cached taps, both passes along
-  contiguous rows.
+* RandResizeCrop (``batched_native_resize.c``): Pillow's fixed-point BICUBIC, taps included,
+  bit-exact. On 224 x 224 images it is one more op of the one pass (its output has the input's
+  size); images of other sizes are resized by a call of their own (``resized_crop``).
 * The library is compiled on first use with the system C compiler (``$CC``, else ``cc``) into
   a cache folder (``$DEEPAA_CACHE``, else ``$XDG_CACHE_HOME/deepaa`` or ``~/.cache/deepaa``,
-  else a private temp folder; see _cache_dir), named by a hash of the source, flags, compiler
-  version and CPU features and written atomically, so concurrent processes share one build. Without a
-  compiler, or with ``DEEPAA_NATIVE=0``, ``available()`` is False and the torch path runs.
+  else a private temp folder; see _cache_dir), named by a hash of the sources, flags,
+  compiler version and CPU features and written atomically, so concurrent processes share one
+  build. Without a compiler, or with ``DEEPAA_NATIVE=0``, ``available()`` is False and the
+  torch path runs.
 """
 from __future__ import annotations
 
@@ -42,11 +45,12 @@ from . import batched_color as colour
 from . import batched_lut as lut_ops
 from . import batched_geometry as geometry
 from .batched_geometry import source_index
-from .batched_resize import bicubic_taps, resized_crop as _resized_crop
-from .ops import CROP_PAD
+from .batched_resize import resized_crop as _resized_crop
+from .ops import CROP_PAD, IMAGENET_SIZE
 from .space import FILL_GREY, OPS, level_to_value
 
-_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "batched_native.c")
+_SOURCES = tuple(os.path.join(os.path.dirname(os.path.abspath(__file__)), name)
+                 for name in ("batched_native.c", "batched_native_resize.c"))
 _FLAGS = ("-O3", "-ffp-contract=off", "-fno-fast-math", "-fPIC", "-shared")
 # Tuned for the CPU it is built on (AVX2 / AVX-512 make the blends about 3x faster); the
 # cache key then includes the CPU's feature flags so a shared cache never serves another CPU.
@@ -58,7 +62,7 @@ CODES = {
     "Identity": 0, "ShearX": 1, "ShearY": 1, "TranslateX": 1, "TranslateY": 1, "Rotate": 1,
     "AutoContrast": 2, "Invert": 3, "Equalize": 4, "Solarize": 5, "Posterize": 6,
     "Contrast": 7, "Color": 8, "Brightness": 9, "Sharpness": 10, "RandFlip": 11,
-    "RandCutout": 12, "RandCutout60": 12, "RandCrop": 13,
+    "RandCutout": 12, "RandCutout60": 12, "RandCrop": 13, "RandResizeCrop": 14,
 }
 _BLENDS = ("Contrast", "Color", "Brightness", "Sharpness")
 
@@ -98,12 +102,14 @@ def _cpu_fingerprint() -> str:
 
 
 def build(compiler: str | None = None) -> str:
-    """Compile batched_native.c (if its build is not cached yet); return the library path.
+    """Compile the C sources (if their build is not cached yet); return the library path.
     Tries ``-march=native`` first and plain flags if that fails. Raises OSError /
     subprocess.CalledProcessError when no build works."""
     compiler = compiler or os.environ.get("CC") or "cc"
-    with open(_SOURCE, "rb") as f:
-        source = f.read()
+    source = b""
+    for path in _SOURCES:
+        with open(path, "rb") as f:
+            source += f.read()
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
     setup = (_FLAGS, _NATIVE_ARCH, compiler, version, platform.machine(), sys.platform,
              _cpu_fingerprint())
@@ -116,7 +122,7 @@ def build(compiler: str | None = None) -> str:
     os.close(fd)
     try:
         for extra in ((_NATIVE_ARCH,), ()):
-            result = subprocess.run([compiler, *_FLAGS, *extra, _SOURCE, "-o", tmp],
+            result = subprocess.run([compiler, *_FLAGS, *extra, *_SOURCES, "-o", tmp, "-lm"],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             if result.returncode == 0:
                 break
@@ -136,11 +142,11 @@ def _library():
     except (OSError, subprocess.CalledProcessError):
         return None
     p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32
-    lib.dx_apply.argtypes = [p, p, i64, i64, i64, i64, p, p, p, p, p, p, p, i32]
+    lib.dx_apply.argtypes = [p, p, i64, i64, i64, i64, i64, p, p, p, p, p, p, p, i32]
     lib.dx_apply.restype = ctypes.c_int
     lib.dx_blend_table.argtypes = [ctypes.c_float, p]
     lib.dx_blend_table.restype = None
-    lib.dx_resize.argtypes = [p, p, i64, i64, i64, i64, i64, p, p, p]
+    lib.dx_resize.argtypes = [p, p, i64, i64, i64, i64, i64, p]
     lib.dx_resize.restype = ctypes.c_int
     return lib
 
@@ -155,10 +161,12 @@ def available() -> bool:
 
 
 def usable(x: torch.Tensor, names) -> bool:
-    """True when the kernels can apply ops ``names`` to ``x``: a CPU tensor of non-empty
-    images whose pixel indices fit the kernels' int32 maps."""
+    """True when the kernels can apply ops ``names`` to ``x`` in one pass: a CPU tensor of
+    non-empty images whose pixel indices fit the kernels' int32 maps; RandResizeCrop only on
+    224 x 224 images (its output size: the pass keeps the size)."""
     h, w = x.shape[2:]
-    return (x.device.type == "cpu" and 0 < h * w < 2 ** 31
+    same_size = h == w == IMAGENET_SIZE or "RandResizeCrop" not in names
+    return (x.device.type == "cpu" and 0 < h * w < 2 ** 31 and same_size
             and all(name in CODES for name in names) and available())
 
 
@@ -170,15 +178,17 @@ def formula_matches(factor: float) -> bool:
     return bool(torch.equal(mine, lut_ops._blend_table_cpu(float(factor))))
 
 
-# A map is copied as runs when its runs average at least this many pixels.
-_MIN_RUN = 8
+# A map is copied as runs when its runs average at least this many pixels; shorter runs cost
+# more in memcpy calls than the per-pixel gather (measured at 32 x 32 and 224 x 224).
+_MIN_RUN = 24
 
 
 @lru_cache(maxsize=4096)
 def map_runs(name: str, value: float, width: int, height: int):
     """source_index as runs: int32 (R, 3) rows (dst, src or -1 for black, length) of
     consecutive output pixels read from consecutive source pixels, or None when the runs are
-    short (ShearY, Rotate), where a per-pixel gather is faster."""
+    short (ShearY, Rotate, a small shift on a large image), where a per-pixel gather is
+    faster."""
     m = source_index(name, value, width, height)
     same = ((m[1:] == m[:-1] + 1) & (m[:-1] >= 0)) | ((m[1:] < 0) & (m[:-1] < 0))
     starts = np.concatenate(([0], np.flatnonzero(~same) + 1))
@@ -194,7 +204,8 @@ class CandidateTable:
     looks its images' rows up with numpy instead of looping over ops in Python. Row
     (op * l_mags + level) * 2 + negative. An op's rows are filled the first time a call uses
     it (``ensure``), so a size that meets few ops builds few source maps; rows of ops without
-    a C kernel keep code -1. Random ops get their per-image draws afterwards (``fill_random``).
+    a C kernel keep code -1. Random ops get their per-image draws afterwards (``fill_random``;
+    RandResizeCrop its box).
     Filled rows never change and the stacked arrays only grow, so calls in several threads
     see consistent tables."""
 
@@ -254,7 +265,8 @@ class CandidateTable:
     def _add_map(self, row: int, name: str, value: float) -> None:
         """Row ``row`` gets a new source map (map id, and its runs when map_runs gives any)."""
         self.ip[row, 0] = len(self._maps)
-        self._maps.append(source_index(name, value, self.width, self.height).astype(np.int32))
+        m = source_index(name, value, self.width, self.height).astype(np.int32)
+        self._maps.append(np.where(m < 0, np.int32(m.size), m))  # the C code's black: h * w
         plan = map_runs(name, value, self.width, self.height)
         if plan is not None:
             self.ip[row, 2], self.ip[row, 3] = len(plan), self._first
@@ -267,23 +279,26 @@ class CandidateTable:
         return self.code[row], self.ip[row], self.fp[row]
 
     def run(self, x: torch.Tensor, code: np.ndarray, ip: np.ndarray, fp: np.ndarray):
-        """Apply the ops to ``x`` (uint8 N x C x H x W on the CPU) with one C call."""
+        """Apply the ops to ``x`` (uint8 N x C x H x W on the CPU) with one C call: ``code``,
+        ``ip``, ``fp`` as ``rows`` gives them for one op per image, or stacked (layers, N, ...)
+        for several ops per image, applied in order (each image through all its layers while
+        it is in the cache)."""
         x = x.contiguous()
         n, c, h, w = x.shape
         out = torch.empty_like(x)
         if n == 0:
             return out
+        code = np.ascontiguousarray(code, dtype=np.int32).reshape(-1, n)
         fill = np.array(FILL_GREY, dtype=np.uint8)  # one grey per band of the RGB images
-        arrays = (np.ascontiguousarray(code, dtype=np.int32),
-                  np.ascontiguousarray(ip, dtype=np.int32),
+        arrays = (code, np.ascontiguousarray(ip, dtype=np.int32),
                   np.ascontiguousarray(fp, dtype=np.float32),
                   self.maps, self.runs, self.tables, fill)
-        status = _library().dx_apply(x.data_ptr(), out.data_ptr(), n, c, h, w,
+        status = _library().dx_apply(x.data_ptr(), out.data_ptr(), n, code.shape[0], c, h, w,
                                      *(a.ctypes.data for a in arrays), CROP_PAD)
         if status < 0:
             raise MemoryError("batched_native: out of memory")
         if status:
-            raise RuntimeError(f"batched_native: no kernel for image {status - 1}")
+            raise RuntimeError(f"batched_native: no kernel for image {(status - 1) % n}")
         return out
 
 
@@ -293,52 +308,30 @@ def candidate_table(names: tuple, l_mags: int, height: int, width: int) -> Candi
 
 
 def fill_random(ip: np.ndarray, rows: np.ndarray, name: str, params) -> None:
-    """Write the draws of random op ``name`` (as ``batched`` makes them) into ``ip[rows]``:
-    RandFlip's flags, the cutout boxes (x0, y0, x1, y1), RandCrop's (top, left)."""
+    """Write the draws of random op ``name`` (numpy arrays, as ``batched`` makes them) into
+    ``ip[rows]``: RandFlip's flags, the cutout boxes (x0, y0, x1, y1), RandCrop's (top, left),
+    RandResizeCrop's box (left, top, width, height)."""
     if name == "RandFlip":
-        ip[rows, 0] = params.to(torch.int32).numpy()
+        ip[rows, 0] = params
     else:
         for k, part in enumerate(params):
-            ip[rows, k] = part.cpu().to(torch.int32).numpy()
-
-
-@lru_cache(maxsize=4096)
-def _taps32(in_size: int, in0: int, in1: int, out_size: int):
-    """bicubic_taps as int32 arrays for the C kernel (the weights fit: |w| <= 2**23)."""
-    start, weights = bicubic_taps(in_size, in0, in1, out_size)
-    return start.astype(np.int32), weights.astype(np.int32).reshape(-1), weights.shape[1]
+            ip[rows, k] = part
 
 
 def resized_crop(x: torch.Tensor, boxes, size: int) -> torch.Tensor:
     """batched_resize.resized_crop (Pillow's BICUBIC resize of each image's box to size x
-    size, bit-exact, in Pillow's pass order) with the passes in one C call."""
+    size, bit-exact, in Pillow's pass order) with the taps and both passes in one C call."""
     return _resized_crop(x, boxes, size, resample=_resize_horizontal_first)
 
 
 def _resize_horizontal_first(x: torch.Tensor, boxes, size: int) -> torch.Tensor:
-    """The two passes of Resample.c, horizontal first, in C; the taps are the torch port's
-    cached arrays."""
+    """Resample.c's two passes, horizontal first, in C (batched_native_resize.c)."""
     x = x.contiguous()
     n, c, h, w = x.shape
     out = x.new_empty(n, c, size, size)
     if n == 0:
         return out
-    left, top, cw, ch = (b.tolist() for b in boxes)
-    plan = np.zeros((n, 8), dtype=np.int64)
-    starts, weights, n_starts, n_weights = [], [], 0, 0
-    for i in range(n):
-        for k, (axis, lo, extent) in enumerate(((w, left[i], cw[i]), (h, top[i], ch[i]))):
-            first, kernel, taps = _taps32(axis, lo, lo + extent, size)
-            plan[i, 3 * k:3 * k + 3] = n_starts, n_weights, taps
-            starts.append(first)
-            weights.append(kernel)
-            n_starts, n_weights = n_starts + first.size, n_weights + kernel.size
-        ys, taps = starts[-1], plan[i, 5]
-        plan[i, 6:8] = int(ys.min()), min(h, int(ys.max()) + int(taps))
-    starts, weights = np.concatenate(starts), np.concatenate(weights)
-    status = _library().dx_resize(x.data_ptr(), out.data_ptr(), n, c, h, w, size,
-                                  plan.ctypes.data, starts.ctypes.data, weights.ctypes.data)
-    if status:
+    box = np.ascontiguousarray(np.stack([np.asarray(b) for b in boxes], axis=1), dtype=np.int32)
+    if _library().dx_resize(x.data_ptr(), out.data_ptr(), n, c, h, w, size, box.ctypes.data):
         raise MemoryError("batched_native: out of memory")
     return out
-

@@ -160,20 +160,14 @@ def resized_crop(x: torch.Tensor, boxes, size: int, resample=None) -> torch.Tens
 def resized_crop_boxes(width: int, height: int, u_area, u_aspect, u_top, u_left,
                        scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
     """ops.resized_crop_box for N images from uniform draws: ``u_*`` are float64 (N, 10) in
-    [0, 1), one column per try. The first try whose box fits wins; with none, the central crop
-    of the clamped aspect. Returns int64 (left, top, w, h), each (N,)."""
+    [0, 1) (arrays or CPU tensors), one column per try. The first try whose box fits wins;
+    with none, the central crop of the clamped aspect. Returns int64 arrays (left, top, w, h),
+    each (N,). The tries run in order over the images still without a box (most have one
+    after the first), in numpy, with ``math.exp``, the Pillow path's own function."""
+    u_area, u_aspect, u_top, u_left = (np.asarray(u, dtype=np.float64)
+                                       for u in (u_area, u_aspect, u_top, u_left))
     area = float(width * height)
-    target = area * (scale[0] + (scale[1] - scale[0]) * u_area)
     log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
-    aspect = torch.exp(log_lo + (log_hi - log_lo) * u_aspect)
-    cw = torch.round(torch.sqrt(target * aspect))  # round half to even, as Python's round
-    ch = torch.round(torch.sqrt(target / aspect))
-    fits = (cw > 0) & (cw <= width) & (ch > 0) & (ch <= height)
-    top = torch.floor(u_top * (height - ch + 1))
-    left = torch.floor(u_left * (width - cw + 1))
-    first = torch.argmax(fits.to(torch.int8), dim=1, keepdim=True)
-    any_fit = fits.any(dim=1)
-    pick = [t.gather(1, first).squeeze(1).long() for t in (left, top, cw, ch)]
     in_ratio = width / height
     if in_ratio < ratio[0]:
         fw, fh = width, round(width / ratio[0])
@@ -181,8 +175,24 @@ def resized_crop_boxes(width: int, height: int, u_area, u_aspect, u_top, u_left,
         fw, fh = round(height * ratio[1]), height
     else:
         fw, fh = width, height
-    fallback = ((width - fw) // 2, (height - fh) // 2, fw, fh)
-    return tuple(torch.where(any_fit, p, torch.full_like(p, f)) for p, f in zip(pick, fallback))
+    boxes = np.empty((4, u_area.shape[0]), dtype=np.int64)
+    boxes[:] = np.array([(width - fw) // 2, (height - fh) // 2, fw, fh])[:, None]  # fallback
+    todo = np.arange(u_area.shape[0])
+    for t in range(u_area.shape[1]):
+        if todo.size == 0:
+            break
+        target = area * (scale[0] + (scale[1] - scale[0]) * u_area[todo, t])
+        exponent = log_lo + (log_hi - log_lo) * u_aspect[todo, t]
+        aspect = np.array([math.exp(v) for v in exponent.tolist()])
+        cw = np.round(np.sqrt(target * aspect))  # round half to even, as Python's round
+        ch = np.round(np.sqrt(target / aspect))
+        fits = (cw > 0) & (cw <= width) & (ch > 0) & (ch <= height)
+        done, cw, ch = todo[fits], cw[fits], ch[fits]
+        boxes[0, done] = np.floor(u_left[done, t] * (width - cw + 1))
+        boxes[1, done] = np.floor(u_top[done, t] * (height - ch + 1))
+        boxes[2, done], boxes[3, done] = cw, ch
+        todo = todo[~fits]
+    return tuple(boxes)
 
 
 def center_crop(x: torch.Tensor, size: int) -> torch.Tensor:

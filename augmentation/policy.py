@@ -52,6 +52,17 @@ def _is_number(x) -> bool:
     return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool)
 
 
+def pick_candidates(cdf: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """Candidate indices (n, layers) at uniforms ``u`` (n, layers) in [0, 1): each layer's
+    inverse CDF (``cdf``: the cumulative sums of its probabilities, (layers, candidates)),
+    clipped to the last candidate for a u beyond a last cumulative value of 1 - ulp. The one
+    sampling rule of the Pillow transform and the batched path (SPEC §3)."""
+    idx = np.empty(u.shape, dtype=np.int64)
+    for k in range(cdf.shape[0]):
+        idx[:, k] = np.searchsorted(cdf[k], u[:, k], side="right")
+    return np.minimum(idx, cdf.shape[1] - 1)
+
+
 def _normalise_rows(probs: np.ndarray) -> np.ndarray:
     """Divide each row by its sum unless it already sums to 1 at float64 precision; skipping
     those rows makes save -> load bit-exact for policies that were normalised before."""

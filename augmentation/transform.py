@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from .ops import apply_op
-from .policy import Policy, load_policy
+from .policy import Policy, load_policy, pick_candidates
 
 
 def _worker_seed():
@@ -71,12 +71,7 @@ class DeepAAPolicy:
     def sample(self, n: int, rng: np.random.Generator | None = None) -> np.ndarray:
         """Candidate indices (n, n_layers): row j is the candidate of each layer for image j."""
         rng = self._generator() if rng is None else rng
-        u = rng.random((n, self.policy.n_layers))
-        idx = np.empty((n, self.policy.n_layers), dtype=np.int64)
-        for k in range(self.policy.n_layers):
-            # Inverse CDF; the clip guards u beyond a last cumulative value of 1 - ulp.
-            idx[:, k] = np.searchsorted(self._cdf[k], u[:, k], side="right")
-        return np.minimum(idx, self.policy.n_candidates - 1)
+        return pick_candidates(self._cdf, rng.random((n, self.policy.n_layers)))
 
     def __call__(self, img, rng: np.random.Generator | None = None):
         if not isinstance(img, Image.Image):

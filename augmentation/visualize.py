@@ -11,7 +11,13 @@ draws, for any policy (a shipped name such as ``cifar_1`` or a path to a policy 
   The op's identity level is never a candidate (SPEC §1) and is drawn as an empty slot;
 - ``examples.png``: a grid of images, the original in the first column and independent draws
   of the policy (evaluation semantics, mirrored signed ops) in the others. Without ``--images``
-  the built-in synthetic shapes (:mod:`deepaa_data.synthetic`) are used.
+  the built-in synthetic shapes (:mod:`deepaa_data.synthetic`) are used;
+- ``search_trace.png``, for a policy searched by this project (its ``meta.op_prob_trace``): per
+  layer, the probabilities of the leading ops over the search's steps, and the entropy.
+
+``POLICY`` may also be a search's results folder: its ``policy.yaml`` when the search has
+finished, otherwise its ``trace.json`` (written at every checkpoint), so a running search can
+be watched with ``search_trace.png`` alone.
 
 matplotlib runs on the Agg backend (no display needed). Every PNG is written atomically.
 """
@@ -172,6 +178,69 @@ def plot_examples(policy: Policy, images: list[Image.Image], path: str, n_sample
     plt.close(fig)
 
 
+TRACE_LINES = 6  # ops drawn per layer in search_trace.png
+
+
+def leading_ops(probs: np.ndarray, ops: list[str], n: int = TRACE_LINES) -> list[int]:
+    """Columns of the ``n`` ops with the highest probability at any recorded step of a layer
+    (``probs`` is [steps, ops]), highest final probability first."""
+    if len(probs) == 0:
+        return []
+    chosen = np.argsort(-probs.max(axis=0), kind="stable")[:n]
+    return sorted(chosen.tolist(), key=lambda j: -probs[-1, j])
+
+
+def plot_trace(summary: dict, path: str, title: str = "") -> None:
+    """One panel per layer: the leading ops' probabilities (summed over levels) against the
+    search step, and the layer's entropy on a second axis. ``summary`` is a search's
+    ``op_prob_trace`` (policy_search.trace.SearchTrace.op_summary)."""
+    plt = pyplot()
+    ops, layers = summary["ops"], len(summary["steps"])
+    cols = min(3, max(1, layers))
+    rows = int(np.ceil(layers / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.3 * rows), squeeze=False)
+    # One colour per op, the same in every panel: tab20's ten strong colours, then Dark2's.
+    palette = [plt.get_cmap("tab20")(2 * i) for i in range(10)] + \
+        [plt.get_cmap("Dark2")(i) for i in range(8)]
+    colours = {name: palette[i % len(palette)] for i, name in enumerate(ops)}
+    for k, ax in enumerate(axes.flat):
+        if k >= layers:
+            ax.axis("off")
+            continue
+        steps = np.asarray(summary["steps"][k])
+        probs = np.asarray(summary["probs"][k], np.float64).reshape(len(steps), len(ops))
+        for j in leading_ops(probs, ops):
+            ax.plot(steps, probs[:, j], color=colours[ops[j]], lw=1.4,
+                    label=f"{ops[j]} {probs[-1, j]:.2f}")
+        entropy = summary.get("entropy", [[]] * layers)[k]
+        if len(entropy) == len(steps) and len(steps):
+            twin = ax.twinx()
+            twin.plot(steps, entropy, color="black", lw=0.8, ls="--")
+            twin.set_ylim(0, np.log(139) * 1.05)
+            twin.tick_params(labelsize=7)
+            if k % cols == cols - 1 or k == layers - 1:
+                twin.set_ylabel("entropy (nats, dashed)", fontsize=8)
+        ax.set_ylim(0, 1)
+        ax.set_title(f"layer {k + 1}: " + (f"{steps[-1]} steps" if len(steps) else
+                                            "not searched yet"), fontsize=9)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+        if len(steps):
+            ax.legend(fontsize=7, loc="upper right", framealpha=0.8)
+    fig.suptitle("Search trace: probability of the leading operations per layer (summed over "
+                 f"levels)\n{title}", fontsize=10)
+    fig.supxlabel("search step", fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 0.94))
+    save_figure(fig, path)
+    plt.close(fig)
+
+
+def trace_of(policy: Policy) -> dict | None:
+    """The search trace a policy's meta holds (``op_prob_trace``), or None."""
+    summary = policy.meta.get("op_prob_trace")
+    return summary if isinstance(summary, dict) and summary.get("steps") else None
+
+
 def draw_policy(policy: Policy | str, out_dir: str, images: list[Image.Image] | None = None,
                 n_samples: int = 7, seed: int = 0) -> list[str]:
     """Draw every figure of ``policy`` (a Policy, a path or a shipped name) into ``out_dir``;
@@ -181,6 +250,10 @@ def draw_policy(policy: Policy | str, out_dir: str, images: list[Image.Image] | 
     os.makedirs(out_dir, exist_ok=True)
     written = [os.path.join(out_dir, "operations.png")]
     plot_operations(policy, written[0])
+    summary = trace_of(policy)
+    if summary is not None:
+        written.append(os.path.join(out_dir, "search_trace.png"))
+        plot_trace(summary, written[-1], _title(policy))
     for layer in range(policy.n_layers):
         path = os.path.join(out_dir, f"magnitudes_layer{layer + 1}.png")
         plot_magnitudes(policy, layer, path)
@@ -196,7 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m augmentation.visualize",
         description="Draw a policy: op probabilities per layer, level distributions, examples.")
-    parser.add_argument("policy", help="policy YAML path or shipped name (cifar_1, imagenet_2, ...)")
+    parser.add_argument("policy", help="policy YAML path, shipped name (cifar_1, imagenet_2, ...) "
+                        "or a search's results folder")
     parser.add_argument("--out", required=True, help="output folder for the PNGs")
     parser.add_argument("--images", default=None,
                         help="data set for the examples (npz:DIR, folder:DIR, cifar10, ...); "
@@ -217,8 +291,13 @@ def main(argv: list[str] | None = None) -> int:
         return fail("--n_images and --n_samples must be >= 1")
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         return fail(f"--out {args.out!r} exists and is not a folder")
+    source = args.policy
+    if os.path.isdir(source):  # a search's results folder
+        if not os.path.isfile(os.path.join(source, "policy.yaml")):
+            return _draw_running_search(source, args.out, fail)
+        source = os.path.join(source, "policy.yaml")
     try:
-        policy = load_policy(args.policy)
+        policy = load_policy(source)
     except PolicyError as exc:
         return fail(str(exc))
     try:
@@ -230,6 +309,28 @@ def main(argv: list[str] | None = None) -> int:
         return fail(str(exc))
     for path in draw_policy(policy, args.out, images, args.n_samples, args.seed):
         print(path)
+    return 0
+
+
+def _draw_running_search(folder: str, out_dir: str, fail) -> int:
+    """search_trace.png of a search that has not written its policy yet (its trace.json)."""
+    import json
+
+    path = os.path.join(folder, "trace.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            summary = json.load(f)
+        if not (isinstance(summary, dict) and isinstance(summary.get("steps"), list)
+                and isinstance(summary.get("ops"), list)):
+            raise ValueError("not a search trace")
+    except FileNotFoundError:
+        return fail(f"{folder!r} holds neither a policy.yaml nor a search's trace.json")
+    except (OSError, ValueError) as exc:
+        return fail(f"cannot read {path!r}: {exc}")
+    os.makedirs(out_dir, exist_ok=True)
+    out = os.path.join(out_dir, "search_trace.png")
+    plot_trace(summary, out, f"running search in {os.path.basename(os.path.abspath(folder))}")
+    print(out)
     return 0
 
 

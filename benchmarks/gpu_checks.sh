@@ -2,8 +2,10 @@
 # The GPU checks of the PyTorch side, in one run of a few minutes on a machine with one CUDA
 # GPU (TensorFlow is not needed): the torch tests with the GPU visible (the batched
 # augmentation and RandResizeCrop's chunked resize against Pillow on cuda, a policy batch
-# without host-device synchronisation, the trainer on cuda, the PyTorch search's matcher),
-# then the augmentation and training-epoch benchmarks, the PyTorch search's paper-size step
+# without host-device synchronisation, the next batch's policy on a side stream, the trainer
+# on cuda, the PyTorch search's matcher), then the augmentation and training-epoch benchmarks
+# (every placement of the policy: Pillow or batched in WORKERS=4 loader workers, on the GPU
+# with and without the helper thread; at fp32 and bf16), the PyTorch search's paper-size step
 # (fp32, bf16, bf16 + compile; projected --preset paper/fast hours) and a short real search
 # (--backend torch: pretraining, two layers of paper-size steps) whose weights then measure
 # how bf16 and compile agree with fp32. Logs and JSON go to $OUT (default gpu_checks_out/).
@@ -43,13 +45,17 @@ fi
 
 if ! skip train; then
     echo "== training epoch, WRN-28-10 (benchmarks/train_epoch.py)"
-    for opts in "" "--deterministic" "--amp bf16 --channels_last"; do
+    # every placement of the policy with 4 loader workers, at fp32 and at bf16 (the loader
+    # comparison per worker once); then deterministic kernels
+    for opts in "--loader_sizes 32,224" "--amp bf16 --channels_last --loader_sizes ''" \
+                "--deterministic --backends pil,batch --loader_sizes ''"; do
         # shellcheck disable=SC2086  # opts holds several flags
-        timeout "${TRAIN_TIMEOUT:-120}" $PY benchmarks/train_epoch.py --model wresnet28_10 \
-            --n 5120 --batch 128 --workers 12 --backends pil,tensor --epochs 2 $opts \
+        eval timeout "${TRAIN_TIMEOUT:-240}" $PY benchmarks/train_epoch.py --model wresnet28_10 \
+            --n 5120 --batch 128 --workers "${WORKERS:-4}" \
+            --backends pil,batch,tensor,tensor_inline --epochs 2 $opts \
             >> "$OUT/train_epoch.log" 2>&1 || failed+=("train $opts")
     done
-    grep -a '^device:\|^data loader\|^epoch, \|Error' "$OUT/train_epoch.log"
+    grep -a '^device:\|^loader alone\|^epoch, \|Error' "$OUT/train_epoch.log"
 fi
 
 if ! skip search_bench; then
@@ -74,9 +80,10 @@ if ! skip search_run; then
         > "$OUT/search_run.log" 2>&1; then
         grep -a "DeepAA search\|pretrain epoch\|accuracy\|step .*compute\|written" \
             "$OUT/search_run/search.log"
-        timeout "${AGREE_TIMEOUT:-240}" $PY benchmarks/search_step.py --backend torch \
-            --mode agreement --variants fp32,bf16,compile --model WRN_40_2 \
-            --n_classes "$classes" --dataset "$data" --points 8 \
+        timeout "${AGREE_TIMEOUT:-240}" $PY benchmarks/search_agreement.py \
+            --variants "torch fp32,torch bf16,torch compile" --model WRN_40_2 \
+            --n_classes "$classes" --dataset "$data" --pretrain_size 5000 --seed 1 \
+            --points 8 --exp_g 2 --factor 1 --chunk 256 --steps 2 \
             --weights "$OUT/search_run/pretrained_WRN_40_2.pt" 2>&1 \
             | tee "$OUT/search_agreement.log" || failed+=(search_agreement)
     else

@@ -2,7 +2,6 @@
 
     python benchmarks/search_step.py                          # split + paper, tf and torch
     python benchmarks/search_step.py --backend torch --variants fp32,bf16,compile
-    python benchmarks/search_step.py --mode agreement --weights W.pt --dataset npz:DIR
 
 ``--mode split`` (configs ``cpu``, ``wrn40``): a stage-2 step split into data (building the
 step's batch), the three model passes (val grad, train grad, JVP, each timed on its own),
@@ -17,11 +16,12 @@ the whole ``--preset paper`` and ``--preset fast`` searches on this device (pret
 search; "with data" takes each step as the slower of its compute and its prefetched data).
 ``--full_step`` also times one real paper stage-k step end to end.
 
-``--mode agreement``: importances of real search points under each variant against float32
-(and PyTorch against TensorFlow with the same weights): max |Δr| / max |r| and correlation.
+A variant is a backend in a setting: ``tf fp32``, ``tf bf16``, ``torch fp32``, ``torch bf16``,
+``torch compile``, ``torch bf16+compile`` (``--precision`` and ``--compile``). How far the
+variants' importances and policies agree is ``benchmarks/search_agreement.py``, which builds
+its variants here (``Variant``).
 
-Random data and untrained models unless ``--weights``/``--dataset`` are given: the cost does not
-depend on the weights.
+Random data and untrained models: the cost does not depend on the weights.
 """
 from __future__ import annotations
 
@@ -46,15 +46,31 @@ PRESETS = {"paper": dict(points=16, exp_g=16, factor=4, bno=1024),
 LAYERS, EPOCHS, PRETRAIN_SIZE, BATCH = 6, 45, 5000, 128  # SPEC §0
 
 
+def variant_labels(backends, settings: str) -> list[str]:
+    """``backends`` × the comma-separated ``settings`` (fp32, bf16, compile, bf16+compile) as
+    variant labels; compile is PyTorch's only."""
+    labels = []
+    for backend in backends:
+        for setting in settings.split(","):
+            if setting.strip() and not (backend == "tf" and "compile" in setting):
+                labels.append(f"{backend} {setting.strip()}")
+    return labels
+
+
 class Variant:
-    """One backend in one setting ("tf", "torch fp32", "torch bf16+compile", ...): its search
-    model (from --weights or a fresh one), matcher and pretraining step."""
+    """One backend in one setting ("tf fp32", "tf bf16", "torch bf16+compile", ...; see the
+    module docstring): its search model (from ``weights``, converted when they are the other
+    framework's, or a fresh one), matcher and pretraining step."""
 
     def __init__(self, label, model, n_classes, chunk, weights=None):
         from policy_search.backend import create
 
-        backend = "tf" if label == "tf" else "torch"
-        opts = label.split(" ", 1)[1] if " " in label else "fp32"
+        backend, _, opts = label.partition(" ")
+        opts = set((opts or "fp32").split("+"))
+        if backend not in ("tf", "torch") or not opts <= {"fp32", "bf16", "compile"} \
+                or (backend == "tf" and "compile" in opts):
+            raise ValueError(f"unknown variant {label!r}: expected tf or torch followed by "
+                             "fp32, bf16, compile (torch) or bf16+compile (torch)")
         self.label = label
         self.args = argparse.Namespace(
             backend=backend, precision="bf16" if "bf16" in opts else "fp32",
@@ -68,7 +84,7 @@ class Variant:
                 path = os.path.join(tmp, "w" + self.backend.weights_suffix)
                 self.backend.save_weights(fresh, path)
                 if weights is not None:  # the other framework's file: convert
-                    _convert(weights, path, model, n_classes)
+                    convert(weights, path, model, n_classes)
                 weights = path
             self.model = self.backend.search_model(self.args, shape, weights)
         self.matcher = self.backend.matcher(self.model, self.args)
@@ -78,16 +94,11 @@ class Variant:
         """One gradient pass (the mean over ``images``), timed to completion."""
         x = self._device(images)
         w = np.full(len(labels), 1.0 / len(labels), np.float32)
-        return _timed(lambda: self._sync(self.matcher.weighted_grad(x, labels, w)))
+        return timed(lambda: self._sync(self.matcher.weighted_grad(x, labels, w)))
 
     def jvp(self, images, labels, g_val, g_tr):
         x = self._device(images)
-        return _timed(lambda: _numpy(self.matcher.importance(x, labels, g_val, g_tr)))
-
-    def grads(self, images, labels):
-        x = self._device(images)
-        w = np.full(len(labels), 1.0 / len(labels), np.float32)
-        return self.matcher.weighted_grad(x, labels, w)
+        return timed(lambda: _numpy(self.matcher.importance(x, labels, g_val, g_tr)))
 
     def _device(self, images):
         from policy_search import data
@@ -113,13 +124,15 @@ def _numpy(x):
     return x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
 
 
-def _convert(src, dst, model, n_classes):
+def convert(src, dst, model, n_classes):
+    """WRN weights ``src`` of one framework as ``dst`` of the other (networks.convert_weights)."""
     from networks.convert_weights import main
 
     main([src, dst, "--model", model, "--n_classes", str(n_classes)])
 
 
-def _timed(fn):
+def timed(fn):
+    """(fn(), seconds it took)."""
     start = time.perf_counter()
     out = fn()
     return out, time.perf_counter() - start
@@ -130,22 +143,25 @@ def _rand_images(rng, n):
 
 
 # ----- split ----------------------------------------------------------------------------------
-def _builder(cfg, l_mags, seed=0, dataset=None):
+def make_builder(cfg, l_mags, dataset=None, pretrain_size=500, seed=0):
+    """The search's StepBuilder for ``cfg``'s points on ``dataset`` (32x32 images; 2,000
+    random ones by default), split as a search with ``pretrain_size`` and ``seed`` splits it;
+    and the number of candidates."""
     from augmentation.space import candidates
     from deepaa_data import ArrayDataset
     from policy_search import data
     from policy_search.augment import Augmenter, make_executor
 
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(0)
     ds = dataset or ArrayDataset(_rand_images(rng, 2000), np.arange(2000) % 10,
                                  [str(i) for i in range(10)])
     cands = candidates("cifar", l_mags)
-    splits = data.make_splits(len(ds), 500, seed=0)
+    splits = data.make_splits(len(ds), pretrain_size, seed=seed)
     executor = make_executor(Augmenter(cands, l_mags, 32), False, "tensor")
     cols, groups = data.dense_columns(cands, False, 1)
     return data.StepBuilder(ds, data.PointSampler(ds.labels, splits, cfg["n_val"]), executor,
                             "cifar", cfg["points"], cfg["exp_g"], cfg["factor"], cols, groups,
-                            seed=0), len(cands)
+                            seed=seed), len(cands)
 
 
 def split(variants, steps, l_mags, configs):
@@ -155,7 +171,7 @@ def split(variants, steps, l_mags, configs):
 
     for name in configs:
         cfg = SPLIT_CONFIGS[name]
-        builder, n_cands = _builder(cfg, l_mags)
+        builder, n_cands = make_builder(cfg, l_mags)
         rows = {}
         for label in variants:
             v = Variant(label, cfg["model"], 10, cfg["chunk"])
@@ -164,7 +180,7 @@ def split(variants, steps, l_mags, configs):
             frozen, k = [logits.probs(0)], 1
             times = {key: [] for key in ("data", "val grad", "train grad", "JVP", "compute")}
             for s in range(steps + 1):  # s = 0 warms up (traces, compiles)
-                batch, t_data = _timed(lambda: builder.finish(builder.part(k, s, frozen), k, s,
+                batch, t_data = timed(lambda: builder.finish(builder.part(k, s, frozen), k, s,
                                                               logits.probs(k)))
                 tv = tt = tj = 0.0
                 for i in range(cfg["points"]):
@@ -175,7 +191,7 @@ def split(variants, steps, l_mags, configs):
                     tt += dt
                     dense = batch["dense"][i].reshape(-1, 32, 32, 3)
                     tj += v.jvp(dense, np.full(len(dense), batch["labels"][i]), g_val, g_tr)[1]
-                _, t_step = _timed(lambda: searcher.stagek_step(k, batch))
+                _, t_step = timed(lambda: searcher.stagek_step(k, batch))
                 if s:
                     for key, val in zip(times, (t_data, tv, tt, tj, t_step)):
                         times[key].append(val)
@@ -200,11 +216,11 @@ def paper(variants, max_images, l_mags, full_step, chunk, repeats):
     d = 11 * (l_mags - 1) + 7
     sizes = {"val grad": cfg["n_val"], "g_tr grad": d * cfg["factor"],
              "JVP": d * cfg["exp_g"]}
-    builder, _ = _builder(cfg, l_mags)
+    builder, _ = make_builder(cfg, l_mags)
     probs = np.full(d, 1.0 / d)
-    (part1, t1), (partk, tk) = (_timed(lambda k=k: builder.part(k, 0, [probs] * k))
+    (part1, t1), (partk, tk) = (timed(lambda k=k: builder.part(k, 0, [probs] * k))
                                 for k in (0, 1))
-    batch_k, t_finish = _timed(lambda: builder.finish(partk, 1, 0, probs))
+    batch_k, t_finish = timed(lambda: builder.finish(partk, 1, 0, probs))
     data_s = {"stage 1": t1, "stage k": tk + t_finish}
     builder.executor.close()
     n = {k: min(s, max_images) for k, s in sizes.items()}
@@ -227,7 +243,7 @@ def paper(variants, max_images, l_mags, full_step, chunk, repeats):
             times = {"val grad": v.grad(images["val grad"], labels["val grad"])[1],
                      "g_tr grad": v.grad(images["g_tr grad"], labels["g_tr grad"])[1],
                      "JVP": v.jvp(images["JVP"], labels["JVP"], *g)[1],
-                     "pretrain": _timed(lambda: train_step(batch, batch_labels))[1]}
+                     "pretrain": timed(lambda: train_step(batch, batch_labels))[1]}
             for key, t in times.items():
                 best[label][key] = min(best[label].get(key, np.inf), t)
     rates, projections = {}, {}
@@ -243,7 +259,7 @@ def paper(variants, max_images, l_mags, full_step, chunk, repeats):
             logits = PolicyLogits(2, d, identity_index("cifar", l_mags), 0.025)
             searcher = Searcher(runs[label][0].matcher, logits, "cifar")
             searcher.stagek_step(1, batch_k)  # warm-up: the step's own shapes
-            r["full step s"] = _timed(lambda: searcher.stagek_step(1, batch_k))[1]
+            r["full step s"] = timed(lambda: searcher.stagek_step(1, batch_k))[1]
     print(f"\n[paper step] {cfg['model']}, {cfg['points']} points, EXP_G {cfg['exp_g']}, "
           f"EXP_gT_factor {cfg['factor']}, chunk {cfg['chunk']}; images per point: "
           + ", ".join(f"{k} {s}" for k, s in sizes.items())
@@ -272,59 +288,50 @@ def _project(r, d, points, exp_g, factor, bno, data_s):
             "total h": (pretrain + search) / 3600, "with data h": (pretrain + with_data) / 3600}
 
 
-# ----- agreement ------------------------------------------------------------------------------
-def agreement(variants, weights, dataset, points, l_mags, model, n_classes):
-    from deepaa_data import load_dataset
-
-    ds = load_dataset(dataset, ".", "train") if dataset else None
-    cfg = dict(model=model, points=points, exp_g=1, factor=1, n_val=64, chunk=128)
-    builder, _ = _builder(cfg, l_mags, dataset=ds)
-    batch = builder.part(0, 0, [])
-    builder.executor.close()
-    importances = {}
-    for label in variants:
-        v = Variant(label, model, n_classes, cfg["chunk"], weights)
-        rows = []
-        for i in range(points):
-            y = batch["labels"][i]
-            g_val = v.grads(batch["val"][i], batch["val_labels"][i])
-            g_tr = v.grads(batch["aug"][i], np.full(batch["aug"].shape[1], y))
-            rows.append(v.jvp(batch["aug"][i], np.full(batch["aug"].shape[1], y),
-                              g_val, g_tr)[0])
-        importances[label] = np.stack(rows).astype(np.float64)
-    ref = variants[0]
-    print(f"\n[agreement] {model}, {points} stage-1 points of "
-          f"{dataset or 'random data'}, weights {weights or 'untrained'}; against {ref}")
-    rows = {}
-    for label, r in importances.items():
-        a = importances[ref]
-        rows[label] = {"max|dr|/max|r|": np.abs(r - a).max() / np.abs(a).max(),
-                       "corr": np.corrcoef(r.ravel(), a.ravel())[0, 1],
-                       "same argmax": np.mean(r.argmax(1) == a.argmax(1))}
-    _table(rows, list(next(iter(rows.values()))), fmt="{:>14.3g}", ratios=False)
-
-
 def _table(rows, keys, extra=None, extra_name="", fmt="{:>14.4g}", ratios=True):
     labels = list(rows)
-    print(f"{'':<16}" + "".join(f"{label:>20}" for label in labels))
+    print(f"{'':<22}" + "".join(f"{label:>20}" for label in labels))
     for key in keys:
-        print(f"{key:<16}" + "".join(f"{fmt.format(rows[label][key]):>20}" for label in labels))
+        print(f"{key:<22}" + "".join(f"{fmt.format(rows[label][key]):>20}" for label in labels))
     if extra:
-        print(f"{extra_name:<16}" + "".join(f"{fmt.format(extra(rows[label])):>20}"
+        print(f"{extra_name:<22}" + "".join(f"{fmt.format(extra(rows[label])):>20}"
                                              for label in labels))
-    if ratios and "tf" in rows and len(labels) > 1:
+    base = next((label for label in labels if label.startswith("tf")), None)
+    if ratios and base is not None and len(labels) > 1:
         for key in keys:
-            ratios = "".join(f"{rows[label][key] / rows['tf'][key]:>20.3f}" for label in labels)
-            print(f"{key + ' / tf':<16}" + ratios)
+            ratios = "".join(f"{rows[label][key] / rows[base][key]:>20.3f}" for label in labels)
+            print(f"{key + ' / ' + base:<22}" + ratios)
+
+
+def setup(threads: int, tensorflow: bool) -> str:
+    """Import torch before TensorFlow, set each framework's CPU threads (0: their defaults),
+    and describe the device and versions in one line."""
+    import torch
+    import torch._dynamo  # noqa: F401
+
+    if threads:
+        torch.set_num_threads(threads)
+    versions = f"torch {torch.__version__}"
+    if tensorflow:
+        import tensorflow as tf
+
+        if threads:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(threads)
+        versions += f"; tensorflow {tf.__version__}"
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else \
+        f"CPU ({os.cpu_count()} cores)"
+    return f"device: {device}{f', {threads} thread(s)' if threads else ''}; {versions}"
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--mode", choices=("split", "paper", "agreement", "all"), default="all",
+    p.add_argument("--mode", choices=("split", "paper", "all"), default="all",
                    help="all: split and paper")
     p.add_argument("--backend", choices=("tf", "torch", "both"), default="both")
     p.add_argument("--variants", default="fp32",
-                   help="PyTorch settings, comma-separated: fp32, bf16, compile, bf16+compile")
+                   help="settings of each backend, comma-separated: fp32, bf16, compile and "
+                        "bf16+compile (the last two PyTorch's)")
     p.add_argument("--config", choices=[*SPLIT_CONFIGS, "all"], default="all",
                    help="split mode: the configuration")
     p.add_argument("--steps", type=int, default=3)
@@ -336,48 +343,19 @@ def main(argv=None):
                    help="paper mode: rounds over the variants; the best is kept")
     p.add_argument("--chunk", type=int, default=0,
                    help="paper mode: images per chunk (default: the paper's 256)")
-    p.add_argument("--weights", help="agreement mode: search weights (.pt or .weights.h5)")
-    p.add_argument("--dataset", help="agreement mode: an npz:DIR or cifar10 dataset")
-    p.add_argument("--model", default="WRN_40_2", help="agreement mode: the model")
-    p.add_argument("--n_classes", type=int, default=10)
-    p.add_argument("--points", type=int, default=4, help="agreement mode: points")
     p.add_argument("--threads", type=int, default=0,
                    help="CPU threads of each framework (0: their defaults); on a CPU shared "
                         "with other jobs one thread avoids OpenMP's collapse under load")
     args = p.parse_args(argv)
-    import torch  # before TensorFlow
-    import torch._dynamo  # noqa: F401
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-        if args.backend != "torch":
-            import tensorflow as tf
-
-            tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-            tf.config.threading.set_inter_op_parallelism_threads(args.threads)
-
-    variants = (["tf"] if args.backend != "torch" else []) + (
-        [f"torch {v}" for v in args.variants.split(",")] if args.backend != "tf" else [])
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else \
-        f"CPU ({os.cpu_count()} cores)"
-    print(f"device: {device}{f', {args.threads} thread(s)' if args.threads else ''}; "
-          f"torch {torch.__version__}"
-          + ("" if args.backend == "torch" else f"; {_tf_version()}"))
+    backends = ["tf", "torch"] if args.backend == "both" else [args.backend]
+    variants = variant_labels(backends, args.variants)
+    print(setup(args.threads, "tf" in backends))
     if args.mode in ("split", "all"):
         split(variants, args.steps, args.l_mags,
               list(SPLIT_CONFIGS) if args.config == "all" else [args.config])
     if args.mode in ("paper", "all"):
         paper(variants, args.max_images, args.l_mags, args.full_step, args.chunk,
               args.repeats)
-    if args.mode == "agreement":
-        agreement(variants, args.weights, args.dataset, args.points, args.l_mags, args.model,
-                  args.n_classes)
-
-
-def _tf_version():
-    import tensorflow as tf
-
-    return f"tensorflow {tf.__version__}"
 
 
 if __name__ == "__main__":

@@ -42,6 +42,13 @@ def is_known_model(name: str) -> bool:
     return is_search_model(name)
 
 
+def _classifier_dtype():
+    """float32 for the classifier under a mixed policy (logits and their softmax in float32,
+    the usual mixed-precision rule); the global policy otherwise."""
+    policy = keras.config.dtype_policy()
+    return "float32" if policy.compute_dtype != policy.variable_dtype else None
+
+
 def _bn_relu(x, name):
     x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn")(x)
     return layers.ReLU(name=f"{name}_relu")(x)
@@ -80,7 +87,7 @@ def wide_resnet(depth: int, width: int, n_classes: int, input_shape=(32, 32, 3),
     x = _bn_relu(x, "head")
     x = layers.GlobalAveragePooling2D(name="pool")(x)
     outputs = layers.Dense(n_classes, kernel_regularizer=keras.regularizers.L2(l2),
-                           name="logits")(x)
+                           dtype=_classifier_dtype(), name="logits")(x)
     return keras.Model(inputs, outputs, name=name or f"WRN_{depth}_{width}")
 
 
@@ -118,15 +125,36 @@ def resnet50(n_classes: int = 1000, input_shape=(224, 224, 3), l2: float = RESNE
     x = layers.GlobalAveragePooling2D(name="pool")(x)
     reg = keras.regularizers.L2(l2)
     outputs = layers.Dense(n_classes, kernel_regularizer=reg, bias_regularizer=reg,
-                           name="logits")(x)
+                           dtype=_classifier_dtype(), name="logits")(x)
     return keras.Model(inputs, outputs, name="resnet50")
 
 
-def build_model(name: str, n_classes: int, input_shape) -> keras.Model:
-    """The search model called ``name`` (``--use_model``), with dropout 0."""
-    if name == "resnet50":
-        return resnet50(n_classes, input_shape)
-    wrn = parse_wrn_name(name)
-    if wrn is None:
-        raise ValueError(f"unknown model {name!r}; expected {MODEL_NAMES}")
-    return wide_resnet(wrn[0], wrn[1], n_classes, input_shape, dropout=0.0, name=name)
+PRECISIONS = {"fp32": "float32", "bf16": "mixed_bfloat16"}
+
+
+def build_model(name: str, n_classes: int, input_shape, precision: str = "fp32") -> keras.Model:
+    """The search model called ``name`` (``--use_model``), with dropout 0.
+
+    ``precision`` ``"bf16"`` (``--precision bf16``) builds it under Keras' ``mixed_bfloat16``
+    policy: the weights stay float32 (so the same ``.weights.h5`` file loads either way and
+    the matched gradients, tangents and inner products stay float32/float64), the layers
+    compute in bfloat16, and the classifier computes in float32 so the cross-entropy sees
+    float32 logits. A project choice for speed on CPUs with AMX/AVX-512 bf16 and on GPUs; the
+    paper's search is float32 (``"fp32"``, the default).
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(PRECISIONS[precision])
+    try:
+        if name == "resnet50":
+            model = resnet50(n_classes, input_shape)
+        else:
+            wrn = parse_wrn_name(name)
+            if wrn is None:
+                raise ValueError(f"unknown model {name!r}; expected {MODEL_NAMES}")
+            model = wide_resnet(wrn[0], wrn[1], n_classes, input_shape, dropout=0.0, name=name)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    return model
+

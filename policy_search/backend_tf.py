@@ -34,7 +34,8 @@ class TFBackend:
         self.replicas = devices.n_replicas(self.strategy)
         self.writes_results = devices.is_chief(self.strategy)
         gpus = len(tf.config.list_physical_devices("GPU"))
-        self.device = f"TensorFlow on {gpus} GPU(s)" if gpus else "TensorFlow on the CPU"
+        where = f"{gpus} GPU(s)" if gpus else "the CPU"
+        self.device = f"TensorFlow on {where}, {args.precision}"
 
     def new_model(self, args, input_shape):
         keras.utils.set_random_seed(args.seed)
@@ -76,9 +77,10 @@ class TFBackend:
         os.replace(tmp, path)
 
     def search_model(self, args, input_shape, path: str):
-        """The search model under the strategy, restored from ``path``, batch norm frozen."""
+        """The search model under the strategy, restored from ``path``, batch norm frozen,
+        computing in ``args.precision`` (``networks.tf_models.build_model``)."""
         with self.strategy.scope():
-            model = build_model(args.use_model, args.n_classes, input_shape)
+            model = build_model(args.use_model, args.n_classes, input_shape, args.precision)
         load_weights(model, path)
         freeze_batch_norm(model, keep_training=args.policy_bn_training)
         return model

@@ -16,8 +16,9 @@ one GPU, the CPU, or several processes started by ``torchrun``, without TensorFl
   runs the whole search in lockstep, as the TensorFlow workers do, and takes rank 0's weights
   (a broadcast) before searching; the points of a step are spread over the ranks and only
   rank 0 writes files.
-* ``--precision bf16``: the model's passes in bfloat16 autocast. fp32 is float32 throughout
-  (TF32 off on GPUs). ``--compile``: ``torch.compile`` of the per-chunk passes.
+* ``--precision bf16``: the search model's passes in bfloat16 autocast; pretraining and its
+  evaluation stay float32, as in the TensorFlow backend. fp32 is float32 throughout (TF32 off
+  on GPUs). ``--compile``: ``torch.compile`` of the per-chunk passes.
 * Tensorboard scalars through ``torch.utils.tensorboard`` when the ``tensorboard`` package is
   installed (told not to load TensorFlow), else as JSON lines in ``tensorboard/scalars.jsonl``.
 """
@@ -107,17 +108,14 @@ class TorchBackend:
     def predict(self, model, images) -> np.ndarray:
         model.eval()
         x = torch.from_numpy(np.ascontiguousarray(images)).to(self.torch_device)
-        with torch.no_grad(), self._autocast():
+        with torch.no_grad():
             logits = model(x.permute(0, 3, 1, 2))
-        return logits.float().cpu().numpy()
-
-    def _autocast(self):
-        return torch.autocast(self.torch_device.type, torch.bfloat16,
-                              enabled=self.precision == "bf16")
+        return logits.cpu().numpy()
 
     # ----- pretraining --------------------------------------------------------------------------
     def trainer(self, model, args, total_steps: int):
-        """One pretraining step of SPEC §2 in Keras' form (see the module docstring)."""
+        """One pretraining step of SPEC §2 in Keras' form (see the module docstring), float32
+        whatever ``--precision``."""
         params = [p for p in model.parameters() if p.requires_grad]
         l2, penalised = search_l2(args.use_model, model)
         momenta = [torch.zeros_like(p) for p in params]
@@ -127,9 +125,8 @@ class TorchBackend:
             model.train()
             x = torch.from_numpy(images).to(self.torch_device).permute(0, 3, 1, 2)
             y = torch.from_numpy(labels).to(self.torch_device).long()
-            with self._autocast():
-                logits = model(x)
-            loss = F.cross_entropy(logits.float(), y)
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
             loss = loss + l2 * sum(torch.sum(p * p) for p in penalised)
             grads = torch.autograd.grad(loss, params)
             norm = torch.sqrt(sum(torch.sum(g * g) for g in grads))

@@ -2,7 +2,7 @@
 decide whether a run may continue one, and the lock that keeps one search per folder.
 
 A checkpoint holds the logits and every layer's Adam state (``PolicyLogits.get_state``), the
-position (next layer, next step), the cosine traces and a meta record: the flags, the path of
+position (next layer, next step), the per-step records (``policy_search.trace``) and a meta record: the flags, the path of
 the pretrained weights and the sizes of the data splits. All randomness of a step is derived
 from (seed, layer, step), so the position is the random state and a resumed run ends with the
 policy of an uninterrupted one.
@@ -18,6 +18,7 @@ import numpy as np
 
 from augmentation.files import atomic_write, exclusive
 from policy_search.config import UsageError
+from policy_search.trace import SearchTrace
 
 CHECKPOINT = "checkpoint.npz"
 # Flags that must be equal to resume a run (the others, e.g. --checkpoint_every, may change).
@@ -26,15 +27,16 @@ RESUME_KEYS = ("dataset", "n_classes", "use_model", "n_policies", "search_bno", 
                "policy_lr", "EXP_G", "EXP_gT_factor", "train_same_labels", "repeat_random_ops",
                "N_repeat_random", "n_val_per_point", "policy_bn_training", "pretrain_size",
                "aug_backend", "backend", "precision")
-# The value of a key that checkpoints made before the key existed were made with.
-RESUME_DEFAULTS = {"backend": "tf", "precision": "fp32"}
+# Values of resume keys added after checkpoints were first written: a checkpoint without the
+# key was made with this value.
+RESUME_KEY_DEFAULTS = {"backend": "tf", "precision": "fp32"}
 
 
-def save_checkpoint(path, policy_state: dict, layer: int, step: int, traces, meta: dict):
+def save_checkpoint(path, policy_state: dict, layer: int, step: int, trace: SearchTrace,
+                    meta: dict):
     arrays = {f"policy/{k}": np.asarray(v) for k, v in policy_state.items()}
     arrays["position"] = np.array([layer, step], np.int64)
-    for k, trace in enumerate(traces):
-        arrays[f"cos_trace/{k}"] = np.asarray(trace, np.float64)
+    arrays.update(trace.arrays())
     arrays["meta_json"] = np.array(json.dumps(meta))
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
@@ -42,13 +44,13 @@ def save_checkpoint(path, policy_state: dict, layer: int, step: int, traces, met
 
 
 def load_checkpoint(path):
+    """(policy state, layer, step, SearchTrace, meta) of a checkpoint."""
     with np.load(path, allow_pickle=False) as z:
-        state = {k[len("policy/"):]: z[k] for k in z.files if k.startswith("policy/")}
-        layer, step = (int(v) for v in z["position"])
-        n = len([k for k in z.files if k.startswith("cos_trace/")])
-        traces = [list(z[f"cos_trace/{k}"]) for k in range(n)]
-        meta = json.loads(str(z["meta_json"]))
-    return state, layer, step, traces, meta
+        arrays = {k: z[k] for k in z.files}
+    state = {k[len("policy/"):]: v for k, v in arrays.items() if k.startswith("policy/")}
+    layer, step = (int(v) for v in arrays["position"])
+    meta = json.loads(str(arrays["meta_json"]))
+    return state, layer, step, SearchTrace.from_arrays(arrays), meta
 
 
 def occupied(results_dir: str, ckpt_path: str) -> str:
@@ -69,10 +71,10 @@ def occupied(results_dir: str, ckpt_path: str) -> str:
 def check_resume(args, meta) -> None:
     """Refuse (UsageError) to resume a checkpoint made with other flags or other weights."""
     for key in RESUME_KEYS:
-        made = meta["flags"].get(key, RESUME_DEFAULTS.get(key))
-        if made != getattr(args, key):
+        saved = meta["flags"].get(key, RESUME_KEY_DEFAULTS.get(key))
+        if saved != getattr(args, key):
             raise UsageError("--resume", f"the checkpoint was made with --{key} "
-                             f"{made!r}, not {getattr(args, key)!r}")
+                             f"{saved!r}, not {getattr(args, key)!r}")
     saved = meta.get("weights")
     if args.pretrained is not None and saved is not None and \
             os.path.abspath(args.pretrained) != os.path.abspath(saved):
@@ -80,13 +82,13 @@ def check_resume(args, meta) -> None:
                          "leave --pretrained out to resume it")
 
 
-def roll_back(in_flight, logits, traces) -> tuple[int, int]:
+def roll_back(in_flight, logits, trace: SearchTrace) -> tuple[int, int]:
     """After a Ctrl-C inside a step: the logits go back to their state before the step and its
-    cosine, if already recorded, is dropped, so a resume repeats the step exactly once.
+    records, if already made, are dropped, so a resume repeats the step exactly once.
     ``in_flight`` is (layer, step, logits state before the step); returns (layer, step)."""
     layer, step, state = in_flight
     logits.set_state(state)
-    del traces[layer][step:]
+    trace.truncate(layer, step)
     return layer, step
 
 

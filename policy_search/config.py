@@ -23,12 +23,18 @@ PAPER = dict(n_policies=6, search_bno=1024, pretrain_lr=0.1, seed=1, batch_size=
 # SPEC §2 "Cost": the author's advice, halving five flags (about 1 hour on 8 GPUs).
 FAST = dict(PAPER, search_bno=512, test_batch_size=256, EXP_G=8, EXP_gT_factor=2,
             train_same_labels=8)
-# Small enough for a laptop: WRN_10_1 on 32x32 images, one layer in about a minute on 2 cores.
-# l_mags stays 13 (139 candidates) unless given; the sizes below are the knobs that scale.
-CPU = dict(n_policies=2, search_bno=24, pretrain_lr=0.1, batch_size=64, test_batch_size=256,
-           val_batch_size=256, policy_lr=0.025, use_pool=False, pretrain_size=1500, nb_epochs=8,
-           EXP_G=2, EXP_gT_factor=1, train_same_labels=2, chunk_size=128, n_val_per_point=16,
-           checkpoint_every=8)
+# A laptop search that leaves the Identity start (docs/reproduction.md "The cpu preset"): the
+# paper's policy_lr and 64 validation images per point, WRN_10_1, 2 points and EXP_G 4 (the
+# long CIFAR-10 search's step: about 0.8 s at stage 1 and 1.5 s at stage k on 2 cores), 2
+# layers of 256 steps. The logits start 8 apart and Adam moves one by about policy_lr per step,
+# so a layer needs 150-250 steps to leave Identity (measured on CIFAR-10: Identity below 0.5
+# after 100-200 steps); with EXP_G 2 layer 2 was still 89 % Identity after 200 steps. About
+# 10 minutes of search plus the pretraining (30 epochs of at most 5,000 images). l_mags stays
+# 13 (139 candidates) unless given.
+CPU = dict(n_policies=2, search_bno=256, pretrain_lr=0.1, batch_size=64, test_batch_size=256,
+           val_batch_size=256, policy_lr=0.025, use_pool=False, pretrain_size=5000, nb_epochs=30,
+           EXP_G=4, EXP_gT_factor=1, train_same_labels=2, chunk_size=128, n_val_per_point=64,
+           checkpoint_every=16)
 PRESETS = {"paper": PAPER, "fast": FAST, "cpu": CPU}
 PRESET_MODELS = {"paper": ("WRN_40_2", "resnet50"), "fast": ("WRN_40_2", "resnet50"),
                  "cpu": ("WRN_10_1", "resnet50")}
@@ -116,8 +122,11 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
 
     n = p.add_argument_group("new flags")
     n.add_argument("--preset", choices=sorted(PRESETS), **_d(suppress_defaults, None),
-                   help="paper: SPEC §0's command; fast: its halved variant; cpu: a small search "
-                   "for 2 CPU cores. Flags given explicitly override the preset")
+                   help="paper: SPEC §0's command; fast: its halved variant; cpu: a laptop search "
+                   "(WRN_10_1, 2 layers x 256 steps at the paper's policy_lr, 2 points, EXP_G "
+                   "4; about 10 minutes of search on 2 cores plus 30 epochs of pretraining on "
+                   "at most 5,000 images; it leaves the Identity start). Flags given "
+                   "explicitly override the preset")
     n.add_argument("--dataroot", **_d(suppress_defaults, "./data"),
                    help="dataset root (cifar downloads here, imagenet is read from here)")
     n.add_argument("--results_dir", **_d(suppress_defaults, None),
@@ -147,8 +156,12 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
                         "search in PyTorch (one GPU, the CPU, or torchrun processes), which "
                         "needs no TensorFlow")
     n.add_argument("--precision", choices=("fp32", "bf16"), **_d(suppress_defaults, "fp32"),
-                   help="fp32 (default) or bf16: the model's passes in bfloat16 autocast "
-                        "(--backend torch; gradients, weights and inner products stay fp32/fp64)")
+                   help="fp32 (default, the paper's): the search passes in float32; bf16: the "
+                        "search model computes in bfloat16 (--backend tf: Keras "
+                        "mixed_bfloat16 with a float32 classifier; --backend torch: bfloat16 "
+                        "autocast); weights, gradients and inner products stay float32/float64 "
+                        "and pretraining stays float32. Speed and agreement with fp32: "
+                        "benchmarks/README.md")
     n.add_argument("--compile", action="store_true", **_d(suppress_defaults, False),
                    help="--backend torch: compile the gradient and JVP passes (torch.compile)")
     n.add_argument("--n_val_per_point", type=int, **_d(suppress_defaults, 64),
@@ -215,11 +228,9 @@ def validate(args) -> None:
     if args.cpu_replicas > 1 and args.train_same_labels % args.cpu_replicas:
         raise UsageError("--train_same_labels", f"{args.train_same_labels} points cannot be "
                          f"split over {args.cpu_replicas} replicas (--cpu_replicas)")
-    if args.backend == "tf":
-        for flag, used in (("--compile", args.compile), ("--precision", args.precision != "fp32")):
-            if used:
-                raise UsageError(flag, "needs --backend torch")
-    elif args.cpu_replicas > 1:
+    if args.backend == "tf" and args.compile:
+        raise UsageError("--compile", "needs --backend torch")
+    if args.backend == "torch" and args.cpu_replicas > 1:
         raise UsageError("--cpu_replicas", "is for --backend tf; with --backend torch start "
                          "several processes with torchrun --nproc_per_node N")
     if args.pretrained is not None:

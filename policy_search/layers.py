@@ -104,12 +104,20 @@ class PolicyLogits:
 
     # ----- the update -------------------------------------------------------------------------
     def apply_importance(self, k: int, r_points: np.ndarray, stage_one: bool) -> float:
-        """One Adam step on layer k from the importances of P points, shape [P, D].
+        """One Adam step on layer k from the importances of P points, shape [P, D], along
+        ``gradient``. Returns the loss at the logits before the step."""
+        loss, grad = self.gradient(k, r_points, stage_one)
+        self.logits[k] = self.optimizers[k].apply(grad, self.logits[k])
+        return float(loss)
+
+    def gradient(self, k: int, r_points: np.ndarray, stage_one: bool):
+        """The loss of layer k at its logits and its gradient from the importances of P
+        points, shape [P, D].
 
         Stage 1: r̄ = mean over points, loss = −0.25 Σ_i r̄_i p_i. Stage k: r̄ = mean − std over
         points (population std, ddof=0, as ``tf.math.reduce_std`` in the released code),
         loss = −P Σ_i r̄_i p_i. The loss and its gradient are float32, as the released search
-        computed them. Returns the loss at the logits before the step.
+        computed them.
         """
         k = self._layer(k)
         r = np.asarray(r_points, dtype=np.float64)
@@ -122,9 +130,7 @@ class PolicyLogits:
             rbar, scale = r.mean(axis=0), STAGE1_LOSS_SCALE
         else:
             rbar, scale = r.mean(axis=0) - r.std(axis=0, ddof=0), float(r.shape[0])
-        loss, grad = _loss_and_gradient(self.logits[k], rbar.astype(F32), F32(scale))
-        self.logits[k] = self.optimizers[k].apply(grad, self.logits[k])
-        return float(loss)
+        return _loss_and_gradient(self.logits[k], rbar.astype(F32), F32(scale))
 
     # ----- checkpointing ----------------------------------------------------------------------
     def get_state(self) -> dict:

@@ -28,6 +28,7 @@ from policy_search.augment import Augmenter, make_executor
 from policy_search.checkpoint import (CHECKPOINT, check_resume, load_checkpoint, occupied,
                                       results_lock, roll_back, save_checkpoint)
 from policy_search.config import UsageError
+from policy_search.trace import SearchTrace
 
 log = logging.getLogger("deepaa.search")
 
@@ -251,12 +252,12 @@ def _search(args, backend, model, prep, executor, weights, resume, started) -> i
     builder = data.StepBuilder(prep.train, prep.sampler, executor, prep.space,
                                args.train_same_labels, args.EXP_G, args.EXP_gT_factor, columns,
                                groups, args.seed)
-    traces = [[] for _ in range(args.n_policies)]
+    trace = SearchTrace(args.n_policies, len(prep.candidates))
     layer0, step0, elapsed0 = 0, 0, 0.0
     if resume is not None:
         state, layer0, step0, old, meta = resume
         logits.set_state(state)
-        traces = old + [[] for _ in range(args.n_policies - len(old))]
+        trace = old
         elapsed0 = float(meta.get("elapsed_s", 0.0))
         log.info("resumed at layer %d, step %d", layer0 + 1, step0)
     ckpt_path = os.path.join(args.results_dir, CHECKPOINT)
@@ -266,7 +267,10 @@ def _search(args, backend, model, prep, executor, weights, resume, started) -> i
     def checkpoint(layer, step):
         meta = {"flags": _flags(args), "weights": os.path.abspath(weights),
                 "splits": prep.split_sizes(), "elapsed_s": elapsed0 + time.time() - run_start}
-        save_checkpoint(ckpt_path, logits.get_state(), layer, step, traces, meta)
+        save_checkpoint(ckpt_path, logits.get_state(), layer, step, trace, meta)
+        # What python -m augmentation.visualize draws from a results folder, even mid-search.
+        atomic_write(os.path.join(args.results_dir, "trace.json"),
+                     json.dumps(trace.op_summary(prep.candidates)))
         log.debug("checkpoint at layer %d step %d", layer + 1, step)
 
     done_here = 0
@@ -287,7 +291,7 @@ def _search(args, backend, model, prep, executor, weights, resume, started) -> i
                     out = (searcher.stage1_step(batch) if layer == 0
                            else searcher.stagek_step(layer, batch))
                     t2 = time.time()
-                    traces[layer].append(float(out["cos_sim"]))
+                    trace.record(layer, out["cos_sim"], logits.probs(layer), out["importance"])
                     in_flight = None
                     ent = _entropy(logits.probs(layer))
                     gstep = layer * args.search_bno + step
@@ -311,35 +315,35 @@ def _search(args, backend, model, prep, executor, weights, resume, started) -> i
                 bar.close()
             log.info("layer %d done: entropy %.4f, last cos_sim %.5f", layer + 1,
                      _entropy(logits.probs(layer)),
-                     traces[layer][-1] if traces[layer] else float("nan"))
+                     trace.cos[layer][-1] if trace.cos[layer] else float("nan"))
     except KeyboardInterrupt:
         # A step cut short may already have applied its Adam update: the logits go back to
         # their state before it, and the checkpoint points at it, so a resume repeats it
         # exactly once. Between steps, the position is what the traces say is done.
         if in_flight is not None:
-            checkpoint(*roll_back(in_flight, logits, traces))
+            checkpoint(*roll_back(in_flight, logits, trace))
         else:
-            checkpoint(*_position(traces, args.search_bno))
+            checkpoint(*_position(trace, args.search_bno))
         log.info("interrupted: checkpoint written; continue with --resume")
         return 130
     finally:
         writer.close()
     checkpoint(args.n_policies, 0)
-    _write_policy(args, prep, logits, traces, weights, elapsed0 + time.time() - run_start,
+    _write_policy(args, prep, logits, trace, weights, elapsed0 + time.time() - run_start,
                   started)
     return 0
 
 
-def _position(traces, steps_per_layer: int) -> tuple[int, int]:
-    """(layer, step) of the first step not done, from the cosine traces; (layers, 0) when all
-    are done."""
-    for layer, trace in enumerate(traces):
-        if len(trace) < steps_per_layer:
-            return layer, len(trace)
-    return len(traces), 0
+def _position(trace, steps_per_layer: int) -> tuple[int, int]:
+    """(layer, step) of the first step not done, from the records; (layers, 0) when all are
+    done."""
+    for layer in range(trace.n_layers):
+        if trace.steps_done(layer) < steps_per_layer:
+            return layer, trace.steps_done(layer)
+    return trace.n_layers, 0
 
 
-def _write_policy(args, prep, logits, traces, weights, search_s, started):
+def _write_policy(args, prep, logits, trace, weights, search_s, started):
     from augmentation.convert import policy_to_npz
     from augmentation.policy import Policy, save_policy
 
@@ -352,7 +356,8 @@ def _write_policy(args, prep, logits, traces, weights, search_s, started):
         "wall_time_s": round(time.time() - started, 2),
         "search_time_s": round(search_s, 2),
         "entropy": [round(_entropy(p), 6) for p in probs],
-        "cos_sim_trace": [[round(c, 6) for c in t] for t in traces],
+        "cos_sim_trace": [[round(c, 6) for c in t] for t in trace.cos],
+        "op_prob_trace": trace.op_summary(prep.candidates),
     }
     policy = Policy(probs=probs, candidates=list(prep.candidates), l_mags=args.l_mags,
                     space=prep.space, meta=meta)

@@ -27,20 +27,18 @@ def test_search_flags_are_accepted_by_the_search_cli(profile, tmp_path):
     config.validate(args)
     assert args.preset == "cpu" and args.use_model == "WRN_10_1"
     if profile == "full":
+        from policy_search.config import CPU
+
+        # The demo's search is the cpu preset itself, not a hand-tuned variant: every preset
+        # value stands, and the preset pretrains for hundreds of SGD steps on the demo's data
+        # (a model at chance gives noise for importances).
+        assert demo.PROFILES["full"]["search"] == ["--preset", "cpu"]
+        assert all(getattr(args, key) == value for key, value in CPU.items())
         from policy_search.data import make_splits
 
-        # The search model must learn something before its gradients mean anything: the full
-        # demo pretrains for hundreds of SGD steps (the bare cpu preset on 1,000 images gave 48
-        # steps and a model at chance), and each step averages several search points.
         prof = demo.PROFILES["full"]
         splits = make_splits(prof["n_train"], args.pretrain_size, args.seed)
         assert len(splits.pretrain) // args.batch_size * args.nb_epochs >= 400
-        assert args.train_same_labels >= 4 and 0.05 <= args.policy_lr <= 0.1
-        # Adam moves a logit by about policy_lr per step and the logits start 8 apart (SPEC §2):
-        # 32 steps at 0.1 left layer 1 at 85 % Identity on the synthetic data, 64 moved 46 % of
-        # it to other ops (Rotate first), which is what lets the searched policy differ from none.
-        assert args.search_bno >= 64 and args.search_bno * args.policy_lr >= 6
-        assert args.n_policies == 2
         # The trainer sees a subset of what the search sees (same training time as before).
         assert prof["train_size"] < prof["n_train"]
 

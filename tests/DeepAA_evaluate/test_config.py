@@ -64,6 +64,8 @@ def test_dotted_overrides_reach_nested_keys():
     ({"lr_schedule": {"type": "cosine", "warmup": {"epoch": 1, "multiplier": 1, "x": 2}}},
      "lr_schedule.warmup.x"),
     ({"aug_backend": "tensor", "cutout": 16}, "cutout"),  # cutout would precede the policy
+    ({"aug_backend": "batch", "cutout": 16}, "cutout"),
+    ({"aug_backend": "batch", "aug": "default"}, "aug_backend"),
 ])
 def test_bad_config_names_the_key(tmp_path, patch, key):
     raw = yaml.safe_load(open(os.path.join(CONFS, NAMES[0])))

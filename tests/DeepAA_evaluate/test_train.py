@@ -102,12 +102,14 @@ def test_deterministic_sets_the_torch_flags(restore_determinism):
     assert not torch.backends.cudnn.benchmark and torch.backends.cudnn.deterministic
 
 
-def test_resume_equals_uninterrupted_run(tiny, restore_determinism):
+@pytest.mark.parametrize("backend", ["pil", "batch"])
+def test_resume_equals_uninterrupted_run(tiny, restore_determinism, backend):
     """Bit for bit: on a CPU as configured; on a GPU with ``deterministic: true`` (without it,
-    cuDNN's kernels may sum in another order in every run)."""
+    cuDNN's kernels may sum in another order in every run); with the policy per image or per
+    batch in the loader."""
     path, work = tiny
     full, part = work / "full.pth", work / "part.pth"
-    small = ["--train_size", "12"]  # 3 steps per epoch
+    small = ["--train_size", "12", "--aug_backend", backend]  # 3 steps per epoch
     if torch.cuda.is_available():
         small += ["--deterministic", "true"]
     a = main(["-c", str(path), "--save", str(full)] + small)
@@ -202,7 +204,10 @@ def test_batch_augmentation_on_one_process(tiny):
     assert res["history"][0]["train"]["n"] == 24  # each image 3 times
 
 
-def test_tensor_backend_applies_the_policy_on_the_device(tiny, monkeypatch):
+@pytest.mark.parametrize("backend", ["tensor", "batch"])
+def test_batched_backends_apply_the_policy_per_batch(tiny, monkeypatch, backend):
+    """aug_backend tensor (on the device) and batch (in the loader) run the policy on whole
+    uint8 batches of the virtual-worker size, mirror on."""
     import augmentation.batched as batched
 
     calls = []
@@ -215,7 +220,7 @@ def test_tensor_backend_applies_the_policy_on_the_device(tiny, monkeypatch):
 
     monkeypatch.setattr(batched, "apply_policy_batch", spy)
     path, work = tiny
-    res = main(["-c", str(path), "--aug_backend", "tensor", "--epoch", "1",
+    res = main(["-c", str(path), "--aug_backend", backend, "--epoch", "1",
                 "--lr_schedule.warmup.epoch", "0", "--batch", "8"])
     assert res["history"][0]["train"]["n"] == 24
     assert calls == [(torch.uint8, (8, 3, 16, 16), torch.uint8, (8, 3, 16, 16), True)] * 3

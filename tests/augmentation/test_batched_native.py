@@ -119,19 +119,34 @@ def test_odd_sizes_and_views(images):
 
 def test_a_build_without_cpu_specific_instructions_gives_the_same_pixels(images, monkeypatch,
                                                                          tmp_path):
-    """The scalar fallbacks of the C file (no AVX-512 LUT, no -march=native) agree too."""
+    """The scalar fallbacks of the C files (no AVX-512 LUT, resize passes or byte permutes;
+    no -march=native) agree too: every candidate, a policy of several layers in one call, and
+    resize crops from 224 x 224 and from a larger image."""
     monkeypatch.setenv("DEEPAA_CACHE", str(tmp_path))
     monkeypatch.setattr(batched_native, "_NATIVE_ARCH", "-O3")  # a harmless stand-in flag
     plain = ctypes.CDLL(batched_native.build())
-    plain.dx_apply.argtypes = batched_native._library().dx_apply.argtypes
-    plain.dx_apply.restype = ctypes.c_int
-    fast = [batched.apply_candidate(images, n, lv, generator=torch.Generator().manual_seed(9))
-            for n, lv in space.candidates("cifar", 13)]
+    for fn in ("dx_apply", "dx_resize"):
+        getattr(plain, fn).argtypes = getattr(batched_native._library(), fn).argtypes
+        getattr(plain, fn).restype = ctypes.c_int
+    big = to_tensor(photo_like(6, 224, 224, seed=3))
+    wide = to_tensor(photo_like(4, 60, 300, seed=4))
+    boxes = (np.array([0, 7, 100, 299]), np.array([0, 3, 10, 59]), np.array([300, 200, 120, 1]),
+             np.array([60, 40, 30, 1]))
+
+    def runs():
+        out = [batched.apply_candidate(images, n, lv, generator=torch.Generator().manual_seed(9))
+               for n, lv in space.candidates("cifar", 13)]
+        out.append(batched.apply_policy_batch(load_policy("deepaa_cifar_1"), images,
+                                              generator=torch.Generator().manual_seed(9)))
+        out.append(batched.apply_policy_batch(load_policy("deepaa_imagenet_1"), big,
+                                              generator=torch.Generator().manual_seed(9)))
+        out.append(batched_native.resized_crop(wide, boxes, 224))
+        return out
+
+    fast = runs()
     monkeypatch.setattr(batched_native, "_library", lambda: plain)
-    for (name, level), expected in zip(space.candidates("cifar", 13), fast):
-        got = batched.apply_candidate(images, name, level,
-                                      generator=torch.Generator().manual_seed(9))
-        assert torch.equal(got, expected), (name, level)
+    for k, (got, expected) in enumerate(zip(runs(), fast)):
+        assert torch.equal(got, expected), k
 
 
 def test_blend_formula_is_checked_against_pillow_and_tables_take_over(images, monkeypatch):

@@ -36,6 +36,8 @@ def test_resized_crop_box_rule_matches_pillow_path():
     (500, 333, ([0, 10, 0, 200, 332], [50, 0, 100, 7, 499], [300, 323, 333, 90, 1],
                 [400, 500, 224, 480, 1])),
     (460, 60, ([0, 5], [0, 30], [60, 40], [460, 300])),
+    # a wide strip shrunk 4.5x: a block of 16 outputs reads more than 64 source bytes
+    (40, 1000, ([0, 100, 3], [0, 5, 0], [1000, 700, 997], [40, 30, 40])),
 ])
 def test_resized_crop_pixels_are_bit_exact_with_pillow_bicubic(resize, h, w, boxes):
     arr = photo_like(len(boxes[0]), h, w, seed=h + w)

@@ -99,3 +99,57 @@ def test_out_that_is_a_file_exits_2(tmp_path):
     target.write_text("x")
     assert main(["cifar_1", "--out", str(target)]) == 2
     assert target.read_text() == "x"
+
+
+def _trace_summary(n_layers=2, n_steps=40):
+    """A search trace as the search writes it: per layer, op probabilities over the steps
+    (Identity fading, RandCutout rising in the last layer) and the entropy."""
+    ops = [op.name for op in OP_TABLE["cifar"]]
+    steps, probs, entropy = [], [], []
+    for k in range(n_layers):
+        t = np.linspace(0, 1, n_steps)
+        rows = np.full((n_steps, len(ops)), 0.02)
+        rows[:, 0] = 0.9 - 0.6 * t
+        rows[:, ops.index("RandCutout")] = 0.05 + 0.5 * t * k
+        rows /= rows.sum(axis=1, keepdims=True)
+        steps.append(list(range(1, n_steps + 1)))
+        probs.append(rows.round(5).tolist())
+        entropy.append((-(rows * np.log(rows)).sum(axis=1)).tolist())
+    return {"ops": ops, "steps": steps, "probs": probs, "entropy": entropy}
+
+
+def test_search_trace_is_drawn_from_a_searched_policy(tmp_path):
+    """A policy whose meta holds the search's trace gets search_trace.png beside the other
+    figures; the released policies (no trace) do not."""
+    from augmentation.visualize import leading_ops
+
+    summary = _trace_summary()
+    policy = load_policy("cifar_1")
+    searched = Policy(policy.probs[:2], policy.candidates, policy.l_mags, policy.space,
+                      {"op_prob_trace": summary})
+    path = tmp_path / "searched.yaml"
+    save_policy(searched, path)
+    out = tmp_path / "pictures"
+    assert main([str(path), "--out", str(out), "--n_images", "2", "--n_samples", "2"]) == 0
+    assert "search_trace.png" in _pngs(out)
+    _check_png(out / "search_trace.png")
+    probs = np.asarray(summary["probs"][1])
+    lead = leading_ops(probs, summary["ops"], 3)
+    assert lead[0] == summary["ops"].index("RandCutout") and 0 in lead  # Identity was high
+
+
+def test_a_running_search_folder_draws_its_trace(tmp_path):
+    """A results folder without policy.yaml: search_trace.png from its trace.json; a folder
+    with neither, or a trace.json that is not a trace, is a one-line error."""
+    import json
+
+    folder = tmp_path / "search"
+    folder.mkdir()
+    out = tmp_path / "pictures"
+    assert main([str(folder), "--out", str(out)]) == 2 and not out.exists()
+    (folder / "trace.json").write_text("[1, 2")
+    assert main([str(folder), "--out", str(out)]) == 2 and not out.exists()
+    (folder / "trace.json").write_text(json.dumps(_trace_summary(3, 25)))
+    assert main([str(folder), "--out", str(out)]) == 0
+    assert _pngs(out) == ["search_trace.png"]
+    _check_png(out / "search_trace.png")

@@ -49,3 +49,22 @@ def test_unknown_models_rejected(name):
     assert not tf_models.is_known_model(name)
     with pytest.raises(ValueError, match="unknown model"):
         tf_models.build_model(name, 10, (32, 32, 3))
+
+
+def test_bf16_model_keeps_float32_weights_and_logits():
+    """--precision bf16: weights float32 (one weights file serves both), layers compute in
+    bfloat16, the classifier in float32; the global dtype policy is left as it was."""
+    import keras
+
+    before = keras.config.dtype_policy().name
+    model = tf_models.build_model("WRN_10_1", 5, (16, 16, 3), precision="bf16")
+    assert keras.config.dtype_policy().name == before
+    assert all(v.dtype == "float32" for v in model.weights)
+    convs = [l for l in model.layers if isinstance(l, tf.keras.layers.Conv2D)]
+    assert convs and all(l.compute_dtype == "bfloat16" for l in convs)
+    out = model(np.random.default_rng(0).normal(size=(2, 16, 16, 3)).astype(np.float32))
+    assert out.dtype == tf.float32
+    fp32 = tf_models.build_model("WRN_10_1", 5, (16, 16, 3))
+    assert all(l.compute_dtype == "float32" for l in fp32.layers if l.weights)
+    with pytest.raises(ValueError, match="precision"):
+        tf_models.build_model("WRN_10_1", 5, (16, 16, 3), precision="fp16")

@@ -82,12 +82,37 @@ def rel_err(a, b):
     return np.max(np.abs(a - b)) / np.max(np.abs(b))
 
 
-def check_importance_maths(r, g_val, g_tr, cos, G, g_val_ref, p):
-    """The finite-difference check of SPEC §2's importance, for either backend (float64):
-    g_val and g_tr (flattened) equal the per-example references (G: [N, params] per-example
-    gradients of the training images, g_val_ref: the mean validation gradient); r equals the
-    central difference in p of cos(g_val, Σ_i p_i ∇ℓ_i); the cosine is that cosine at p; and
-    Σ p_i r_i = 0, since the tangent is orthogonal to g_tr."""
+def importance_setup(model, images=np.asarray):
+    """(model, aug, labels, val, val_labels, p) of the matcher tests: one point of 7 training
+    and 6 validation images (``images`` puts them in the framework's layout) and a random
+    policy ``p`` over the 7."""
+    batch = search_batch(1, 7, 6)
+    labels = np.full(7, batch["labels"][0])
+    p = np.random.default_rng(3).dirichlet(np.ones(7))
+    return (model, images(batch["aug"][0]), labels, images(batch["val"][0]),
+            batch["val_labels"][0], p)
+
+
+def _numpy(x):
+    return x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
+
+
+def check_importance_maths(matcher, setup, per_example_grads):
+    """The finite-difference check of SPEC §2's importance, for either backend's matcher
+    (float64), on ``setup`` = (model, aug, labels, val, val_labels, p): g_val and g_tr equal
+    the references from ``per_example_grads(model, images, labels)`` ([N, params], one
+    gradient per image); r equals the central difference in p of cos(g_val, Σ_i p_i ∇ℓ_i); the
+    cosine is that cosine at p; and Σ p_i r_i = 0, since the tangent is orthogonal to g_tr."""
+    model, aug, labels, val, val_labels, p = setup
+    g_val = matcher.val_grad(val, val_labels)
+    g_tr_parts = matcher.weighted_grad(aug, labels, p)
+    r = _numpy(matcher.importance(aug, labels, g_val, g_tr_parts))
+    cos = float(_numpy(type(matcher).cosine(g_val, g_tr_parts)))
+    g_val, g_tr = (np.concatenate([np.ravel(_numpy(g)) for g in grads])
+                   for grads in (g_val, g_tr_parts))
+    G = per_example_grads(model, aug, labels)
+    g_val_ref = per_example_grads(model, val, val_labels).mean(axis=0)
+
     def cosine_of(q):
         g = q @ G
         return g_val_ref @ g / (np.linalg.norm(g_val_ref) * np.linalg.norm(g))
@@ -116,6 +141,45 @@ def stop_and_resume(tmp, common, weights):
     full, resumed = load_policy(tmp / "full" / "policy.yaml"), load_policy(part / "policy.yaml")
     np.testing.assert_allclose(resumed.probs, full.probs, rtol=0, atol=1e-9)
     assert resumed.meta["cos_sim_trace"] == full.meta["cos_sim_trace"]
+    # The records of the steps before the stop came back from the checkpoint.
+    n_layers, n_candidates = full.probs.shape
+    steps = len(full.meta["cos_sim_trace"][0])
+    a = check_trace(tmp / "full", n_layers, steps, n_candidates)
+    b = check_trace(part, n_layers, steps, n_candidates)
+    for k in range(n_layers):
+        for name in ("probs", "importance_mean", "importance_std"):
+            np.testing.assert_allclose(b.matrix(name, k), a.matrix(name, k), rtol=1e-5,
+                                       atol=1e-7, err_msg=name)
+
+
+def check_trace(results_dir, n_layers, steps, n_candidates):
+    """A finished search in ``results_dir`` recorded every step of every layer: the
+    checkpoint's per-step probabilities and importance mean/std (finite, [steps, candidates],
+    the last probabilities the policy's), and ``trace.json`` equal to the policy's
+    ``meta.op_prob_trace``, with finite per-op probabilities summing to 1 at every step."""
+    import json
+
+    from augmentation import load_policy
+    from policy_search.checkpoint import load_checkpoint
+
+    policy = load_policy(results_dir / "policy.yaml")
+    summary = json.loads((results_dir / "trace.json").read_text())
+    assert summary == policy.meta["op_prob_trace"]
+    assert summary["steps"] == [list(range(1, steps + 1))] * n_layers
+    for k in range(n_layers):
+        probs = np.array(summary["probs"][k])
+        assert probs.shape == (steps, len(summary["ops"])) and np.isfinite(probs).all()
+        np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-4)
+        assert np.isfinite(summary["entropy"][k]).all()
+    trace = load_checkpoint(results_dir / "checkpoint.npz")[3]
+    for k in range(n_layers):
+        for name in ("probs", "importance_mean", "importance_std"):
+            matrix = trace.matrix(name, k)
+            assert matrix.shape == (steps, n_candidates) and np.isfinite(matrix).all(), name
+        assert (trace.matrix("importance_std", k) >= 0).all()
+        assert np.abs(trace.matrix("importance_mean", k)).max() > 0
+        np.testing.assert_allclose(trace.matrix("probs", k)[-1], policy.probs[k], atol=1e-6)
+    return trace
 
 
 def search_batch(n_points, n_dense, n_val, n_gtr=0, n_copies=0, seed=1):

@@ -55,7 +55,8 @@ def test_defaults_are_the_released_ones_and_flags_override_presets():
     assert (fast.EXP_G, fast.search_bno, fast.train_same_labels, fast.EXP_gT_factor,
             fast.test_batch_size) == (3, 512, 8, 2, 256)
     cpu = config.parse_args(["--preset", "cpu", "--use_model", "WRN_16_1"])
-    assert cpu.use_model == "WRN_16_1" and cpu.l_mags == 13 and cpu.EXP_G == 2
+    assert cpu.use_model == "WRN_16_1" and cpu.l_mags == 13 and cpu.EXP_G == 4
+    assert (cpu.search_bno, cpu.policy_lr, cpu.n_val_per_point) == (256, 0.025, 64)
     dummies = config.parse_args(["--port", "1234", "--mode", "server"])
     assert (dummies.port, dummies.mode, d.port) == (1234, "server", 38277)  # released types
 
@@ -88,6 +89,9 @@ def test_resume_refuses_a_checkpoint_of_other_search_flags():
     checkpoint.check_resume(args, older)
     with pytest.raises(config.UsageError, match="--backend 'tf', not 'torch'"):
         checkpoint.check_resume(config.parse_args(["--preset", "cpu", "--backend", "torch"]),
+                                older)
+    with pytest.raises(config.UsageError, match="--precision 'fp32', not 'bf16'"):
+        checkpoint.check_resume(config.parse_args(["--preset", "cpu", "--precision", "bf16"]),
                                 older)
     assert config.parse_args(["--dataset", "imagenet", "--backend", "torch"]).pretrained.endswith(
         "imagenet_resnet50.pt")
@@ -129,10 +133,9 @@ def _bad_cases(dataset, tmp):
         (["--pretrained", str(garbage)], "--pretrained"),
         (["--resume"], "--resume"),
         (["--n_classes", "x"], "--n_classes"),
+        (["--precision", "fp16"], "--precision"),
         (["--results_dir", str(earlier)], "--results_dir"),
         (["--compile"], "--compile"),
-        (["--precision", "bf16"], "--precision"),
-        (["--precision", "fp16"], "--precision"),
         (["--backend", "jax"], "--backend"),
         (["--backend", "torch", "--cpu_replicas", "2"], "--cpu_replicas"),
         (["--backend", "torch", "--pretrained", str(garbage)], "--pretrained"),

@@ -10,7 +10,7 @@ import keras
 from policy_search.importance import GradientMatcher
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helper, in any import mode
 from policy_search_helper import (N_CLASSES, check_importance_maths, float64,  # noqa: E402,F401
-                                  rel_err, search_batch, tiny_model)
+                                  importance_setup, rel_err, search_batch, tiny_model)
 
 
 def per_example_grads(model, images, labels):
@@ -32,25 +32,11 @@ def flat(grads):
 
 @pytest.fixture
 def setup(float64):
-    model = tiny_model(keras)
-    batch = search_batch(1, 7, 6)
-    aug, val = batch["aug"][0], batch["val"][0]
-    labels = np.full(7, batch["labels"][0])
-    p = np.random.default_rng(3).dirichlet(np.ones(7))
-    return model, aug, labels, val, batch["val_labels"][0], p
+    return importance_setup(tiny_model(keras))
 
 
 def test_importance_is_derivative_of_cosine(setup):
-    model, aug, labels, val, val_labels, p = setup
-    matcher = GradientMatcher(model, chunk_size=3)
-    g_val = matcher.val_grad(val, val_labels)
-    g_tr = matcher.weighted_grad(aug, labels, p)
-    r = matcher.importance(aug, labels, g_val, g_tr).numpy()
-
-    G = per_example_grads(model, aug, labels)
-    g_val_ref = per_example_grads(model, val, val_labels).mean(axis=0)
-    cos = GradientMatcher.cosine(g_val, g_tr).numpy()
-    check_importance_maths(r, flat(g_val), flat(g_tr), cos, G, g_val_ref, p)
+    check_importance_maths(GradientMatcher(setup[0], chunk_size=3), setup, per_example_grads)
 
 
 def test_jvp_equals_per_example_gradient_dot_tangent(setup):
@@ -159,3 +145,28 @@ def test_tiny_float32_gradients_do_not_underflow():
     r_tiny = matcher.importance(aug, labels, tiny_val, tiny_tr).numpy()
     assert np.all(np.isfinite(r_tiny))
     assert rel_err(r_tiny * 1e-24, r) < 1e-4
+
+
+def test_bf16_importances_follow_fp32():
+    """--precision bf16 computes the same importances as float32 up to bfloat16 rounding:
+    the same weights, the same images, importances correlated over the images and the
+    gradients float32 (measured on a pretrained WRN-10-1: benchmarks/search_agreement.py)."""
+    from networks.tf_models import build_model
+
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(24, 16, 16, 3)).astype(np.float32)
+    labels = rng.integers(0, 4, 24)
+    val = rng.normal(size=(16, 16, 16, 3)).astype(np.float32)
+    val_labels = rng.integers(0, 4, 16)
+    models = {p: build_model("WRN_10_1", 4, (16, 16, 3), precision=p) for p in ("fp32", "bf16")}
+    models["bf16"].set_weights(models["fp32"].get_weights())
+    r = {}
+    for precision, model in models.items():
+        matcher = GradientMatcher(model, chunk_size=8)
+        g_val = matcher.val_grad(val, val_labels)
+        g_tr = matcher.mean_grad(images, labels)
+        assert all(g.dtype == tf.float32 for g in g_tr)
+        r[precision] = matcher.importance(images, labels, g_val, g_tr).numpy()
+    assert not np.array_equal(r["fp32"], r["bf16"])  # bf16 really ran
+    assert np.corrcoef(r["fp32"], r["bf16"])[0, 1] > 0.995
+    assert rel_err(r["bf16"], r["fp32"]) < 0.1

@@ -57,6 +57,11 @@ def test_adam_steps_match_hand_computation(stage_one):
             rbar = r.mean(axis=0) - np.sqrt(((r - r.mean(axis=0)) ** 2).mean(axis=0))
             scale = float(n_points)
         p = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
+        before = policy.get_state()["logits"]
+        _, gradient = policy.gradient(1, r, stage_one=stage_one)  # what the step follows
+        expected = loss_grad(z, rbar, scale)  # at float64 logits; the policy's are float32
+        np.testing.assert_allclose(gradient, expected, rtol=0, atol=1e-3 * np.abs(expected).max())
+        assert np.array_equal(policy.get_state()["logits"], before)
         loss = policy.apply_importance(1, r, stage_one=stage_one)
         assert loss == pytest.approx(-scale * rbar @ p, rel=1e-5, abs=1e-9)
         grads.append(loss_grad(z, rbar, scale))

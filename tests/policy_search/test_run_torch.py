@@ -9,7 +9,8 @@ import pytest
 
 from augmentation import load_policy
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helper, in any import mode
-from policy_search_helper import make_search_data, run_search, stop_and_resume  # noqa: E402
+from policy_search_helper import (check_trace, make_search_data, run_search,  # noqa: E402
+                                  stop_and_resume)
 
 NO_TF = [sys.executable, str(Path(__file__).resolve().parent / "search_without_tf.py")]
 
@@ -53,6 +54,13 @@ def test_torch_search_writes_the_same_files_without_tensorflow(run):
     assert not [p for p in out.iterdir() if ".tmp." in p.name]
 
 
+def test_torch_search_records_the_trace(run):
+    """The shared run loop records every step's probabilities and importances for the PyTorch
+    backend too: checkpoint, trace.json and meta.op_prob_trace."""
+    tmp, _ = run
+    check_trace(tmp / "full", n_layers=2, steps=4, n_candidates=29)
+
+
 def test_stop_and_resume_gives_the_same_policy(run):
     tmp, common = run
     stop_and_resume(tmp, common, str(tmp / "full" / "pretrained_WRN_10_1.pt"))
@@ -76,6 +84,11 @@ def test_torchrun_two_processes_give_the_one_process_policy(run):
     np.testing.assert_allclose(b.probs, a.probs, rtol=0, atol=1e-7)
     np.testing.assert_allclose(np.array(b.meta["cos_sim_trace"]),
                                np.array(a.meta["cos_sim_trace"]), rtol=0, atol=1e-6)
+    # Rank 0 records the importances of every rank's points.
+    traces = [check_trace(folder, n_layers=2, steps=2, n_candidates=29) for folder in (one, two)]
+    for k in range(2):
+        np.testing.assert_allclose(traces[1].matrix("importance_std", k),
+                                   traces[0].matrix("importance_std", k), rtol=1e-4, atol=1e-7)
 
 
 def test_scalars_without_tensorboard_are_json_lines(tmp_path, monkeypatch):

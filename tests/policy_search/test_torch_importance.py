@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from networks.torch_models import search_model
 from policy_search.torch_importance import TorchMatcher, theta_names
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helper, in any import mode
-from policy_search_helper import N_CLASSES, check_importance_maths, search_batch  # noqa: E402
+from policy_search_helper import (N_CLASSES, check_importance_maths,  # noqa: E402
+                                  importance_setup, search_batch)
 
 
 def tiny_wrn(dtype=torch.float64, seed=0):
@@ -53,26 +54,12 @@ def rel_err(a, b):
 
 @pytest.fixture
 def setup():
-    model = tiny_wrn()
-    batch = search_batch(1, 7, 6)
-    aug, val = nchw(batch["aug"][0]), nchw(batch["val"][0])
-    labels = np.full(7, batch["labels"][0])
-    p = np.random.default_rng(3).dirichlet(np.ones(7))
-    return model, aug, labels, val, batch["val_labels"][0], p
+    return importance_setup(tiny_wrn(), nchw)
 
 
 def test_importance_is_derivative_of_cosine(setup):
     """The finite-difference check of the TensorFlow side (test_importance.py), in PyTorch."""
-    model, aug, labels, val, val_labels, p = setup
-    matcher = TorchMatcher(model, chunk_size=3)
-    g_val = matcher.val_grad(val, val_labels)
-    g_tr = matcher.weighted_grad(aug, labels, p)
-    r = matcher.importance(aug, labels, g_val, g_tr).numpy()
-
-    G = per_example_grads(model, aug, labels)
-    g_val_ref = per_example_grads(model, val, val_labels).mean(axis=0)
-    cos = TorchMatcher.cosine(g_val, g_tr).item()
-    check_importance_maths(r, flat(g_val), flat(g_tr), cos, G, g_val_ref, p)
+    check_importance_maths(TorchMatcher(setup[0], chunk_size=3), setup, per_example_grads)
 
 
 def test_jvp_equals_per_example_gradient_dot_tangent(setup):
