@@ -10,16 +10,15 @@
    ``OUT/results.md``);
 5. pictures of the searched policy (``OUT/pictures/``, :mod:`augmentation.visualize`).
 
-The budget (about 20-30 minutes on 2 CPU cores) is split into about 12 minutes of search and
-10-15 of training. The synthetic training split has 3,000 images: the search uses all of them
-(600 validation, 1,200 pretraining, 1,200 search, SPEC §2), each trainer run a seeded
-class-balanced subset of 1,000 (``train_size``), so training costs what it did with 1,000
-images. The search is the bare ``--preset cpu`` (its flags and what it finds on CIFAR-10:
-docs/reproduction.md "The cpu preset"): 30 pretraining epochs on the 1,200 images, then 2 layers
-of 256 steps at the paper's policy_lr. On the synthetic data its first layer moves a sixth of
-its probability from Identity to the geometric ops (Rotate, the shears and translations, which
-the test set's poses reward; :mod:`deepaa_data.synthetic`) and its second layer returns to
-Identity.
+The budget (about 16 minutes on 2 CPU cores) is about 9 minutes of search and 7 of training.
+The synthetic training split has 3,000 images: the search uses all of them (600 validation,
+1,200 pretraining, 1,200 search, SPEC §2), each trainer run a seeded class-balanced subset of
+1,000 (``train_size``), so training costs what it did with 1,000 images. The search is the bare
+``--preset cpu`` (its flags and what it finds on CIFAR-10: docs/reproduction.md "The cpu
+preset"): 30 pretraining epochs on the 1,200 images, then 2 layers of 256 steps at the paper's
+policy_lr. On the synthetic data its first layer moved about 40 % of its probability from
+Identity (AutoContrast, Rotate, the shears and translations) and its second stayed at Identity
+(docs/reproduction.md "The demo").
 
 TensorFlow and PyTorch never share a process here: the search and every training run are
 subprocesses; this process imports neither. ``--smoke`` shrinks everything to seconds (tests).
@@ -44,7 +43,7 @@ import yaml
 ROOT = os.path.dirname(os.path.abspath(__file__))
 AUGS = ("DeepAA", "default", "none")
 
-# name -> sizes. "full" fits 11-20 min on 2 cores; "smoke" runs in seconds. n_train is what the
+# name -> sizes. "full" takes about 16 min on 2 cores; "smoke" runs in seconds. n_train is what the
 # search sees, train_size what each trainer run sees (see the module docstring). A small training
 # set trained long enough to overfit without augmentation (640 steps of 64 images): with fewer
 # steps an under-trained model cannot profit from augmentation and the baselines look harmful.
@@ -137,7 +136,8 @@ def run_search(args, prof, spec, dataroot, out) -> str:
     cmd = [sys.executable, os.path.join(ROOT, "DeepAA_search.py"), "--dataset", spec,
            "--dataroot", dataroot, "--n_classes", "10", "--use_model", "WRN_10_1",
            *prof["search"], "--seed", "1", "--out", policy, "--results_dir", folder]
-    if os.path.exists(os.path.join(folder, "checkpoint.npz")):
+    if any(os.path.exists(os.path.join(folder, name))
+           for name in ("checkpoint.npz", "pretrain_checkpoint.npz")):
         cmd.append("--resume")  # an interrupted demo search continues where it stopped
     print(" ".join(cmd[1:]), flush=True)
     rc = subprocess.call(cmd, cwd=out, env=_env())

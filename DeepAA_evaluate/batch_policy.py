@@ -40,7 +40,7 @@ class BatchTrainSet(torch.utils.data.Dataset):
 
     def __init__(self, base, policy, micro: int, crop: bool):
         from augmentation.batched import apply_policy_batch
-        from augmentation.batched_resize import center_crop as crop_batch
+        from augmentation.batched import center_crop as crop_batch
 
         self.apply, self.crop_batch = apply_policy_batch, crop_batch
         self.base, self.policy, self.micro, self.crop = base, policy, micro, crop

@@ -73,12 +73,32 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be read; the message is one line."""
 
 
-def load_checkpoint(path: str) -> dict:
-    """Read a checkpoint safely onto the CPU; raises :class:`CheckpointError`."""
+# What a checkpoint holds, and the types a resume needs; --only-eval needs the first two.
+FIELDS = {"model": dict, "epoch": int, "optimizer": dict, "scheduler": dict, "scaler": dict,
+          "rng": dict, "config": dict, "history": list, "result": (dict, type(None))}
+
+
+def load_checkpoint(path: str, full: bool = True) -> dict:
+    """Read a checkpoint safely onto the CPU and check the type of every field a resume
+    (``full``) or an evaluation uses; raises :class:`CheckpointError` naming the field."""
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # unpickling errors come in many types
         raise CheckpointError(f"cannot read checkpoint {path!r}: {type(exc).__name__}") from None
     if not isinstance(data, dict) or "model" not in data or "epoch" not in data:
         raise CheckpointError(f"{path!r} is not a trainer checkpoint (no model/epoch)")
+    for key, kind in list(FIELDS.items())[:None if full else 2]:
+        if not isinstance(data.get(key), kind) or isinstance(data.get(key), bool):
+            raise CheckpointError(f"checkpoint {path!r}: field {key!r} is missing or of the "
+                                  f"wrong type ({type(data.get(key)).__name__})")
+    if data["epoch"] < 0 or not all(isinstance(v, torch.Tensor) for v in data["model"].values()):
+        raise CheckpointError(f"checkpoint {path!r}: a negative epoch or weights that are not "
+                              "tensors")
+    if full:
+        history_ok = all(isinstance(h, dict) and isinstance(h.get("epoch"), int)
+                         and isinstance(h.get("train"), dict) for h in data["history"])
+        result = data["result"] or {}
+        if not history_ok or not isinstance(result.get("test") or {}, dict) \
+                or not isinstance(result.get("wall_time_s") or 0.0, (int, float)):
+            raise CheckpointError(f"checkpoint {path!r}: its history or results are malformed")
     return data

@@ -5,7 +5,9 @@ applies command-line overrides given with dotted names (``--lr_schedule.warmup.e
 fills defaults and checks every key against :data:`SCHEMA`: an unknown key, a value of the
 wrong type or a missing required key raises :class:`ConfigError` with a one-line message that
 names the key. Defaults are those of the released trainer (gradient clip 5, momentum 0.9,
-test every 20 epochs, cosine schedule), so the released files mean what they meant.
+test every 20 epochs, cosine schedule), so the released files mean what they meant. Every
+number is then checked against :data:`RANGES`, the one table of bounds (NaN and infinity never
+pass), and the few rules between keys in :func:`_check_values`.
 
 Keys of ours (not in the released files): ``train_size``/``test_size`` (seeded class-balanced subsets),
 ``seed``, ``num_workers``, ``aug_backend``, ``amp``, ``channels_last``, ``compile``,
@@ -17,14 +19,18 @@ from __future__ import annotations
 
 import argparse
 import copy
+import math
+import os
 
 import yaml
 
+from augmentation.policy import short_repr
 from networks.names import is_train_model
 
 AUGS = ("DeepAA", "default", "randaugment", "trivialaugment", "none")
 SCHEDULES = ("cosine", "resnet", "constant")
 REQUIRED = object()  # marks a key without a default
+MAX_CONFIG_BYTES = 2**20
 
 # key -> (types, default, allowed values or None). A nested dict is a sub-schema; its default is
 # built from its own defaults. ``None`` in types means the key may be null.
@@ -80,6 +86,25 @@ RESUME_FREE_KEYS = ("early_finish_epoch", "num_workers", "test_interval", "save_
                     "channels_last", "deterministic")
 
 
+MAX_SEED = 2**32 - 1  # numpy's legacy seeds are 32-bit; the harness and the search agree
+# key -> (smallest, largest, whether the smallest itself is allowed); None: no bound. Keys
+# that may be null are checked when set. Learning rates above 10 and momenta of 1 or more
+# diverge; torchvision's RandAugment has magnitudes 0..30 (31 bins).
+RANGES = {
+    "batch": (1, 10**6, True), "gpus": (1, 4096, True), "epoch": (1, 10**6, True),
+    "test_interval": (1, 10**6, True), "train_size": (1, None, True),
+    "test_size": (1, None, True), "num_workers": (0, 256, True), "seed": (0, MAX_SEED, True),
+    "early_finish_epoch": (1, None, True), "cutout": (None, 10**5, True),
+    "randaug.N": (0, 100, True), "randaug.M": (0, 30, True),
+    "lr": (0.0, 10.0, False), "model.dropout": (0.0, 1.0, True),
+    "optimizer.decay": (0.0, 1.0, True), "optimizer.clip": (0.0, 1e6, True),
+    "optimizer.momentum": (0.0, 1.0, True), "lr_schedule.warmup.multiplier": (1.0, 1e3, True),
+    "lr_schedule.warmup.epoch": (0, None, True),
+}
+# Upper bounds that are excluded rather than allowed.
+_OPEN_ABOVE = {"model.dropout", "optimizer.momentum"}
+
+
 class ConfigError(ValueError):
     """A bad config or override; the message is one line naming the key."""
 
@@ -92,6 +117,14 @@ def _type_name(types) -> str:
     return " or ".join(out)
 
 
+def _as_float(key: str, value: int) -> float:
+    try:
+        return float(value)
+    except OverflowError:  # an integer of hundreds of digits
+        raise ConfigError(f"config key {key!r} must be a finite number, got "
+                          f"{short_repr(value)}") from None
+
+
 def _coerce(key: str, value, spec):
     types, _, choices = spec
     if value is None:
@@ -102,16 +135,17 @@ def _coerce(key: str, value, spec):
     if isinstance(value, bool):
         ok = value if bool in types else None
     elif isinstance(value, int):
-        ok = value if int in types else float(value) if float in types else None
+        ok = value if int in types else _as_float(key, value) if float in types else None
     elif isinstance(value, float):
         ok = value if float in types else None
     elif isinstance(value, str):
         ok = value if str in types else None
     if ok is None:
-        raise ConfigError(f"config key {key!r} must be {_type_name(types)}, got {value!r}")
+        raise ConfigError(f"config key {key!r} must be {_type_name(types)}, "
+                          f"got {short_repr(value)}")
     if choices is not None and ok not in choices:
         allowed = ", ".join(str(c) for c in choices if c is not None)
-        raise ConfigError(f"config key {key!r} must be one of {allowed}, got {ok!r}")
+        raise ConfigError(f"config key {key!r} must be one of {allowed}, got {short_repr(ok)}")
     return ok
 
 
@@ -137,28 +171,36 @@ def _validate(data, schema, prefix="") -> dict:
     return out
 
 
+def _get(cfg: dict, dotted: str):
+    for part in dotted.split("."):
+        cfg = cfg[part]
+    return cfg
+
+
+def _check_range(key: str, value) -> None:
+    low, high, closed = RANGES[key]
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"config key {key!r} must be a finite number, got {value}")
+    above = low is None or (value >= low if closed else value > low)
+    below = high is None or (value < high if key in _OPEN_ABOVE else value <= high)
+    if not (above and below):
+        lo = "" if low is None else f"{'>=' if closed else '>'} {low}"
+        hi = "" if high is None else f"{'<' if key in _OPEN_ABOVE else '<='} {high}"
+        raise ConfigError(f"config key {key!r} must be {' and '.join(b for b in (lo, hi) if b)}"
+                          f", got {short_repr(value)}")
+
+
 def _check_values(cfg: dict) -> None:
-    positive = {"batch": cfg["batch"], "gpus": cfg["gpus"], "epoch": cfg["epoch"],
-                "test_interval": cfg["test_interval"]}
-    for key, value in positive.items():
-        if value < 1:
-            raise ConfigError(f"config key {key!r} must be >= 1, got {value}")
-    for key in ("train_size", "test_size"):
-        if cfg[key] is not None and cfg[key] < 1:
-            raise ConfigError(f"config key {key!r} must be >= 1, got {cfg[key]}")
-    if cfg["num_workers"] is not None and cfg["num_workers"] < 0:
-        raise ConfigError(f"config key 'num_workers' must be >= 0, got {cfg['num_workers']}")
-    if cfg["lr"] <= 0:
-        raise ConfigError(f"config key 'lr' must be > 0, got {cfg['lr']}")
-    if cfg["optimizer"]["decay"] < 0 or cfg["optimizer"]["clip"] < 0:
-        raise ConfigError("config keys 'optimizer.decay' and 'optimizer.clip' must be >= 0")
-    if not 0.0 <= cfg["model"]["dropout"] < 1.0:
-        raise ConfigError(f"config key 'model.dropout' must be in [0, 1), got {cfg['model']['dropout']}")
+    for key in RANGES:
+        value = _get(cfg, key)
+        if value is not None:
+            _check_range(key, value)
     warm = cfg["lr_schedule"]["warmup"]
-    if warm["epoch"] < 0 or warm["epoch"] >= cfg["epoch"]:
+    if warm["epoch"] >= cfg["epoch"]:
         raise ConfigError(f"config key 'lr_schedule.warmup.epoch' must be in [0, epoch), got {warm['epoch']}")
-    if warm["multiplier"] < 1.0:
-        raise ConfigError(f"config key 'lr_schedule.warmup.multiplier' must be >= 1, got {warm['multiplier']}")
+    opt = cfg["optimizer"]
+    if opt["nesterov"] and opt["momentum"] == 0:
+        raise ConfigError("config key 'optimizer.momentum' must be > 0 with nesterov true")
     if cfg["aug"] == "DeepAA" and not cfg["deepaa"]["EXP"]:
         raise ConfigError("missing required config key 'deepaa.EXP' (aug is DeepAA)")
     if cfg["aug_backend"] != "pil" and cfg["aug"] != "DeepAA":
@@ -188,7 +230,7 @@ def parse_overrides(tokens: list[str]) -> dict:
             i += 1
         try:
             out[name] = yaml.safe_load(value) if value.strip() else ""
-        except yaml.YAMLError:
+        except (yaml.YAMLError, ValueError, RecursionError):  # a huge integer: kept as text
             out[name] = value
         i += 1
     return out
@@ -226,7 +268,12 @@ def validate(raw: dict) -> dict:
 
 def load_config(path: str, overrides: dict | None = None) -> dict:
     """Read, override and validate a config file (raises :class:`ConfigError`)."""
+    if os.path.exists(path) and not os.path.isfile(path):  # a folder, a pipe, a device
+        raise ConfigError(f"config {path!r} is not a regular file")
     try:
+        if os.path.getsize(path) > MAX_CONFIG_BYTES:
+            raise ConfigError(f"config {path!r} is {os.path.getsize(path)} bytes; a config is "
+                              f"a few hundred")
         with open(path, encoding="utf-8") as f:
             raw = yaml.safe_load(f)
     except OSError as exc:
@@ -235,6 +282,11 @@ def load_config(path: str, overrides: dict | None = None) -> dict:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"config {path!r} is not valid YAML{where}") from None
+    except (ValueError, RecursionError) as exc:  # not UTF-8, a huge integer, deep nesting
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"config {path!r} is not a readable YAML document "
+                          f"({type(exc).__name__})") from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):

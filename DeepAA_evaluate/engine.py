@@ -144,8 +144,8 @@ def train_epoch(rt: Runtime, model, loader, optimizer, scheduler, scaler, normal
                             lr=f"{optimizer.param_groups[0]['lr']:.4g}")
     bar.close()
     out = _summary(rt.all_reduce(sums).cpu())
-    if math.isnan(out["loss"]):
-        raise FloatingPointError(f"training loss is NaN in epoch {epoch}")
+    if not math.isfinite(out["loss"]):
+        raise FloatingPointError(f"the training loss is {out['loss']} in epoch {epoch}")
     out["images_per_s"] = n_seen * rt.world_size / max(time.time() - t0, 1e-9)
     return out
 

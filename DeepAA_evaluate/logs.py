@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 from augmentation.files import atomic_write, summary_writer
 
@@ -15,21 +16,38 @@ def write_json(path: str, obj) -> None:
 
 
 class MetricWriter:
-    """Per-epoch scalars of the main process; no-op without a tag (as the released trainer)."""
+    """Per-epoch scalars of the main process; no-op without a tag (as the released trainer).
+
+    The folders it makes are removed again by :meth:`discard` when the run fails before its
+    first epoch is logged (a full disk, a bad image, Ctrl-C), so such a run leaves no empty
+    ``logs/<tag>/`` behind."""
 
     def __init__(self, tag: str, enabled: bool = True, root: str = "logs"):
-        self.writers, self.jsonl = {}, None
+        self.writers, self.jsonl, self.made, self.logged = {}, None, None, False
         if not tag or not enabled:
             return
         base = os.path.join(root, tag)
-        writers = {name: summary_writer(os.path.join(base, name)) for name in ("train", "test")}
-        if None in writers.values():  # tensorboard is not installed
-            os.makedirs(base, exist_ok=True)
-            self.jsonl = open(os.path.join(base, "metrics.jsonl"), "a", encoding="utf-8")
-            return
-        self.writers = writers
+        self.made = next((p for p in _ancestors(os.path.abspath(base)) if not os.path.exists(p)),
+                         None)
+        try:
+            self._open(base)
+        except BaseException:
+            self.discard()
+            raise
+
+    def _open(self, base: str) -> None:
+        """TensorBoard writers without TensorFlow (``augmentation.files.summary_writer``), or
+        JSON lines when tensorboard is not installed."""
+        for name in ("train", "test"):
+            writer = summary_writer(os.path.join(base, name))
+            if writer is None:
+                os.makedirs(base, exist_ok=True)
+                self.jsonl = open(os.path.join(base, "metrics.jsonl"), "a", encoding="utf-8")
+                return
+            self.writers[name] = writer
 
     def epoch(self, entry: dict) -> None:
+        self.logged = True
         if self.jsonl is not None:
             self.jsonl.write(json.dumps(entry, default=float) + "\n")
             self.jsonl.flush()
@@ -48,3 +66,17 @@ class MetricWriter:
             self.jsonl.close()
         for w in self.writers.values():
             w.close()
+
+    def discard(self) -> None:
+        """Close, and remove the folders this writer made if it logged nothing."""
+        self.close()
+        if self.made is not None and not self.logged:
+            shutil.rmtree(self.made, ignore_errors=True)
+
+
+def _ancestors(path: str) -> list[str]:
+    """``path`` and the folders above it, outermost first."""
+    out = [path]
+    while os.path.dirname(out[-1]) != out[-1]:
+        out.append(os.path.dirname(out[-1]))
+    return out[::-1]

@@ -21,19 +21,30 @@ experiments get interrupted, so the harness
 Runs go one after another, with ``--gpus 0,1,..`` one per GPU at a time
 (``CUDA_VISIBLE_DEVICES``), or with ``--jobs N`` N CPU runs side by side. Arguments after
 ``--`` go to every trainer run unchanged. What the table shows is in ``results_table``.
+
+Bad input (numbers out of LIMITS, a config that does not load, an output that cannot be
+written) prints one line and exits with code 2 before any run starts. Ctrl-C stops the runs
+(each keeps its last finished epoch) and the harness with one line and exit code 130; the same
+command continues.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 import time
 
-from augmentation.files import InUse, exclusive
-from DeepAA_evaluate.config import ConfigError, build_parser, load_config, parse_overrides
+from augmentation.files import InUse, Unwritable, check_writable, exclusive
+from DeepAA_evaluate.config import (MAX_SEED, ConfigError, build_parser, load_config,
+                                    parse_overrides)
 from DeepAA_evaluate.results_table import (config_changes, output_paths, read_result,
                                            write_results)
+
+# Bounds of the command line's numbers (the seeds must also be seeds the trainer takes).
+LIMITS = {"seeds": (1, 1000), "first_seed": (0, MAX_SEED), "jobs": (1, 256)}
+
 
 # ----------------------------------------------------------------------------- configs
 def expected_config(conf: str, seed: int, extra: list[str]) -> dict:
@@ -127,9 +138,31 @@ def run_all(confs, seeds, runs_dir, dataroot, extra, gpus, out, progress=True, j
     slots = gpus or ([None] if jobs <= 1 else [f"cpu{i}" for i in range(jobs)])
     threads = max(1, (os.cpu_count() or 1) // jobs) if not gpus and jobs > 1 else None
     running: dict = {}
-    failures = 0
     bar = tqdm(total=len(todo), desc="runs", unit="run", disable=not progress)
     queue = list(todo)
+    try:
+        failures = _run_queue(queue, running, slots, runs_dir, dataroot, extra, threads, out,
+                              order, bar)
+    finally:  # Ctrl-C, or a failure of the harness: the runs stop at their last epoch too
+        _stop(running)
+    bar.close()
+    write_results(out, runs_dir, order)
+    return failures
+
+
+def _stop(running: dict) -> None:
+    for _, proc in running.values():
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+    for _, proc in running.values():
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def _run_queue(queue, running, slots, runs_dir, dataroot, extra, threads, out, order, bar):
+    failures = 0
     while queue or running:
         for gpu in slots:
             if gpu not in running and queue:
@@ -151,8 +184,6 @@ def run_all(confs, seeds, runs_dir, dataroot, extra, gpus, out, progress=True, j
                       file=sys.stderr)
             bar.update(1)
             write_results(out, runs_dir, order)
-    bar.close()
-    write_results(out, runs_dir, order)
     return failures
 
 
@@ -188,10 +219,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {msg}", file=sys.stderr)
         return 2
 
-    if args.seeds < 1:
-        return fail(f"--seeds must be >= 1, got {args.seeds}")
-    if args.jobs < 1:
-        return fail(f"--jobs must be >= 1, got {args.jobs}")
+    for name, (low, high) in LIMITS.items():
+        if not low <= getattr(args, name) <= high:
+            return fail(f"--{name} must be from {low} to {high}, got {getattr(args, name)}")
+    if args.first_seed + args.seeds - 1 > MAX_SEED:
+        return fail(f"--first_seed + --seeds - 1 must be <= {MAX_SEED}")
     if os.path.isdir(args.out):
         return fail(f"--out {args.out!r} is a folder")
     if os.path.abspath(args.out) in map(os.path.abspath, output_paths(args.out)):
@@ -206,14 +238,23 @@ def main(argv: list[str] | None = None) -> int:
         stems = [os.path.splitext(os.path.basename(c))[0] for c in args.confs]
         if len(set(stems)) != len(stems):
             return fail("two configs share a file name; their runs would share a folder")
+    outputs = [("--out", path, False) for path in (args.out, *output_paths(args.out))]
+    if not args.table_only:
+        outputs.append(("--runs_dir", args.runs_dir, True))
+    for flag, path, folder in outputs:  # every output writable before any run starts
+        try:
+            check_writable(path, folder=folder)
+        except Unwritable as exc:
+            return fail(f"{flag}: {exc}")
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started in background
     order = [os.path.splitext(os.path.basename(c))[0] for c in args.confs]
-    if args.table_only:
-        print(write_results(args.out, args.runs_dir, order))
-        return 0
     gpus = [g.strip() for g in args.gpus.split(",") if g.strip()]
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
-    try:  # every config and override is checked before anything runs or is written
-        for conf in args.confs:
+    try:
+        if args.table_only:
+            print(write_results(args.out, args.runs_dir, order))
+            return 0
+        for conf in args.confs:  # every config and override is checked before anything runs
             expected_config(conf, seeds[0], extra)
         # one harness per runs folder: a second would start the same runs a second time
         with exclusive(os.path.join(args.runs_dir, ".harness.lock"), args.runs_dir):
@@ -223,6 +264,12 @@ def main(argv: list[str] | None = None) -> int:
         return fail(" ".join(str(exc).split()))
     except InUse as exc:
         return fail(f"--runs_dir: {exc}, another harness")
+    except OSError as exc:  # a full disk: the results written so far are whole
+        return fail(f"cannot write {exc.filename or args.out}: {exc.strerror or exc}")
+    except KeyboardInterrupt:
+        print("interrupted: the runs keep their last finished epoch; the same command "
+              "continues", file=sys.stderr)
+        return 130
     print(open(args.out, encoding="utf-8").read())
     return 1 if failures else 0
 

@@ -151,15 +151,24 @@ def _variants(results: list[dict]) -> list[tuple[str, list[dict]]]:
 
 
 def read_result(path: str) -> dict | None:
-    """A finished run's results dict, or None (missing, unreadable or unfinished)."""
+    """A finished run's results dict, or None (missing, unreadable, malformed or unfinished):
+    top-1 a number in [0, 1], the config a mapping, the wall time a number."""
     try:
         with open(path, encoding="utf-8") as f:
             result = json.load(f)
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
-    if not isinstance(result, dict) or result.get("top1_test") is None:
+    if not isinstance(result, dict):
+        return None
+    top1, wall = result.get("top1_test"), result.get("wall_time_s") or 0.0
+    if not (_number(top1) and 0.0 <= top1 <= 1.0 and _number(wall)
+            and isinstance(result.get("config") or {}, dict)):
         return None
     return result if result.get("finished", True) else None
+
+
+def _number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def paper_number(cfg: dict) -> tuple[float, str] | None:

@@ -18,20 +18,29 @@ processes; see ``data.py`` and ``engine.py``.
 Outputs: tqdm progress, TensorBoard logs under ``logs/<tag>/`` (a JSON-lines file there when
 TensorBoard is missing), the checkpoint at ``--save`` after every epoch, and at the end a JSON
 beside it (same stem) with top-1/top-5 train and test, per-epoch history, config and wall time.
-Python API: :func:`main` takes the argument list and returns that results dict.
+Every output is checked writable before the work starts. Python API: :func:`main` takes the
+argument list and returns that results dict.
+
+Failures end with one line on stderr: bad input before anything is written (exit code 2);
+later, an image that does not decode, a loss that is no longer finite or a disk that fills up
+(exit code 2), or Ctrl-C (exit code 130), the checkpoint of the last finished epoch kept for
+``--resume``. Ctrl-C works also in a trainer started in the background, where the shell
+ignores SIGINT.
 """
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import signal
 import sys
+import threading
 import time
 
 import torch
 import torch.distributed as dist
 
-from augmentation.files import InUse, exclusive
+from augmentation.files import InUse, Unwritable, check_writable, exclusive
 from DeepAA_evaluate import data as D
 from DeepAA_evaluate.checkpoint import (CheckpointError, load_checkpoint, save_checkpoint,
                                         set_rng_state)
@@ -53,12 +62,27 @@ def parse_args(argv):
     exists = bool(args.save) and os.path.exists(args.save)
     if (args.resume or args.only_eval) and not exists:
         raise ConfigError(f"no checkpoint at {args.save!r} to resume or evaluate")
+    if args.save and os.path.isdir(args.save):
+        raise ConfigError(f"--save {args.save!r} is a directory")
     if exists and not (args.resume or args.overwrite or args.only_eval):
         raise ConfigError(f"{args.save!r} exists; pass --resume to continue it or --overwrite "
                           "to start over")
-    if args.save and os.path.isdir(args.save):
-        raise ConfigError(f"--save {args.save!r} is a directory")
+    _check_outputs(args)
     return args, cfg
+
+
+def _check_outputs(args) -> None:
+    """Every file and folder the run will write, writable now (not after the first epoch)."""
+    stem = os.path.splitext(args.save)[0]
+    wanted = [("--save", stem + "_eval.json", False)] if args.only_eval else \
+        [("--save", args.save, False)] if args.save else []
+    if args.tag and not args.only_eval:
+        wanted.append(("--tag", os.path.join("logs", args.tag), True))
+    for flag, path, folder in wanted:
+        try:
+            check_writable(path, folder=folder)
+        except Unwritable as exc:
+            raise ConfigError(f"{flag}: {exc}") from None
 
 
 def _dist_env():
@@ -152,11 +176,16 @@ class Experiment:
         except RuntimeError:
             raise CheckpointError(f"the checkpoint's weights do not fit model "
                                   f"{self.cfg['model']['type']} with {self.n_classes} classes") from None
-        if full:
-            self.optimizer.load_state_dict(ckpt["optimizer"])
-            self.scheduler.load_state_dict(ckpt["scheduler"])
-            self.scaler.load_state_dict(ckpt["scaler"])
-            set_rng_state(ckpt["rng"])
+        if not full:
+            return
+        for name, restore in (("optimizer", self.optimizer.load_state_dict),
+                              ("scheduler", self.scheduler.load_state_dict),
+                              ("scaler", self.scaler.load_state_dict), ("rng", set_rng_state)):
+            try:
+                restore(ckpt[name])
+            except Exception as exc:  # a state of another shape or type fails in many ways
+                raise CheckpointError(f"the checkpoint's {name} state does not fit this run "
+                                      f"({type(exc).__name__})") from None
 
 
 def _resume_config(cfg: dict, ckpt: dict) -> dict:
@@ -197,7 +226,8 @@ def _results(cfg, history, last_test, exp, wall, finished) -> dict:
 
 def run(cfg: dict, args, rt: Runtime) -> dict:
     t_start = time.time()
-    ckpt = load_checkpoint(args.save) if (args.resume or args.only_eval) else None
+    ckpt = load_checkpoint(args.save, full=args.resume) if (args.resume or args.only_eval) \
+        else None
     if ckpt is not None and args.resume:
         cfg = _resume_config(cfg, ckpt)
     cfg = {**cfg, "seed": _shared_seed(rt, cfg["seed"])}
@@ -263,8 +293,10 @@ def run(cfg: dict, args, rt: Runtime) -> dict:
                                         "wall_time_s": wall_before + time.time() - t_start})
             if stop is not None and epoch >= stop:
                 break
-    finally:
-        writer.close()
+    except BaseException:
+        writer.discard()
+        raise
+    writer.close()
     result = _results(cfg, history, last_test, exp,
                       wall_before + time.time() - t_start,
                       bool(history) and history[-1]["epoch"] == epochs)
@@ -277,8 +309,13 @@ def main(argv: list[str] | None = None) -> dict:
     """Run the trainer with command-line arguments ``argv``; returns the results dict.
 
     Bad arguments, configs, datasets or policies print one line on stderr and raise
-    ``SystemExit(2)`` before anything is written.
+    ``SystemExit(2)`` before anything is written; Ctrl-C prints one line and raises
+    ``SystemExit(130)`` (see the module docstring for failures found later).
     """
+    if threading.current_thread() is threading.main_thread():
+        # A job started in the background by a shell inherits SIGINT ignored; Ctrl-C (or
+        # kill -INT) must still stop it as it stops the search.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     rank, world, local = _dist_env()
     try:
         args, cfg = parse_args(sys.argv[1:] if argv is None else list(argv))
@@ -293,6 +330,16 @@ def main(argv: list[str] | None = None) -> dict:
             return _run_in_group(cfg, args, rank, world, local)
     except InUse as exc:
         print(f"error: --save: {exc}, another run", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        kept = f"; {args.save} holds the last finished epoch: continue with --resume" \
+            if args.save and os.path.exists(args.save) and not args.only_eval else ""
+        print(f"interrupted{kept}", file=sys.stderr)
+        raise SystemExit(130) from None
+    except OSError as exc:  # a full disk: the last checkpoint stays, whole
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"error: cannot read or write{where}: {exc.strerror or one_line(exc)}",
+              file=sys.stderr)
         raise SystemExit(2) from None
 
 
@@ -315,11 +362,32 @@ def _run_in_group(cfg, args, rank, world, local) -> dict:
             dist.barrier()
         return result
     except (ConfigError, PolicyError, DatasetError, CheckpointError) as exc:
-        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+        print(f"error: {one_line(exc)}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except FloatingPointError as exc:
+        print(f"error: config key 'lr': training diverged ({exc}); the checkpoint keeps the "
+              "last finished epoch", file=sys.stderr)
         raise SystemExit(2) from None
     finally:
         if started:
             dist.destroy_process_group()
+
+
+def one_line(exc: BaseException) -> str:
+    """The message of ``exc`` on one line. An error raised in a DataLoader worker comes back
+    with the worker's traceback in its message; its last line is the original message."""
+    text = str(exc)
+    if "Original Traceback" in text:
+        text = text.strip().splitlines()[-1]
+        text = text.split(": ", 1)[1] if ": " in text else text  # "module.Error: message"
+    return " ".join(text.split()) or type(exc).__name__
+
+
+def cli() -> int:
+    """The ``deepaa-train`` command: :func:`main` on the process's arguments, exit status 0
+    (main returns the results dict, which is no exit status)."""
+    main()
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Policy files: the YAML writer, and conversion between the released npz format and YAML.
+"""Policy files: conversion between the released npz format and YAML (the YAML format itself
+is augmentation.policy's).
 
 The released search saved ``policy_DeepAA_<time>.npz`` (SPEC §2 "Output") with
 ``policy_probs`` (layers x D float32), ``l_ops``, ``l_mags``, ``ops`` and ``mags`` (D x 1: the
@@ -25,84 +26,16 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from .files import atomic_write
-from .policy import FORMAT, Policy, PolicyError, load_policy, save_policy
+from .files import Unwritable, atomic_write, check_writable
+from .policy import Policy, PolicyError, _plain, load_policy, save_policy
 from .space import OP_TABLE, RELEASED_NAMES
 
 _NAME_RE = re.compile(r"^([A-Za-z0-9_]+):\((-?[0-9.eE+-]+),,(-?[0-9.eE+-]+)\)$")
 # The released files store float32 probabilities; 9 significant digits reproduce a float32
 # exactly, so the YAML equals the npz to float32 precision while staying readable.
 NPZ_DIGITS = 9
-
-
-def _fmt(x: float, digits: int | None) -> str:
-    """A float as YAML 1.1 reads it back: PyYAML needs a '.' in the mantissa of an exponent
-    form ('1e-05' would load as a string)."""
-    s = repr(float(x)) if digits is None else f"{x:.{digits}g}"
-    mant, e, exp = s.partition("e")
-    if e and "." not in mant:
-        s = f"{mant}.0e{exp}"
-    return s
-
-
-def _plain(x):
-    """meta values as plain Python for yaml.safe_dump."""
-    if isinstance(x, dict):
-        return {str(k): _plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_plain(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return _plain(x.tolist())
-    if isinstance(x, np.generic):
-        return x.item()
-    if isinstance(x, Path):
-        return str(x)
-    return x
-
-
-def policy_to_yaml(policy: Policy, digits: int | None = None, probs=None) -> str:
-    """The policy as YAML text: one block line per op and candidate, each layer a flow list
-    wrapped one op per line with a comment naming the op (readable and diff-friendly).
-    ``digits=None`` writes each float64 exactly (shortest repr); an int writes that many
-    significant digits. ``probs`` overrides the table written (the npz converter writes the
-    file's own float32 values, which loading renormalises)."""
-    table = policy.probs if probs is None else np.asarray(probs, dtype=np.float64)
-    if table.shape != policy.probs.shape:
-        raise ValueError(f"probs shape {table.shape} != policy shape {policy.probs.shape}")
-    out = [
-        f"format: {FORMAT}",
-        f"space: {policy.space}",
-        f"l_mags: {policy.l_mags}",
-        "ops:             # the op table used: name -> [low, high], or null without a magnitude",
-    ]
-    for op in OP_TABLE[policy.space]:
-        out.append(f"  {op.name}: " + (f"[{op.low!r}, {op.high!r}]" if op.has_magnitude else "null"))
-    out.append(f"candidates:      # {policy.n_candidates} entries, in order: [op name, level]")
-    out += [f"  - [{name}, {level}]" for name, level in policy.candidates]
-    out.append(f"layers:          # {policy.n_layers} layers; column i is candidate i")
-    groups: list[tuple[str, list[int]]] = []
-    for i, (name, _) in enumerate(policy.candidates):
-        if groups and groups[-1][0] == name:
-            groups[-1][1].append(i)
-        else:
-            groups.append((name, [i]))
-    for row in table:
-        for g, (name, idx) in enumerate(groups):
-            lead = "  - [" if g == 0 else "     "
-            body = ", ".join(_fmt(row[i], digits) for i in idx)
-            tail = "]" if g == len(groups) - 1 else ","
-            out.append(f"{lead}{body}{tail}  # {name}")
-    meta = _plain(policy.meta)
-    if meta:
-        try:
-            dumped = yaml.safe_dump(meta, sort_keys=False, default_flow_style=False, width=4096)
-        except yaml.YAMLError as e:
-            raise PolicyError(f"meta cannot be written as YAML ({e})") from None
-        out.append("meta:")
-        out += ["  " + line for line in dumped.rstrip("\n").split("\n")]
-    else:
-        out.append("meta: {}")
-    return "\n".join(out) + "\n"
+# The largest npz policy read (uncompressed): see policy.MAX_FILE_BYTES.
+MAX_NPZ_BYTES = 64 * 2**20
 
 
 def _parse_op_names(raw, path) -> list[tuple[str, float, float]]:
@@ -142,10 +75,18 @@ def _read_npz(path) -> tuple[Policy, np.ndarray]:
     if not path.is_file():
         raise PolicyError(f"{path}: no such file" if not path.exists() else f"{path}: not a file")
     try:
+        with zipfile.ZipFile(path) as z:  # sizes first: a small file may unpack to gigabytes
+            unpacked = sum(info.file_size for info in z.infolist())
+        if unpacked > MAX_NPZ_BYTES:
+            raise PolicyError(f"{path}: its arrays take {unpacked} bytes, more than a policy "
+                              f"holds ({MAX_NPZ_BYTES})")
         with np.load(path, allow_pickle=False) as d:
             data = {k: d[k] for k in d.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
-        raise PolicyError(f"{path}: not a readable npz file ({e})") from None
+    except PolicyError:
+        raise
+    except Exception as e:  # a damaged zip fails in many ways (BadZipFile, zlib.error, ...)
+        raise PolicyError(f"{path}: not a readable npz file ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0] if str(e) else 'unreadable'})") from None
     missing = [k for k in ("policy_probs", "l_mags", "ops", "mags", "op_names") if k not in data]
     if missing:
         raise PolicyError(f"{path}: missing array(s) {', '.join(missing)}")
@@ -220,9 +161,11 @@ def _parse_meta(items: list[str]) -> dict:
         if not eq or not key:
             raise PolicyError(f"--meta expects key=value, got {item!r}")
         try:
-            meta[key] = yaml.safe_load(value)
-        except yaml.YAMLError:
+            meta[key] = _plain(yaml.safe_load(value))
+        except (yaml.YAMLError, ValueError):
             meta[key] = value
+        except RecursionError:  # a value that contains itself (an alias of its own anchor)
+            raise PolicyError(f"--meta {key}: the value refers to itself") from None
     return meta
 
 
@@ -238,23 +181,31 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     src, dst = Path(args.src), Path(args.dst)
     yaml_ext = {".yaml", ".yml"}
+    to_yaml = src.suffix == ".npz" and dst.suffix in yaml_ext
     try:
+        if not to_yaml and not (src.suffix in yaml_ext and dst.suffix == ".npz"):
+            raise PolicyError(
+                f"cannot convert {src.name} to {dst.name}: expected IN.npz OUT.yaml or IN.yaml OUT.npz"
+            )
         extra = _parse_meta(args.meta)
-        if src.suffix == ".npz" and dst.suffix in yaml_ext:
+        check_writable(dst)  # before reading: a file that cannot be written is known now
+        if to_yaml:
             policy, stored = _read_npz(src)
             policy.meta.update(extra)
             # Float inputs are written as stored (9 digits reproduce a float32 exactly).
             digits = NPZ_DIGITS if stored.dtype == np.float32 else None
             save_policy(policy, dst, digits=digits, probs=stored)
-        elif src.suffix in yaml_ext and dst.suffix == ".npz":
+        else:
             policy = load_policy(src)
             policy_to_npz(policy, dst)
-        else:
-            raise PolicyError(
-                f"cannot convert {src.name} to {dst.name}: expected IN.npz OUT.yaml or IN.yaml OUT.npz"
-            )
+    except Unwritable as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except PolicyError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # the disk filled up while writing: the old file, if any, is intact
+        print(f"error: cannot write {args.dst}: {e.strerror or e}", file=sys.stderr)
         return 2
     print(f"wrote {dst} ({policy.space}, {policy.n_layers} layers x {policy.n_candidates} candidates)")
     return 0

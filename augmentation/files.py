@@ -1,6 +1,9 @@
 """Writing outputs safely, shared by the search, the trainer and the harness.
 
 * :func:`atomic_write`: a policy, checkpoint or result file is replaced whole or not at all.
+* :func:`check_writable`: an output that cannot be written is found before the work starts
+  (a read-only folder or file system, a path under a file, an empty path, a full disk), not
+  after an hour of search or training.
 * :func:`exclusive`: one process at a time per output. Two searches resuming the same
   folder, two trainers on the same checkpoint, or two harnesses on the same runs folder
   would each overwrite the other's progress; the second one is refused with a one-line
@@ -47,10 +50,56 @@ def atomic_write(path, data: bytes | str) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual file mode
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(err, OSError) and err.filename is None:  # a full disk: say which file
+            raise OSError(err.errno, err.strerror, str(path)) from None
         raise
+
+
+class Unwritable(ValueError):
+    """An output that cannot be written; the message is one line naming it and why."""
+
+
+# Bytes the probe of check_writable writes: a full disk refuses them (creating an empty file
+# needs no data block, so an empty probe would pass on a full disk).
+_PROBE_BYTES = 4096
+
+
+def check_writable(path, folder: bool = False) -> None:
+    """Raise :class:`Unwritable` unless ``path`` (a file, or with ``folder`` a folder) can be
+    written: the nearest existing folder on its way is probed with a small temporary file,
+    removed at once, so what the operating system would refuse later (permissions, a
+    read-only file system, a full disk, a path under a file) is refused now. Folders that do
+    not exist yet are not made."""
+    text = os.fspath(path)
+    if not text.strip():
+        raise Unwritable("empty path")
+    target = Path(os.path.abspath(text))  # ".." resolved as makedirs will resolve it
+    if folder and target.exists() and not target.is_dir():
+        raise Unwritable(f"{text!r} exists and is not a folder")
+    if not folder and target.is_dir():
+        raise Unwritable(f"{text!r} is a folder")
+    if not folder and target.exists() and not target.is_file():  # a device: never replaced
+        raise Unwritable(f"{text!r} is not a regular file")
+    start = target if folder else target.parent
+    existing = next((p for p in (start, *start.parents) if p.exists()), None)
+    if existing is None or not existing.is_dir():
+        raise Unwritable(f"{text!r} lies under {str(existing)!r}, which is not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".deepaa-probe.", dir=existing)
+    except OSError as err:
+        raise Unwritable(f"cannot write in {str(existing)!r}: {err.strerror or err}") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(b"\0" * _PROBE_BYTES)
+            f.flush()
+    except OSError as err:
+        raise Unwritable(f"cannot write in {str(existing)!r}: {err.strerror or err}") from None
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(probe)
 
 
 class InUse(RuntimeError):

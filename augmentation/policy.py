@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import reprlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,12 +21,16 @@ import numpy as np
 import yaml
 
 from .files import atomic_write
-from .space import OP_TABLE, SPACES, candidates as space_candidates, identity_index
+from .space import (OP_TABLE, SPACES, candidates as space_candidates, identity_index,
+                    l_mags_problem)
 
 FORMAT = "deepaa-policy/1"
 # How far a layer's probabilities may sum from 1 before the file is rejected; the released
 # policies were stored in float32 and miss 1 by up to ~1e-7.
 SUM_TOLERANCE = 1e-4
+# The largest policy file read: 100 layers of the 2,801 candidates of l_mags 255 take about
+# 4 MB, so anything far beyond is not a policy (and would be parsed for minutes).
+MAX_FILE_BYTES = 64 * 2**20
 _KEYS = ("format", "space", "l_mags", "ops", "candidates", "layers")
 _OPTIONAL_KEYS = ("meta",)
 
@@ -38,8 +43,9 @@ class PolicyError(ValueError):
 
 
 def policies_dir() -> Path:
-    """Where the shipped policies live: ``confs/policies`` beside the package."""
-    return Path(__file__).resolve().parent.parent / "confs" / "policies"
+    """Where the shipped policies live: ``augmentation/policies``, inside the package, so an
+    installed copy has them too."""
+    return Path(__file__).resolve().parent / "policies"
 
 
 def available_policies() -> list[str]:
@@ -49,7 +55,29 @@ def available_policies() -> list[str]:
 
 
 def _is_number(x) -> bool:
-    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool)
+    """A YAML number that fits a float64 (an integer of hundreds of digits does not)."""
+    if not isinstance(x, (int, float, np.integer, np.floating)) or isinstance(x, bool):
+        return False
+    return not isinstance(x, int) or abs(x) <= _FLOAT64_MAX
+
+
+_FLOAT64_MAX = int(np.finfo(np.float64).max)
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = _SHORT.maxother = 60
+_SHORT.maxlong = 40
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxtuple, _SHORT.maxdict = 2, 4, 4, 4
+
+
+def short_repr(value) -> str:
+    """A bounded repr for messages: a file's value may be a huge number, a long string or a
+    nest of YAML aliases whose full repr would take hours."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 10**30:
+        return f"an integer of about {int(abs(value).bit_length() * 0.30103) + 1} digits"
+    try:
+        text = _SHORT.repr(value)
+    except ValueError:  # a value too large to print even in part
+        return f"a {type(value).__name__}"
+    return text if len(text) <= 80 else text[:76] + " ..."
 
 
 def pick_candidates(cdf: np.ndarray, u: np.ndarray) -> np.ndarray:
@@ -88,12 +116,13 @@ class Policy:
 
     def __post_init__(self):
         if self.space not in SPACES:
-            raise PolicyError(f"unknown space {self.space!r}; expected one of {', '.join(SPACES)}")
+            raise PolicyError(f"unknown space {short_repr(self.space)}; expected one of {', '.join(SPACES)}")
         if not isinstance(self.l_mags, (int, np.integer)) or isinstance(self.l_mags, bool):
-            raise PolicyError(f"l_mags must be an integer, got {self.l_mags!r}")
+            raise PolicyError(f"l_mags must be an integer, got {short_repr(self.l_mags)}")
         self.l_mags = int(self.l_mags)
-        if self.l_mags < 3 or self.l_mags % 2 == 0:
-            raise PolicyError(f"l_mags must be an odd integer >= 3, got {self.l_mags}")
+        problem = l_mags_problem(self.l_mags)
+        if problem:
+            raise PolicyError(f"l_mags {problem}")
         expected = space_candidates(self.space, self.l_mags)
         if self.candidates is None:
             self.candidates = list(expected)
@@ -187,9 +216,9 @@ def _check_candidates(cands, expected, space, l_mags):
     for i, c in enumerate(cands):
         if not (isinstance(c, tuple) and len(c) == 2 and isinstance(c[0], str)
                 and isinstance(c[1], (int, np.integer)) and not isinstance(c[1], bool)):
-            raise PolicyError(f"candidate {i} must be [op name, integer level], got {list(c) if isinstance(c, tuple) else c!r}")
+            raise PolicyError(f"candidate {i} must be [op name, integer level], got {short_repr(list(c) if isinstance(c, tuple) else c)}")
         if c[0] not in known:
-            raise PolicyError(f"candidate {i}: unknown op {c[0]!r} for space {space!r}")
+            raise PolicyError(f"candidate {i}: unknown op {short_repr(c[0])} for space {space!r}")
     if len(cands) != len(expected):
         raise PolicyError(
             f"{len(cands)} candidates, but space {space!r} with l_mags={l_mags} has {len(expected)}"
@@ -197,7 +226,7 @@ def _check_candidates(cands, expected, space, l_mags):
     for i, (c, e) in enumerate(zip(cands, expected)):
         if (c[0], int(c[1])) != e:
             raise PolicyError(
-                f"candidate {i} is [{c[0]}, {c[1]}] but the {space} table with l_mags={l_mags} "
+                f"candidate {i} is [{c[0]}, {short_repr(c[1])}] but the {space} table with l_mags={l_mags} "
                 f"has [{e[0]}, {e[1]}] there"
             )
 
@@ -227,17 +256,17 @@ def _check_ops(ops, space: str) -> None:
     table = {op.name: op for op in OP_TABLE[space]}
     for name, rng in ops.items():
         if name not in table:
-            raise PolicyError(f"unknown op {name!r} in 'ops' for space {space!r}")
+            raise PolicyError(f"unknown op {short_repr(name)} in 'ops' for space {space!r}")
         spec = table[name]
         if spec.has_magnitude:
             if not (isinstance(rng, list) and len(rng) == 2 and all(_is_number(v) for v in rng)):
-                raise PolicyError(f"ops.{name} must be [low, high], got {rng!r}")
+                raise PolicyError(f"ops.{name} must be [low, high], got {short_repr(rng)}")
             if not (math.isclose(rng[0], spec.low, abs_tol=1e-9) and math.isclose(rng[1], spec.high, abs_tol=1e-9)):
                 raise PolicyError(
                     f"ops.{name} range {rng} disagrees with this code's table [{spec.low}, {spec.high}]"
                 )
         elif rng is not None:
-            raise PolicyError(f"ops.{name} has no magnitude and must be null, got {rng!r}")
+            raise PolicyError(f"ops.{name} has no magnitude and must be null, got {short_repr(rng)}")
     missing = [n for n in table if n not in ops]
     if missing:
         raise PolicyError(f"'ops' lacks {', '.join(missing)} of the {space} table")
@@ -254,14 +283,13 @@ def policy_from_dict(data) -> Policy:
     if extra:
         raise PolicyError(f"unknown key(s): {', '.join(extra)}")
     if data["format"] != FORMAT:
-        raise PolicyError(f"unsupported format {data['format']!r}; this code reads {FORMAT!r}")
+        raise PolicyError(f"unsupported format {short_repr(data['format'])}; this code reads {FORMAT!r}")
     space, l_mags = data["space"], data["l_mags"]
     if not isinstance(space, str) or space not in SPACES:
-        raise PolicyError(f"unknown space {space!r}; expected one of {', '.join(SPACES)}")
-    if not isinstance(l_mags, int) or isinstance(l_mags, bool):
-        raise PolicyError(f"l_mags must be an integer, got {l_mags!r}")
-    if l_mags < 3 or l_mags % 2 == 0:
-        raise PolicyError(f"l_mags must be an odd integer >= 3, got {l_mags}")
+        raise PolicyError(f"unknown space {short_repr(space)}; expected one of {', '.join(SPACES)}")
+    problem = l_mags_problem(l_mags)
+    if problem:
+        raise PolicyError(f"l_mags {problem}")
     _check_ops(data["ops"], space)
     cands = data["candidates"]
     if not isinstance(cands, list):
@@ -276,13 +304,84 @@ def policy_from_dict(data) -> Policy:
             raise PolicyError(f"layer {k + 1} must be a list of probabilities, got {type(row).__name__}")
         bad = [v for v in row if not _is_number(v)]
         if bad:
-            raise PolicyError(f"layer {k + 1} has a non-number entry {bad[0]!r}")
+            raise PolicyError(f"layer {k + 1} has a non-number entry: {short_repr(bad[0])} "
+                              "(probabilities are float64 numbers)")
         if len(row) != len(cands):
             raise PolicyError(f"layer {k + 1} has {len(row)} probabilities for {len(cands)} candidates")
     meta = data.get("meta")
     if meta is not None and not isinstance(meta, dict):
         raise PolicyError(f"meta must be a mapping, got {type(meta).__name__}")
     return Policy(np.array(layers, dtype=np.float64), cands, l_mags, space, dict(meta or {}))
+
+
+def _fmt(x: float, digits: int | None) -> str:
+    """A float as YAML 1.1 reads it back: PyYAML needs a '.' in the mantissa of an exponent
+    form ('1e-05' would load as a string)."""
+    s = repr(float(x)) if digits is None else f"{x:.{digits}g}"
+    mant, e, exp = s.partition("e")
+    if e and "." not in mant:
+        s = f"{mant}.0e{exp}"
+    return s
+
+
+def _plain(x):
+    """meta values as plain Python for yaml.safe_dump."""
+    if isinstance(x, dict):
+        return {str(k): _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return _plain(x.tolist())
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, Path):
+        return str(x)
+    return x
+
+
+def policy_to_yaml(policy: Policy, digits: int | None = None, probs=None) -> str:
+    """The policy as YAML text: one block line per op and candidate, each layer a flow list
+    wrapped one op per line with a comment naming the op (readable and diff-friendly).
+    ``digits=None`` writes each float64 exactly (shortest repr); an int writes that many
+    significant digits. ``probs`` overrides the table written (the npz converter writes the
+    file's own float32 values, which loading renormalises)."""
+    table = policy.probs if probs is None else np.asarray(probs, dtype=np.float64)
+    if table.shape != policy.probs.shape:
+        raise ValueError(f"probs shape {table.shape} != policy shape {policy.probs.shape}")
+    out = [
+        f"format: {FORMAT}",
+        f"space: {policy.space}",
+        f"l_mags: {policy.l_mags}",
+        "ops:             # the op table used: name -> [low, high], or null without a magnitude",
+    ]
+    for op in OP_TABLE[policy.space]:
+        out.append(f"  {op.name}: " + (f"[{op.low!r}, {op.high!r}]" if op.has_magnitude else "null"))
+    out.append(f"candidates:      # {policy.n_candidates} entries, in order: [op name, level]")
+    out += [f"  - [{name}, {level}]" for name, level in policy.candidates]
+    out.append(f"layers:          # {policy.n_layers} layers; column i is candidate i")
+    groups: list[tuple[str, list[int]]] = []
+    for i, (name, _) in enumerate(policy.candidates):
+        if groups and groups[-1][0] == name:
+            groups[-1][1].append(i)
+        else:
+            groups.append((name, [i]))
+    for row in table:
+        for g, (name, idx) in enumerate(groups):
+            lead = "  - [" if g == 0 else "     "
+            body = ", ".join(_fmt(row[i], digits) for i in idx)
+            tail = "]" if g == len(groups) - 1 else ","
+            out.append(f"{lead}{body}{tail}  # {name}")
+    meta = _plain(policy.meta)
+    if meta:
+        try:
+            dumped = yaml.safe_dump(meta, sort_keys=False, default_flow_style=False, width=4096)
+        except yaml.YAMLError as e:
+            raise PolicyError(f"meta cannot be written as YAML ({e})") from None
+        out.append("meta:")
+        out += ["  " + line for line in dumped.rstrip("\n").split("\n")]
+    else:
+        out.append("meta: {}")
+    return "\n".join(out) + "\n"
 
 
 def load_policy(path_or_name) -> Policy:
@@ -293,7 +392,12 @@ def load_policy(path_or_name) -> Policy:
         raise PolicyError(f"{path}: no such file")
     if path.is_dir():
         raise PolicyError(f"{path}: is a directory, not a policy file")
+    if not path.is_file():  # a device or a pipe (/dev/zero, /dev/stdin) would be read forever
+        raise PolicyError(f"{path}: not a regular file")
     try:
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise PolicyError(f"{path}: {path.stat().st_size} bytes, more than a policy file "
+                              f"holds ({MAX_FILE_BYTES})")
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise PolicyError(f"{path}: cannot read ({e})") from None
@@ -303,6 +407,8 @@ def load_policy(path_or_name) -> Policy:
         where = getattr(e, "problem_mark", None)
         line = f" at line {where.line + 1}" if where is not None else ""
         raise PolicyError(f"{path}: not valid YAML{line} ({getattr(e, 'problem', None) or e})") from None
+    except (ValueError, RecursionError) as e:  # an integer of thousands of digits, deep nesting
+        raise PolicyError(f"{path}: not a readable YAML document ({type(e).__name__})") from None
     try:
         return policy_from_dict(data)
     except PolicyError as e:
@@ -310,11 +416,8 @@ def load_policy(path_or_name) -> Policy:
 
 
 def save_policy(policy: Policy, path, digits: int | None = None, probs=None) -> Path:
-    """Write ``policy`` as YAML atomically (see :func:`augmentation.convert.policy_to_yaml`);
-    returns the path."""
+    """Write ``policy`` as YAML atomically (see :func:`policy_to_yaml`); returns the path."""
     if not isinstance(policy, Policy):
         raise TypeError(f"save_policy expects a Policy, got {type(policy).__name__}")
-    from .convert import policy_to_yaml  # the writer lives with the other format code
-
     atomic_write(path, policy_to_yaml(policy, digits, probs))
     return Path(path)

@@ -10,6 +10,11 @@ from dataclasses import dataclass
 
 SPACES = ("cifar", "imagenet")
 
+# The most magnitude levels a policy may have. Levels are quantised values of 8-bit image
+# operations: past a few hundred, neighbouring levels give the same pixels, while the number
+# of candidates (11 * (L - 1) + 7) and the search's memory grow with L (SPEC §1 uses 13).
+MAX_L_MAGS = 255
+
 # Grey used to fill cutouts and the padding of RandCrop (SPEC §1), the CIFAR mean in 0..255.
 FILL_GREY = (125, 123, 114)
 
@@ -79,9 +84,21 @@ def check_space(space: str) -> None:
         raise ValueError(f"unknown search space {space!r}; expected one of {', '.join(SPACES)}")
 
 
+def l_mags_problem(l_mags) -> str | None:
+    """Why ``l_mags`` is not a valid number of levels (an odd integer in 3..MAX_L_MAGS), or
+    None; the one rule the policy files and the search's --l_mags share."""
+    if not isinstance(l_mags, int) or isinstance(l_mags, bool):
+        return f"must be an integer, got {type(l_mags).__name__}"
+    if l_mags < 3 or l_mags % 2 == 0 or l_mags > MAX_L_MAGS:
+        shown = l_mags if abs(l_mags) < 10**12 else f"an integer of {len(str(abs(l_mags)))} digits"
+        return f"must be an odd integer from 3 to {MAX_L_MAGS}, got {shown}"
+    return None
+
+
 def check_l_mags(l_mags: int) -> None:
-    if not isinstance(l_mags, int) or isinstance(l_mags, bool) or l_mags < 3 or l_mags % 2 == 0:
-        raise ValueError(f"l_mags must be an odd integer >= 3, got {l_mags!r}")
+    problem = l_mags_problem(l_mags)
+    if problem:
+        raise ValueError(f"l_mags {problem}")
 
 
 def op_names(space: str = "cifar") -> list[str]:

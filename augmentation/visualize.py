@@ -20,6 +20,9 @@ finished, otherwise its ``trace.json`` (written at every checkpoint), so a runni
 be watched with ``search_trace.png`` alone.
 
 matplotlib runs on the Agg backend (no display needed). Every PNG is written atomically.
+Bad input (a policy or data set that does not load, an image that does not decode, an output
+folder that cannot be written, numbers out of LIMITS) prints one line and exits with code 2
+before anything is written.
 """
 from __future__ import annotations
 
@@ -31,12 +34,17 @@ import sys
 import numpy as np
 from PIL import Image
 
-from .files import atomic_write
-from .policy import Policy, PolicyError, load_policy
+from .files import Unwritable, atomic_write, check_writable
+from .policy import MAX_FILE_BYTES, Policy, PolicyError, load_policy
 from .space import OP_TABLE, identity_level
 from .transform import DeepAAPolicy
 
 DISPLAY = 64  # pixels per example tile (32x32 CIFAR images are upscaled, 224 ones downscaled)
+# Bounds of the command line's numbers; matplotlib cannot make a figure wider or taller than
+# 2**16 pixels (a grid of 100 x 100 tiles is 10,000, the operations panel of 100 layers 23,000).
+LIMITS = {"n_images": (1, 100), "n_samples": (1, 100), "seed": (0, 2**32 - 1)}
+MAX_LAYERS = 100
+MAX_TRACE_POINTS = 100000  # steps drawn per layer of search_trace.png (a search writes 128)
 
 
 def pyplot():
@@ -235,10 +243,43 @@ def plot_trace(summary: dict, path: str, title: str = "") -> None:
     plt.close(fig)
 
 
+def check_trace(summary) -> dict:
+    """``summary`` if it has the shape ``SearchTrace.op_summary`` gives it, else ValueError
+    (one line): it comes from files a user may have edited. Probabilities may be NaN (the
+    steps of a search resumed from a checkpoint that did not keep them), never infinite."""
+    if not isinstance(summary, dict):
+        raise ValueError("not a search trace (a mapping of ops, steps and probs)")
+    ops, steps, probs = (summary.get(key) for key in ("ops", "steps", "probs"))
+    if not (isinstance(ops, list) and ops and all(isinstance(op, str) for op in ops)):
+        raise ValueError("'ops' is not a list of op names")
+    if not (isinstance(steps, list) and isinstance(probs, list) and len(steps) == len(probs)):
+        raise ValueError("'steps' and 'probs' are not lists of one entry per layer")
+    if len(steps) > MAX_LAYERS:
+        raise ValueError(f"{len(steps)} layers; at most {MAX_LAYERS} are drawn")
+    entropy = summary.get("entropy", [[]] * len(steps))
+    if not (isinstance(entropy, list) and len(entropy) == len(steps)):
+        raise ValueError("'entropy' is not a list of one entry per layer")
+    for k in range(len(steps)):
+        try:
+            s, p, h = (np.asarray(v[k], np.float64) for v in (steps, probs, entropy))
+        except (TypeError, ValueError, OverflowError):
+            raise ValueError(f"layer {k + 1}: steps, probs or entropy are not numbers") from None
+        if s.ndim != 1 or len(s) > MAX_TRACE_POINTS or p.shape != (len(s), len(ops)) or \
+                h.ndim != 1 or not np.all(np.isfinite(s)) or np.any(np.isinf(p)) or \
+                np.any(np.isinf(h)):
+            raise ValueError(f"layer {k + 1}: {s.shape} steps with probs of shape {p.shape}; "
+                             f"expected at most {MAX_TRACE_POINTS} finite steps, probs of "
+                             f"shape (steps, {len(ops)})")
+    return summary
+
+
 def trace_of(policy: Policy) -> dict | None:
-    """The search trace a policy's meta holds (``op_prob_trace``), or None."""
+    """The search trace a policy's meta holds (``op_prob_trace``, checked by check_trace), or
+    None when it has none."""
     summary = policy.meta.get("op_prob_trace")
-    return summary if isinstance(summary, dict) and summary.get("steps") else None
+    if summary is None:
+        return None
+    return summary if check_trace(summary)["steps"] else None
 
 
 def draw_policy(policy: Policy | str, out_dir: str, images: list[Image.Image] | None = None,
@@ -287,10 +328,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {msg}", file=sys.stderr)
         return 2
 
-    if args.n_images < 1 or args.n_samples < 1:
-        return fail("--n_images and --n_samples must be >= 1")
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        return fail(f"--out {args.out!r} exists and is not a folder")
+    for name, (low, high) in LIMITS.items():
+        if not low <= getattr(args, name) <= high:
+            return fail(f"--{name} must be from {low} to {high}, got {getattr(args, name)}")
+    try:
+        check_writable(args.out, folder=True)
+    except Unwritable as exc:
+        return fail(f"--out: {exc}")
     source = args.policy
     if os.path.isdir(source):  # a search's results folder
         if not os.path.isfile(os.path.join(source, "policy.yaml")):
@@ -300,6 +344,12 @@ def main(argv: list[str] | None = None) -> int:
         policy = load_policy(source)
     except PolicyError as exc:
         return fail(str(exc))
+    if policy.n_layers > MAX_LAYERS:
+        return fail(f"{source}: {policy.n_layers} layers; at most {MAX_LAYERS} are drawn")
+    try:
+        trace_of(policy)
+    except ValueError as exc:
+        return fail(f"{source}: meta.op_prob_trace: {exc}")
     try:
         if args.images:
             images = dataset_images(args.images, args.dataroot, args.n_images, args.seed)
@@ -307,7 +357,11 @@ def main(argv: list[str] | None = None) -> int:
             images = builtin_images(args.n_images, args.seed)
     except ValueError as exc:  # DatasetError is a ValueError
         return fail(str(exc))
-    for path in draw_policy(policy, args.out, images, args.n_samples, args.seed):
+    try:
+        written = draw_policy(policy, args.out, images, args.n_samples, args.seed)
+    except OSError as exc:  # the disk filled up: the pictures written so far are whole
+        return fail(f"cannot write in {args.out}: {exc.strerror or exc}")
+    for path in written:
         print(path)
     return 0
 
@@ -318,18 +372,20 @@ def _draw_running_search(folder: str, out_dir: str, fail) -> int:
 
     path = os.path.join(folder, "trace.json")
     try:
+        if os.path.getsize(path) > MAX_FILE_BYTES:
+            raise ValueError(f"larger than a search trace can be ({MAX_FILE_BYTES} bytes)")
         with open(path, encoding="utf-8") as f:
-            summary = json.load(f)
-        if not (isinstance(summary, dict) and isinstance(summary.get("steps"), list)
-                and isinstance(summary.get("ops"), list)):
-            raise ValueError("not a search trace")
+            summary = check_trace(json.load(f))
     except FileNotFoundError:
         return fail(f"{folder!r} holds neither a policy.yaml nor a search's trace.json")
-    except (OSError, ValueError) as exc:
-        return fail(f"cannot read {path!r}: {exc}")
-    os.makedirs(out_dir, exist_ok=True)
+    except (OSError, ValueError, RecursionError) as exc:  # RecursionError: deep nesting
+        return fail(f"cannot read {path!r}: {str(exc).splitlines()[0] if str(exc) else exc!r}")
     out = os.path.join(out_dir, "search_trace.png")
-    plot_trace(summary, out, f"running search in {os.path.basename(os.path.abspath(folder))}")
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        plot_trace(summary, out, f"running search in {os.path.basename(os.path.abspath(folder))}")
+    except OSError as exc:  # the disk filled up
+        return fail(f"cannot write in {out_dir}: {exc.strerror or exc}")
     print(out)
     return 0
 

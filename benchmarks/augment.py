@@ -29,7 +29,8 @@ from PIL import Image
 # this checkout's packages, not an installed copy
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from augmentation import DeepAAPolicy, batched, batched_native, ops, space  # noqa: E402
+from augmentation import DeepAAPolicy, batched, ops, space  # noqa: E402
+from augmentation.batched import native  # noqa: E402
 from augmentation.policy import Policy, load_policy  # noqa: E402
 
 
@@ -156,7 +157,7 @@ def main(argv=None) -> int:
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     # (column, device, compiled CPU kernels on): the C kernels and the torch executor on the
     # CPU, the torch executor on the GPU.
-    columns = ([("cpu C", devices[0], True)] if batched_native.available() else []) + [
+    columns = ([("cpu C", devices[0], True)] if native.available() else []) + [
         ("cpu torch", devices[0], False)] + [("cuda", d, False) for d in devices[1:]]
     print(f"torch {torch.__version__}, CPU threads {args.threads}, best of {args.repeats}, "
           f"{args.clock} clock, devices "
@@ -193,9 +194,9 @@ def main(argv=None) -> int:
                 n_dev = n_gpu if dev.type == "cuda" else n_batch
                 x = torch.from_numpy(arr[:n_dev]).permute(0, 3, 1, 2).contiguous().to(dev)
                 gen = torch.Generator(device=dev).manual_seed(0)
-                batched_native.set_enabled(compiled)
+                native.set_enabled(compiled)
                 rate = batch_fn(x, gen)
-                batched_native.set_enabled(True)
+                native.set_enabled(True)
                 row[f"batched_{label.replace(' ', '_')}"] = rate
                 line += f" {rate:>17.0f} {rate / pil_rate:>6.1f}x"
             print(line, flush=True)
@@ -203,7 +204,7 @@ def main(argv=None) -> int:
         if args.per_op and size == 32:
             x = torch.from_numpy(arr[:n_batch]).permute(0, 3, 1, 2).contiguous()
             print(f"  per op at 32x32 (CPU, batch {n_batch}): Pillow img/s, batched img/s "
-                  f"({'C kernels' if batched_native.available() else 'torch executor'}), ratio")
+                  f"({'C kernels' if native.available() else 'torch executor'}), ratio")
             for op, pil_rate, rate in per_op(pils, x, cands, 13, torch.Generator()):
                 print(f"    {op:<14} {pil_rate:>9.0f} {rate:>10.0f} {rate / pil_rate:>6.1f}x")
                 results.append({"size": 32, "workload": f"op {op}", "pillow": pil_rate,

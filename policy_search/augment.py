@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 from augmentation.ops import apply_op, center_crop
+from deepaa_data import read_image
 
 
 class Augmenter:
@@ -40,8 +41,7 @@ class Augmenter:
     def _load(self, src) -> Image.Image:
         if isinstance(src, np.ndarray):
             return Image.fromarray(src)
-        with Image.open(src) as img:
-            return img.convert("RGB")
+        return read_image(src)  # a damaged file: DatasetError naming it
 
     def _apply(self, img, index, rng):
         name, level = self.candidates[int(index)]

@@ -20,7 +20,9 @@ A backend object, made once per process before any other work with its framework
 ``new_model(args, input_shape)``
     a fresh ``args.use_model`` seeded with ``args.seed`` (pretraining).
 ``trainer(model, args, total_steps)``
-    a function ``(images, labels) -> (loss, correct)`` doing one pretraining step (SPEC §2).
+    the pretraining step (SPEC §2): called as ``(images, labels) -> (loss, correct)``;
+    ``.state()`` gives (weights, optimiser variables), two lists of numpy arrays in a fixed
+    order, for the pretraining checkpoint, and ``.load(weights, variables)`` restores them.
 ``save_weights(model, path)`` and ``search_model(args, input_shape, path)``
     atomic saving, and the search model restored from ``path`` with batch norm frozen
     (ValueError with one line when the file does not fit).
@@ -37,6 +39,11 @@ A backend object, made once per process before any other work with its framework
 """
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+import tempfile
+
 BACKENDS = ("tf", "torch")
 
 
@@ -46,6 +53,31 @@ def create(args):
         from policy_search.backend_torch import TorchBackend
 
         return TorchBackend(args)
-    from policy_search.backend_tf import TFBackend
+    with _stderr_held():
+        from policy_search.backend_tf import TFBackend
 
     return TFBackend(args)
+
+
+@contextlib.contextmanager
+def _stderr_held():
+    """TensorFlow's start-up lines (printed by its C++ code before its logging is set up,
+    whatever TF_CPP_MIN_LOG_LEVEL says) kept off stderr, where they would bury a one-line
+    error; they are shown if the import fails."""
+    if "tensorflow" in sys.modules:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, 2)
+            sink.seek(0)
+            sys.stderr.write(sink.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)

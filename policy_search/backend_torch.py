@@ -98,7 +98,10 @@ class TorchBackend:
             model.load_state_dict(state)
         except Exception as err:  # several types for a wrong file; one line
             first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-            raise ValueError(f"cannot load {path!r} into {args.use_model}: {first}") from None
+            raise ValueError(f"cannot load {path!r} into {args.use_model}: {first} (weights of "
+                             "another model?)") from None
+        if not all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()):
+            raise ValueError(f"{path!r} holds weights that are not finite (NaN or infinity)")
         model = self._placed(model).eval()
         if self.distributed:
             for tensor in model.state_dict().values():
@@ -114,35 +117,7 @@ class TorchBackend:
 
     # ----- pretraining --------------------------------------------------------------------------
     def trainer(self, model, args, total_steps: int):
-        """One pretraining step of SPEC §2 in Keras' form (see the module docstring), float32
-        whatever ``--precision``."""
-        params = [p for p in model.parameters() if p.requires_grad]
-        l2, penalised = search_l2(args.use_model, model)
-        momenta = [torch.zeros_like(p) for p in params]
-        iteration = [0]
-
-        def step(images, labels):
-            model.train()
-            x = torch.from_numpy(images).to(self.torch_device).permute(0, 3, 1, 2)
-            y = torch.from_numpy(labels).to(self.torch_device).long()
-            logits = model(x)
-            loss = F.cross_entropy(logits, y)
-            loss = loss + l2 * sum(torch.sum(p * p) for p in penalised)
-            grads = torch.autograd.grad(loss, params)
-            norm = torch.sqrt(sum(torch.sum(g * g) for g in grads))
-            clip = CLIP_NORM * torch.clamp(1.0 / norm, max=1.0 / CLIP_NORM)  # Keras' form
-            fraction = min(iteration[0], total_steps) / total_steps
-            lr = args.pretrain_lr * 0.5 * (1.0 + math.cos(math.pi * fraction))
-            with torch.no_grad():
-                for p, g, m in zip(params, grads, momenta):
-                    g = g * clip
-                    m.mul_(MOMENTUM).sub_(g * lr)
-                    p.add_(m * MOMENTUM - g * lr)
-            iteration[0] += 1
-            hits = (logits.argmax(1) == y).sum()
-            return float(loss.detach()), float(hits)
-
-        return step
+        return _Trainer(model, args, total_steps, self.torch_device)
 
     # ----- the search ---------------------------------------------------------------------------
     def matcher(self, model, args):
@@ -159,6 +134,54 @@ class TorchBackend:
         if self.distributed and torch.distributed.is_initialized():
             torch.distributed.barrier()  # no rank leaves while another still talks to it
             torch.distributed.destroy_process_group()
+
+
+class _Trainer:
+    """One pretraining step of SPEC §2 in Keras' form (see the module docstring), float32
+    whatever ``--precision``, and its state for the checkpoint."""
+
+    def __init__(self, model, args, total_steps: int, device):
+        self.model, self.device = model, device
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.l2, self.penalised = search_l2(args.use_model, model)
+        self.momenta = [torch.zeros_like(p) for p in self.params]
+        self.iteration, self.total, self.lr0 = 0, total_steps, args.pretrain_lr
+
+    def __call__(self, images, labels):
+        model = self.model
+        model.train()
+        x = torch.from_numpy(images).to(self.device).permute(0, 3, 1, 2)
+        y = torch.from_numpy(labels).to(self.device).long()
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+        loss = loss + self.l2 * sum(torch.sum(p * p) for p in self.penalised)
+        grads = torch.autograd.grad(loss, self.params)
+        norm = torch.sqrt(sum(torch.sum(g * g) for g in grads))
+        clip = CLIP_NORM * torch.clamp(1.0 / norm, max=1.0 / CLIP_NORM)  # Keras' form
+        fraction = min(self.iteration, self.total) / self.total
+        lr = self.lr0 * 0.5 * (1.0 + math.cos(math.pi * fraction))
+        with torch.no_grad():
+            for p, g, m in zip(self.params, grads, self.momenta):
+                g = g * clip
+                m.mul_(MOMENTUM).sub_(g * lr)
+                p.add_(m * MOMENTUM - g * lr)
+        self.iteration += 1
+        hits = (logits.argmax(1) == y).sum()
+        return float(loss.detach()), float(hits)
+
+    def state(self):
+        """(the ``state_dict``'s tensors in its order, the momenta and the step count)."""
+        weights = [v.detach().cpu().numpy() for v in self.model.state_dict().values()]
+        return weights, [m.cpu().numpy() for m in self.momenta] + [
+            np.array(self.iteration, np.int64)]
+
+    def load(self, weights, variables) -> None:
+        with torch.no_grad():
+            for tensor, value in zip(self.model.state_dict().values(), weights):
+                tensor.copy_(torch.from_numpy(np.asarray(value)))
+            for m, value in zip(self.momenta, variables[:-1]):
+                m.copy_(torch.from_numpy(np.asarray(value)))
+        self.iteration = int(variables[-1])
 
 
 class ScalarWriter:

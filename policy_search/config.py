@@ -13,6 +13,7 @@ import re
 import sys
 
 from networks.names import is_search_model
+from policy_search import checks
 
 DATASET_HELP = "cifar10, cifar100, imagenet, npz:DIR or folder:DIR"
 
@@ -210,21 +211,8 @@ def validate(args) -> None:
     if not (ds in ("cifar10", "cifar100", "imagenet")
             or (ds.startswith(("npz:", "folder:")) and ds.split(":", 1)[1])):
         raise UsageError("--dataset", f"unknown dataset {ds!r}; expected {DATASET_HELP}")
-    if args.l_mags < 3 or args.l_mags % 2 == 0:
-        raise UsageError("--l_mags", f"must be an odd integer >= 3, got {args.l_mags}")
-    positive = ("n_classes", "n_policies", "search_bno", "train_same_labels", "EXP_G",
-                "EXP_gT_factor", "N_repeat_random", "batch_size", "val_batch_size",
-                "test_batch_size", "checkpoint_every", "n_val_per_point")
-    for name in positive:
-        if getattr(args, name) < 1:
-            raise UsageError(f"--{name}", f"must be >= 1, got {getattr(args, name)}")
-    for name in ("nb_epochs", "pretrain_size", "cpu_replicas", "stop_after_steps"):
-        if getattr(args, name) < 0:
-            raise UsageError(f"--{name}", f"must be >= 0, got {getattr(args, name)}")
-    if args.chunk_size is not None and args.chunk_size < 1:
-        raise UsageError("--chunk_size", f"must be >= 1, got {args.chunk_size}")
-    if args.policy_lr <= 0:
-        raise UsageError("--policy_lr", f"must be > 0, got {args.policy_lr}")
+    checks.numbers(args)
+    checks.environment(backend=args.backend)
     if args.cpu_replicas > 1 and args.train_same_labels % args.cpu_replicas:
         raise UsageError("--train_same_labels", f"{args.train_same_labels} points cannot be "
                          f"split over {args.cpu_replicas} replicas (--cpu_replicas)")
@@ -237,13 +225,18 @@ def validate(args) -> None:
         check_weights_file(args.pretrained, args.backend)
     if not args.out.endswith((".yaml", ".yml")):
         raise UsageError("--out", f"the policy file must end in .yaml, got {args.out!r}")
-    if args.resume and not os.path.isfile(os.path.join(args.results_dir, "checkpoint.npz")):
-        raise UsageError("--resume", f"no checkpoint.npz in {args.results_dir!r}")
+    checks.outputs(args)
+    if args.resume and not any(os.path.isfile(os.path.join(args.results_dir, name))
+                               for name in ("checkpoint.npz", "pretrain_checkpoint.npz")):
+        raise UsageError("--resume", f"no checkpoint.npz or pretrain_checkpoint.npz in "
+                                     f"{args.results_dir!r}")
 
 
 def check_weights_file(path: str, backend: str = "tf") -> None:
     """A readable weights file of ``backend``: HDF5 (Keras' ``.weights.h5``) for tf, a
     ``torch.save`` file for torch; raises UsageError naming --pretrained."""
+    if os.path.exists(path) and not os.path.isfile(path):  # a folder, a pipe, a device
+        raise UsageError("--pretrained", f"{path!r} is not a regular file")
     try:
         with open(path, "rb") as f:
             head = f.read(len(HDF5_SIGNATURE))

@@ -87,6 +87,17 @@ def make_splits(n: int, pretrain_size: int, seed: int, space: str = "cifar") -> 
                   search=np.sort(rest[n_pre:]))
 
 
+def trained_overlap(n: int, space: str, made_seed: int, made_pretrain: int,
+                    splits: Splits) -> tuple[int, int]:
+    """How many of ``splits``' validation and search images were among the pretraining
+    images of a run on the same ``n`` images with seed ``made_seed`` whose pretraining split
+    held ``made_pretrain`` images: the split is a function of those numbers, so the count is
+    exact."""
+    trained = np.zeros(n, bool)
+    trained[make_splits(n, made_pretrain, made_seed, space).pretrain] = True
+    return int(trained[splits.val].sum()), int(trained[splits.search].sum())
+
+
 def source_of(dataset, i: int):
     """What a task needs to load image ``i``: the array itself, or the file path."""
     if hasattr(dataset, "images"):

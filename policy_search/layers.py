@@ -125,7 +125,7 @@ class PolicyLogits:
             raise ValueError(f"importances must have shape [P, {self.n_candidates}], "
                              f"got {r.shape}")
         if not np.all(np.isfinite(r)):
-            raise ValueError("importances contain NaN or infinity")
+            raise FloatingPointError("importances contain NaN or infinity")
         if stage_one:
             rbar, scale = r.mean(axis=0), STAGE1_LOSS_SCALE
         else:

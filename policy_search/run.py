@@ -20,13 +20,13 @@ import time
 
 import numpy as np
 
-from augmentation.files import InUse, atomic_write
+from augmentation.files import atomic_write
 from augmentation.space import candidates as space_candidates, identity_index
-from deepaa_data import DatasetError, load_dataset
-from policy_search import data
+from deepaa_data import DatasetError, has_split, load_dataset
+from policy_search import checks, data
 from policy_search.augment import Augmenter, make_executor
-from policy_search.checkpoint import (CHECKPOINT, check_resume, load_checkpoint, occupied,
-                                      results_lock, roll_back, save_checkpoint)
+from policy_search.checkpoint import (CHECKPOINT, PRETRAIN_CHECKPOINT, results_lock, roll_back,
+                                      save_checkpoint, starting_point)
 from policy_search.config import UsageError
 from policy_search.trace import SearchTrace
 
@@ -44,15 +44,21 @@ class Prepared:
         if self.train.n_classes != args.n_classes:
             raise UsageError("--n_classes", f"{args.n_classes} does not match the "
                              f"{self.train.n_classes} classes of {args.dataset}")
-        try:
-            self.test = load_dataset(args.dataset, args.dataroot, "test")
-        except DatasetError:
-            self.test = None
+        self.test = None  # a split that is absent is fine; one that does not load is not
+        if has_split(args.dataset, args.dataroot, "test"):
+            try:
+                self.test = load_dataset(args.dataset, args.dataroot, "test")
+            except DatasetError as err:
+                raise UsageError("--dataset", f"test split: {err}") from None
         self.space = "imagenet" if args.dataset == "imagenet" else "cifar"
         if self.space == "imagenet":
             self.size = 224
         elif hasattr(self.train, "images"):
             self.size = int(self.train.images.shape[1])
+            if self.train.images.shape[1] != self.train.images.shape[2]:
+                raise UsageError("--dataset", f"the search model takes square images; "
+                                 f"{args.dataset} holds {self.train.images.shape[1]}x"
+                                 f"{self.train.images.shape[2]} (height x width)")
         else:
             self.size = int(min(self.train.image(0).size))
         self.input_shape = (self.size, self.size, 3)
@@ -67,6 +73,9 @@ class Prepared:
             raise UsageError("--pretrain_size", f"{len(self.splits.pretrain)} pretraining "
                              f"images are fewer than one batch (--batch_size {args.batch_size})")
         self.sampler = data.PointSampler(self.train.labels, self.splits, args.n_val_per_point)
+        checks.memory(args, self.size, sum(name.startswith("Rand") for name, _ in self.candidates),
+                      {"batch_size": len(self.splits.pretrain), "val_batch_size":
+                       len(self.splits.val), "test_batch_size": len(self.test or ())})
 
     def split_sizes(self) -> list[int]:
         return [len(self.splits.val), len(self.splits.pretrain), len(self.splits.search)]
@@ -106,23 +115,14 @@ def _entropy(p) -> float:
 # ------------------------------------------------------------------ the run
 def main(args) -> int:
     """Run the search described by ``args`` (parsed and validated by ``config``), holding
-    ``--results_dir`` for the whole run (checkpoint.results_lock)."""
-    try:
-        with results_lock(args):
-            return _main(args)
-    except InUse as err:
-        raise UsageError("--results_dir", f"{err}, another search") from None
+    ``--results_dir`` and ``--out`` for the whole run (checkpoint.results_lock)."""
+    with results_lock(args):
+        return _main(args)
 
 
 def _main(args) -> int:
     started = time.time()
-    ckpt_path = os.path.join(args.results_dir, CHECKPOINT)
-    resume = None
-    if args.resume:  # flags first: refusing needs no dataset
-        resume = load_checkpoint(ckpt_path)
-        check_resume(args, resume[4])
-    elif os.path.exists(ckpt_path):  # a fresh run would overwrite it
-        raise UsageError("--results_dir", occupied(args.results_dir, ckpt_path))
+    resume = starting_point(args)  # flags first: refusing needs no dataset
     prep = Prepared(args)
     if resume is not None and resume[4].get("splits") not in (None, prep.split_sizes()):
         raise UsageError("--resume", f"the checkpoint's val/pretrain/search split "
@@ -151,8 +151,10 @@ def _main(args) -> int:
 
 
 def worker_args(args, scratch: str):
-    """``args`` for a non-chief worker: results and policy under ``scratch``."""
+    """``args`` for a non-chief worker: results and policy under ``scratch`` (a pretraining
+    it continues is read from the chief's folder, ``shared_dir``)."""
     redirected = argparse.Namespace(**vars(args))
+    redirected.shared_dir = args.results_dir
     redirected.results_dir = scratch
     redirected.out = os.path.join(scratch, os.path.basename(args.out))
     return redirected
@@ -189,21 +191,25 @@ def _run(args, backend, prep, resume, started) -> int:
             weights = resume[4]["weights"]
         elif args.pretrained is not None:
             weights = args.pretrained
-            made = pre.read_provenance(weights)
-            if made is not None and not pre.same_validation(made, prep.provenance(args)):
-                log.warning("the weights were pretrained on %s with seed %s (val/pretrain/search "
-                            "%s), this search splits %s with seed %s (%s): its validation images "
-                            "may include images the model was trained on", made.get("dataset"),
-                            made.get("seed"), made.get("splits"), args.dataset, args.seed,
-                            prep.split_sizes())
+            problem = pre.trained_on_search_images(pre.read_provenance(weights),
+                                                   prep.provenance(args), prep.splits, prep.space)
+            if problem:
+                log.warning("%s", problem)
         else:
             weights = os.path.join(args.results_dir,
                                    f"pretrained_{args.use_model}{backend.weights_suffix}")
+            state = os.path.join(args.results_dir, PRETRAIN_CHECKPOINT)
+            shared = os.path.join(getattr(args, "shared_dir", args.results_dir),
+                                  PRETRAIN_CHECKPOINT)
             model = pre.pretrain(args, backend, prep.train, prep.splits.pretrain, executor,
-                                 prep.space, prep.input_shape, weights, progress=tqdm)
+                                 prep.space, prep.input_shape, weights, progress=tqdm,
+                                 state_path=state,
+                                 meta={"flags": _flags(args), "splits": prep.split_sizes()},
+                                 resume_from=shared if args.resume else None)
             pre.write_provenance(weights, prep.provenance(args))
             _score(pre, backend, model, prep, args, executor)
         if args.pretrain_only:
+            _remove(os.path.join(args.results_dir, PRETRAIN_CHECKPOINT))
             log.info("--pretrain_only: weights in %s", weights)
             return 0
         if search_model is None:
@@ -273,6 +279,9 @@ def _search(args, backend, model, prep, executor, weights, resume, started) -> i
                      json.dumps(trace.op_summary(prep.candidates)))
         log.debug("checkpoint at layer %d step %d", layer + 1, step)
 
+    if resume is None:  # from now on the search, not the pretraining, is what --resume continues
+        checkpoint(0, 0)
+    _remove(os.path.join(args.results_dir, PRETRAIN_CHECKPOINT))
     done_here = 0
     in_flight = None  # (layer, step, policy state before its update) while a step runs
     try:
@@ -326,12 +335,26 @@ def _search(args, backend, model, prep, executor, weights, resume, started) -> i
             checkpoint(*_position(trace, args.search_bno))
         log.info("interrupted: checkpoint written; continue with --resume")
         return 130
+    except (FloatingPointError, DatasetError) as err:  # an image that does not decode, or
+        # gradients that are not finite: the step is undone and the checkpoint kept
+        layer, step = roll_back(in_flight, logits, trace) if in_flight else \
+            _position(trace, args.search_bno)
+        checkpoint(layer, step)
+        flag = "--dataset" if isinstance(err, DatasetError) else "--pretrained"
+        why = "" if flag == "--dataset" else f" (with the weights {weights})"
+        raise UsageError(flag, f"layer {layer + 1} step {step}: {err}{why}; the checkpoint "
+                         "holds the policy before this step") from None
     finally:
         writer.close()
     checkpoint(args.n_policies, 0)
     _write_policy(args, prep, logits, trace, weights, elapsed0 + time.time() - run_start,
                   started)
     return 0
+
+
+def _remove(path: str) -> None:
+    if os.path.exists(path):
+        os.remove(path)
 
 
 def _position(trace, steps_per_layer: int) -> tuple[int, int]:

@@ -74,7 +74,8 @@ class SearchTrace:
     def from_arrays(cls, arrays) -> "SearchTrace":
         """Inverse of ``arrays`` (``arrays`` maps names to arrays, e.g. a checkpoint's, with
         the policy logits as ``policy/logits``). Layers recorded before the matrices were kept
-        get NaN rows, one per recorded cosine."""
+        get NaN rows, one per recorded cosine; a matrix that is not floats or does not have
+        one row per cosine raises ValueError."""
         n_layers = len([k for k in arrays if k.startswith("cos_trace/")])
         sized = [np.shape(arrays[k])[-1] for k in ("policy/logits", "prob_trace/0")
                  if k in arrays]
@@ -84,14 +85,13 @@ class SearchTrace:
             trace.cos[k] = [float(c) for c in arrays[f"cos_trace/{k}"]]
             for name in MATRICES:
                 key = f"{_PREFIX[name]}/{k}"
-                if key in arrays:
-                    matrix = np.asarray(arrays[key], np.float32)
-                else:
-                    matrix = np.full((len(trace.cos[k]), n_candidates), np.nan, np.float32)
-                if matrix.shape != (len(trace.cos[k]), n_candidates):
-                    raise ValueError(f"{key} has shape {matrix.shape}, expected "
-                                     f"({len(trace.cos[k])}, {n_candidates})")
-                trace.rows[name][k] = list(matrix)
+                shape = (len(trace.cos[k]), n_candidates)
+                matrix = np.asarray(arrays[key]) if key in arrays else \
+                    np.full(shape, np.nan, np.float32)
+                if matrix.dtype.kind != "f" or matrix.shape != shape:  # NaN itself is legal
+                    raise ValueError(f"'{key}' holds {matrix.dtype} of shape {matrix.shape}, "
+                                     f"expected floats of shape {shape}")
+                trace.rows[name][k] = list(matrix.astype(np.float32))
         return trace
 
     # ----- the policy file's summary --------------------------------------------------------

@@ -41,3 +41,14 @@ def tiny(tmp_path, monkeypatch):
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path, tmp_path
+
+
+@pytest.fixture(scope="module")
+def tiny_shared(tmp_path_factory):
+    """(config path, work dir) like ``tiny``, made once per test module (no chdir: runs
+    without --tag write only beside --save)."""
+    work = tmp_path_factory.mktemp("tiny")
+    data = write_npz_dataset(work / "data")
+    path = work / "tiny.yaml"
+    path.write_text(yaml.safe_dump(dict(TINY, dataset=f"npz:{data}")))
+    return path, work

@@ -17,7 +17,7 @@ def _pillow_replay(policy, images, gen):
     from augmentation import batched, ops
     from augmentation.space import OPS
 
-    from ..augmentation.test_batched import _BoxScript, _Scripted
+    from ..augmentation.batched.test_apply import _BoxScript, _Scripted
 
     out = [None] * len(images)
     groups = {}

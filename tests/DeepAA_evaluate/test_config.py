@@ -102,3 +102,96 @@ def test_bad_flags_exit_2_with_one_line_and_write_nothing(tiny, capsys, extra):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ")
     assert sorted(os.listdir(work)) == before
+
+
+HUGE = 10**400
+# Every entry of config.RANGES out of its range, and NaN/infinity for the float keys: the
+# override (a YAML scalar, as typed on the command line) and the words of the message.
+OUT_OF_RANGE = [
+    ("lr", ".nan", "finite"), ("lr", ".inf", "finite"), ("lr", "-0.1", "> 0.0"),
+    ("lr", "0", "> 0.0"), ("lr", "11.0", "<= 10.0"), ("lr", str(HUGE), "finite"),
+    ("optimizer.decay", ".nan", "finite"), ("optimizer.decay", "-0.0001", ">= 0.0"),
+    ("optimizer.momentum", ".nan", "finite"), ("optimizer.momentum", "1.0", "< 1.0"),
+    ("optimizer.clip", ".nan", "finite"), ("optimizer.clip", "-.inf", "finite"),
+    ("lr_schedule.warmup.multiplier", ".inf", "finite"),
+    ("lr_schedule.warmup.multiplier", "0.5", ">= 1.0"), ("model.dropout", "1.0", "< 1.0"),
+    ("model.dropout", ".nan", "finite"), ("seed", "-1", ">= 0"), ("seed", str(2**32), "<="),
+    ("seed", str(HUGE), "<="), ("batch", "0", ">= 1"), ("batch", str(HUGE), "<="),
+    ("gpus", "100000", "<="), ("epoch", "0", ">= 1"), ("test_interval", "0", ">= 1"),
+    ("train_size", "0", ">= 1"), ("test_size", "-5", ">= 1"), ("num_workers", "-1", ">= 0"),
+    ("num_workers", "100000", "<= 256"), ("early_finish_epoch", "0", ">= 1"),
+    ("cutout", str(HUGE), "<="), ("randaug.N", "-1", ">= 0"), ("randaug.M", "31", "<= 30"),
+    ("lr_schedule.warmup.epoch", "-1", ">= 0"),
+]
+
+
+@pytest.mark.parametrize("key, value, words", OUT_OF_RANGE)
+def test_numbers_out_of_range_name_the_key(key, value, words):
+    with pytest.raises(ConfigError) as err:
+        load_config(os.path.join(CONFS, NAMES[0]), parse_overrides([f"--{key}", value]))
+    message = str(err.value)
+    assert f"'{key}'" in message and words in message and len(message) < 200, message
+
+
+def test_every_number_key_has_a_range():
+    """A number key added to the schema without a range would escape the checks."""
+    from DeepAA_evaluate.config import RANGES, SCHEMA
+
+    def numbers(schema, prefix=""):
+        for k, spec in schema.items():
+            if isinstance(spec, dict):
+                yield from numbers(spec, prefix + k + ".")
+            elif int in spec[0] or float in spec[0]:
+                yield prefix + k
+    assert set(numbers(SCHEMA)) == set(RANGES)
+
+
+def test_nesterov_needs_momentum():
+    """torch.optim.SGD raises for Nesterov without momentum; the config says so first."""
+    with pytest.raises(ConfigError, match="momentum' must be > 0 with nesterov"):
+        load_config(os.path.join(CONFS, NAMES[0]), {"optimizer.momentum": 0.0})
+    cfg = load_config(os.path.join(CONFS, NAMES[0]), {"optimizer.momentum": 0.0,
+                                                      "optimizer.nesterov": False})
+    assert cfg["optimizer"]["momentum"] == 0.0
+
+
+def _bomb():
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("text, words", [
+    (lambda good: good.replace("batch: 128", "batch: " + "9" * 5000), "not a readable YAML"),
+    (lambda good: "[" * 20000 + "]" * 20000, "not a readable YAML"),
+    (lambda good: _bomb().replace("a0:", "x0:") + "lr: *a8\n", "unknown config key 'x0'"),
+    (lambda good: good + "lr: " + "1" * 400 + "\n", "finite"),
+])
+def test_hostile_config_files_are_one_line_at_once(tmp_path, text, words):
+    import time
+
+    good = open(os.path.join(CONFS, NAMES[0])).read()
+    path = tmp_path / "c.yaml"
+    path.write_text(text(good))
+    start = time.time()
+    with pytest.raises(ConfigError) as err:
+        load_config(str(path))
+    assert time.time() - start < 60 and "\n" not in str(err.value) and len(str(err.value)) < 300
+    assert words in str(err.value), str(err.value)
+
+
+def test_a_value_of_nested_aliases_is_shown_bounded():
+    """A value of 9**8 leaves (YAML aliases) is named without its full repr."""
+    from DeepAA_evaluate.config import validate
+
+    raw = yaml.safe_load(open(os.path.join(CONFS, NAMES[0])))
+    raw["lr"] = yaml.safe_load(_bomb())["a8"]
+    with pytest.raises(ConfigError, match=r"'lr' must be a number, got \[\[\[") as err:
+        validate(raw)
+    assert len(str(err.value)) < 200
+
+
+@pytest.mark.parametrize("device", ["/dev/zero", "/dev/null"])
+def test_a_device_is_not_read_as_a_config(device):
+    with pytest.raises(ConfigError, match="not a regular file"):
+        load_config(device)

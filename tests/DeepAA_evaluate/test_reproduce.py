@@ -239,3 +239,93 @@ def test_a_runs_dir_in_use_by_another_harness_is_refused(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and f"in use by pid {os.getpid()}, another harness" in err
     assert not (tmp_path / "out.md").exists()
+
+
+@pytest.mark.parametrize("case", ["seeds 10**6", "first_seed -1", "last seed past 2**32",
+                                  "jobs 10**9", "out under a file", "out on /proc",
+                                  "runs_dir under a file"])
+def test_more_bad_input_is_one_line_before_any_run(tmp_path, capsys, case):
+    conf = _conf(tmp_path)
+    (tmp_path / "a_file").write_text("x")
+    out, runs = tmp_path / "out.md", tmp_path / "runs"
+    extra = {"seeds 10**6": ["--seeds", str(10**6)], "first_seed -1": ["--first_seed", "-1"],
+             "last seed past 2**32": ["--first_seed", str(2**32 - 1), "--seeds", "2"],
+             "jobs 10**9": ["--jobs", str(10**9)]}.get(case, [])
+    if case == "out under a file":
+        out = tmp_path / "a_file" / "out.md"
+    elif case == "out on /proc":
+        out = "/proc/deepaa/out.md"
+    elif case == "runs_dir under a file":
+        runs = tmp_path / "a_file" / "runs"
+    before = sorted(p.name for p in tmp_path.iterdir())
+    code = R.main(["--confs", conf, "--runs_dir", str(runs), "--out", str(out),
+                   "--no_progress", *extra])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: "), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_malformed_result_files_are_left_out_of_the_table(tmp_path):
+    """Result files that parse as JSON but hold no usable top-1 (text, NaN, outside [0, 1],
+    a list), an ill-typed config or wall time: left out, as unreadable ones are."""
+    runs = tmp_path / "runs"
+    good = _fake_result(runs, "x", 1, 0.5)
+    for seed, change in enumerate([{"top1_test": "abc"}, {"top1_test": float("nan")},
+                                   {"top1_test": 1.5}, {"top1_test": [0.5]},
+                                   {"config": [1]}, {"wall_time_s": "long"}], start=2):
+        path = _fake_result(runs, "x", seed, 0.5)
+        path.write_text(json.dumps(dict(json.loads(path.read_text()), **change)))
+    (runs / "x" / "seed9.json").write_text("[" * 100000)  # deeper than the parser goes
+    out = tmp_path / "t.md"
+    assert R.main(["--table_only", "--runs_dir", str(runs), "--out", str(out)]) == 0
+    assert re.search(r"\| x \| 1 \| 50\.00 \(one run\) \|", out.read_text())
+    assert good.exists()
+
+
+def test_ctrl_c_stops_the_runs_and_the_harness(tmp_path, monkeypatch, capsys):
+    """Ctrl-C while runs are under way: each run is sent SIGINT (it keeps its last epoch)
+    and waited for, and the harness ends with one line and exit code 130."""
+    import signal
+
+    signals = []
+
+    class Proc:
+        def __init__(self, *args, **kwargs):
+            self.stopped = False
+
+        def poll(self):
+            return 130 if self.stopped else None
+
+        def send_signal(self, sig):
+            signals.append(sig)
+            self.stopped = True
+
+        def wait(self, timeout=None):
+            return 130
+
+    def interrupted(seconds):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(R.subprocess, "Popen", Proc)
+    monkeypatch.setattr(R.time, "sleep", interrupted)
+    confs = [_conf(tmp_path, "a"), _conf(tmp_path, "b")]
+    code = R.main(["--confs", *confs, "--seeds", "1", "--jobs", "2", "--runs_dir",
+                   str(tmp_path / "runs"), "--out", str(tmp_path / "out.md"), "--no_progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 130 and err[-1].startswith("interrupted: the runs keep their last")
+    assert signals == [signal.SIGINT, signal.SIGINT]  # both runs, once each
+
+
+def test_a_full_disk_while_writing_the_table_is_one_line(tmp_path, monkeypatch, capsys):
+    import errno
+
+    def full(path, data):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    runs = tmp_path / "runs"
+    _fake_result(runs, "x", 1, 0.5)
+    monkeypatch.setattr("DeepAA_evaluate.results_table.atomic_write", full)
+    out = tmp_path / "t.md"
+    assert R.main(["--table_only", "--runs_dir", str(runs), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: cannot write {tmp_path / 't.json'}: No space left on device"]

@@ -8,6 +8,8 @@ import torch
 
 from DeepAA_evaluate.train import main
 
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 
 def _weights(path):
     return torch.load(path, map_location="cpu", weights_only=True)["model"]
@@ -254,3 +256,134 @@ def test_a_checkpoint_in_use_is_refused_and_a_refused_run_leaves_no_folder(tiny,
     with pytest.raises(SystemExit):
         main(["-c", str(path), "--save", str(work / "new" / "run.pth"), "--deepaa.EXP", "nope"])
     assert not (work / "new").exists()
+
+
+@pytest.mark.parametrize("flags, words", [
+    (lambda w: ["--save", str(w / "tiny.yaml" / "run.pth")], "--save: "),
+    (lambda w: ["--save", "/proc/deepaa/run.pth"], "--save: cannot write in '/proc'"),
+    (lambda w: ["--save", str(w / "run.pth"), "--tag", "../tiny.yaml/x"], "--tag: "),
+    (lambda w: ["--save", str(w / "data")], "is a directory"),
+])
+def test_outputs_that_cannot_be_written_are_refused_before_the_first_epoch(tiny, capsys, flags,
+                                                                          words):
+    path, work = tiny
+    before = sorted(p.name for p in work.iterdir())
+    with pytest.raises(SystemExit) as exc:
+        main(["-c", str(path), "--epoch", "1", "--lr_schedule.warmup.epoch", "0"] + flags(work))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and len(err) == 1 and words in err[0], err
+    assert sorted(p.name for p in work.iterdir()) == before
+
+
+def _folder_dataset(root, bad):
+    """An ImageFolder of 2 classes x 8 PNGs 16x16; the files named in ``bad`` do not decode."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for c in range(2):
+            folder = root / split / f"c{c}"
+            folder.mkdir(parents=True)
+            for i in range(8):
+                path = folder / f"{i}.png"
+                if f"{split}/c{c}/{i}" in bad:
+                    path.write_bytes(b"\x89PNG\r\n\x1a\n then garbage")
+                else:
+                    Image.fromarray(rng.integers(0, 256, (16, 16, 3), np.uint8)).save(path)
+    return root
+
+
+@pytest.mark.parametrize("workers, aug", [(0, ["--aug", "none"]), (1, ["--aug", "none"]),
+                                          (1, ["--aug_backend", "batch"])])
+def test_an_image_that_does_not_decode_is_one_line_and_leaves_no_logs(tiny, capsys, workers,
+                                                                       aug):
+    """A damaged file of a folder dataset is found in the epoch that reads it, in the main
+    process or in a loader worker (whose error carries the worker's traceback), also where the
+    worker builds whole batches (aug_backend batch): one line naming the file, exit 2, and the
+    logs/<tag>/ folder the run had made is gone."""
+    path, work = tiny
+    data = _folder_dataset(work / "folder", bad={"train/c1/3"})
+    with pytest.raises(SystemExit) as exc:
+        main(["-c", str(path), "--dataset", f"folder:{data}", *aug, "--epoch", "1",
+              "--lr_schedule.warmup.epoch", "0", "--num_workers", str(workers), "--tag", "t",
+              "--save", str(work / "run.pth")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and "Traceback" not in "\n".join(err)
+    assert err[-1].startswith("error: cannot read image ") and "c1/3.png" in err[-1], err[-1]
+    assert not (work / "logs").exists() and not (work / "run.pth").exists()
+
+
+def test_a_loss_that_is_not_finite_is_one_line_naming_lr(tiny, capsys, monkeypatch):
+    def diverged(*args, **kwargs):
+        raise FloatingPointError("the training loss is nan in epoch 1")
+
+    monkeypatch.setattr("DeepAA_evaluate.train.train_epoch", diverged)
+    path, work = tiny
+    with pytest.raises(SystemExit) as exc:
+        main(["-c", str(path), "--epoch", "1", "--lr_schedule.warmup.epoch", "0"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and len(err) == 1 and err[0].startswith("error: config key 'lr'")
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_last_checkpoint(tiny):
+    """The checkpoint of epoch 1 is written; the resumed run may write files of half its size
+    only (RLIMIT_FSIZE, as a disk that fills up), so the checkpoint of epoch 2 fails: one
+    line naming it, exit 2, no temporary file, and the checkpoint of epoch 1 as it was."""
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    path, work = tiny
+    save = work / "run.pth"
+    main(["-c", str(path), "--save", str(save), "--early_finish_epoch", "1", "--train_size", "8"])
+    size = save.stat().st_size
+    stored = save.read_bytes()
+
+    def limited():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size // 2, size // 2))
+
+    res = subprocess.run([sys.executable, "-m", "DeepAA_evaluate.train", "-c", str(path),
+                          "--save", str(save), "--resume", "--train_size", "8"], cwd=work,
+                         capture_output=True, text=True, preexec_fn=limited,
+                         env=dict(os.environ, PYTHONPATH=ROOT))
+    last = res.stderr.strip().splitlines()[-1]
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    assert last.startswith(f"error: cannot read or write {save}") and "large" in last, last
+    assert save.read_bytes() == stored and not [p for p in work.iterdir() if ".tmp" in p.name]
+
+
+def test_ctrl_c_in_a_background_trainer_is_one_line_and_resumes(tiny):
+    """A trainer started as a background job inherits SIGINT ignored; it must still stop on
+    kill -INT, with one line (no traceback), exit 130 and the last epoch kept."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path, work = tiny
+    save = work / "bg.pth"
+    proc = subprocess.Popen([sys.executable, "-m", "DeepAA_evaluate.train", "-c", str(path),
+                             "--save", str(save), "--epoch", "50", "--train_size", "8"],
+                            cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env=dict(os.environ, PYTHONPATH=ROOT),
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        deadline = time.time() + 240
+        while not save.exists() and time.time() < deadline:  # epoch 1 is saved
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    err = err.decode()
+    assert proc.returncode == 130 and "Traceback" not in err, err[-2000:]
+    assert err.strip().splitlines()[-1] == (f"interrupted; {save} holds the last finished "
+                                            "epoch: continue with --resume")
+    epoch = _weights_epoch(save)
+    res = main(["-c", str(path), "--save", str(save), "--resume", "--train_size", "8",
+                "--epoch", "50", "--early_finish_epoch", str(epoch + 1)])
+    assert res["history"][-1]["epoch"] == epoch + 1

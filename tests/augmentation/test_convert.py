@@ -119,7 +119,37 @@ BAD_INPUTS = {
     "negative prob": (_bad(lambda a: a["policy_probs"].__setitem__((0, 0), -0.5)), "negative"),
     "not normalised": (_bad(lambda a: a["policy_probs"].__imul__(2)), "sum to"),
     "wrong width": (_bad(lambda a: a.__setitem__("policy_probs", a["policy_probs"][:, :-1])), "probabilities"),
+    # damaged files (they used to end in a zlib or zipfile traceback)
+    "truncated": (lambda t: _damaged(t, lambda raw: raw[:len(raw) // 2]), "not a readable npz"),
+    "flipped byte": (lambda t: _damaged(t, lambda raw: raw[:300] + bytes([raw[300] ^ 0xFF])
+                                        + raw[301:]), "not a readable npz"),
+    "npy named npz": (lambda t: np.save(open(t / "in.npz", "wb"), np.zeros(3)) or t / "in.npz",
+                      "not a readable npz"),
+    "huge l_mags": (_bad(lambda a: a.__setitem__("l_mags", np.int64(1999999999))), "to 255"),
+    "unpacks to gigabytes": (lambda t: _zip_bomb(t), "more than a policy holds"),
 }
+
+
+def _damaged(tmp_path, damage):
+    path = write_npz(tmp_path / "in.npz", **released_arrays("cifar", 3))
+    path.write_bytes(damage(path.read_bytes()))
+    return path
+
+
+def _zip_bomb(tmp_path):
+    """An npz of a hundred kilobytes whose array unpacks to 128 MiB (a policy takes kB)."""
+    import zipfile
+
+    path = tmp_path / "in.npz"
+    header = np.lib.format.header_data_from_array_1_0(np.zeros(1, np.float32))
+    header["shape"] = (2**25,)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        with z.open("policy_probs.npy", "w", force_zip64=True) as f:
+            np.lib.format.write_array_header_1_0(f, header)
+            block = bytes(2**20)
+            for _ in range(2**7):
+                f.write(block)
+    return path
 
 
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
@@ -149,6 +179,27 @@ def test_cli_bad_yaml_and_bad_direction(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["good.yaml", "in.npz", "p.yaml"]
 
 
+def test_an_output_that_cannot_be_written_is_found_before_reading(tmp_path, capsys):
+    src = write_npz(tmp_path / "in.npz", **released_arrays())
+    (tmp_path / "a_file").write_text("x")
+    for dst, words in ((tmp_path / "a_file" / "o.yaml", "not a folder"),
+                       ("/proc/deepaa/o.yaml", "cannot write in '/proc'"),
+                       (tmp_path / "dir.yaml", "is a folder")):
+        if str(dst).endswith("dir.yaml"):
+            dst.mkdir()
+        assert main([str(src), str(dst)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and words in err and "\n" not in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "dir.yaml", "in.npz"]
+
+
+def test_meta_that_refers_to_itself_is_refused(tmp_path, capsys):
+    src = write_npz(tmp_path / "in.npz", **released_arrays())
+    assert main([str(src), str(tmp_path / "o.yaml"), "--meta", "x=&a [*a]"]) == 2
+    assert "refers to itself" in capsys.readouterr().err
+    assert not (tmp_path / "o.yaml").exists()
+
+
 def test_module_entry_point(tmp_path):
     src = write_npz(tmp_path / "in.npz", **released_arrays("imagenet"))
     ok = subprocess.run([sys.executable, "-m", "augmentation.convert", str(src), str(tmp_path / "o.yaml")],
@@ -162,3 +213,22 @@ def test_module_entry_point(tmp_path):
 def test_npz_to_policy_raises_policy_error(tmp_path):
     with pytest.raises(PolicyError):
         npz_to_policy(tmp_path / "nothing.npz")
+
+
+def test_a_disk_that_fills_up_is_one_line_and_leaves_no_temporary_file(tmp_path):
+    """Files of at most 8 kB (RLIMIT_FSIZE, as a full disk): the probe of the output passes,
+    the 20 kB YAML does not: one line, exit 2, no temporary file."""
+    import resource
+    import signal
+
+    def limited():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (8192, 8192))
+
+    src = write_npz(tmp_path / "in.npz", **released_arrays("cifar", 13, n_layers=6))
+    res = subprocess.run([sys.executable, "-m", "augmentation.convert", str(src),
+                          str(tmp_path / "o.yaml")], capture_output=True, text=True,
+                         preexec_fn=limited)
+    assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
+    assert res.stderr.startswith(f"error: cannot write {tmp_path / 'o.yaml'}: File too large")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.npz"]

@@ -5,6 +5,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 
@@ -152,3 +153,62 @@ def test_summary_writer_never_loads_tensorflow(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stdout.strip() == "False"
     assert any(p.name.startswith("events.out.tfevents") for p in (tmp_path / "tb").iterdir())
+
+
+def _unwritable(tmp_path, kind):
+    """An output path of one kind that cannot be written, generated under ``tmp_path``."""
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    return {"under a file": a_file / "sub" / "out.json",
+            "pseudo file system": Path("/proc/deepaa-none/out.json"),
+            "a folder as a file": tmp_path, "a device": Path("/dev/null")}[kind]
+
+
+@pytest.mark.parametrize("kind", ["under a file", "pseudo file system", "a folder as a file",
+                                  "a device"])
+def test_check_writable_refuses_with_one_line_and_leaves_nothing(tmp_path, kind):
+    path = _unwritable(tmp_path, kind)
+    with pytest.raises(files.Unwritable) as err:
+        files.check_writable(path)
+    assert "\n" not in str(err.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
+
+
+def test_check_writable_accepts_new_folders_and_makes_none(tmp_path):
+    files.check_writable(tmp_path / "new" / "deeper" / "out.json")
+    files.check_writable(tmp_path / "new" / "run", folder=True)
+    files.check_writable(tmp_path / ".." / tmp_path.name / "out.json")
+    assert list(tmp_path.iterdir()) == []  # the probe is gone, no folder was made
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(files.Unwritable, match="exists and is not a folder"):
+        files.check_writable(tmp_path / "f", folder=True)
+    for empty in ("", "  "):
+        with pytest.raises(files.Unwritable, match="empty path"):
+            files.check_writable(empty)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes in a read-only folder")
+def test_check_writable_refuses_a_read_only_folder(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir(mode=0o555)
+    with pytest.raises(files.Unwritable, match="Permission denied"):
+        files.check_writable(ro / "out.json")
+
+
+def test_check_writable_finds_a_full_disk(tmp_path):
+    """Files of at most 1 kB (RLIMIT_FSIZE stands in for a full disk): an empty file can be
+    made, but the probe's bytes cannot be written, so the output is refused."""
+    code = textwrap.dedent(f"""
+        import resource, signal, sys
+        from augmentation import files
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1024, 1024))
+        try:
+            files.check_writable({str(tmp_path / "out.json")!r})
+        except files.Unwritable as err:
+            sys.exit(str(err))
+    """)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                         env=dict(os.environ, PYTHONPATH=ROOT))
+    assert res.returncode == 1 and "cannot write in" in res.stderr and "large" in res.stderr
+    assert list(tmp_path.iterdir()) == []

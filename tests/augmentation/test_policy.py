@@ -1,5 +1,6 @@
 """Policy objects, the YAML format and its validation."""
 import os
+import re
 
 import numpy as np
 import pytest
@@ -7,9 +8,8 @@ import yaml
 from PIL import Image
 
 from augmentation import space
-from augmentation.convert import policy_to_yaml
 from augmentation.policy import (
-    FORMAT, Policy, PolicyError, load_policy, save_policy,
+    FORMAT, Policy, PolicyError, load_policy, policy_to_yaml, save_policy,
 )
 
 
@@ -25,6 +25,21 @@ def image(seed=0, size=(32, 32)):
 
 
 # --- Policy -------------------------------------------------------------------------------------
+
+def test_the_yaml_format_needs_no_converter(tmp_path):
+    """policy.py reads and writes its format itself: saving does not import augmentation.convert
+    (which imports policy.py; the import cycle is gone)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from augmentation.policy import Policy, save_policy; "
+            f"save_policy(Policy.uniform(1), {str(tmp_path / 'u.yaml')!r}); "
+            "print('augmentation.convert' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False" and (tmp_path / "u.yaml").is_file()
+
 
 def test_round_trip_is_exact(tmp_path):
     d = space.n_candidates(5)
@@ -116,6 +131,12 @@ MALFORMED = {
     "inf prob": (_layer(lambda r: r.__setitem__(2, float("inf"))), "non-finite"),
     "not summing to 1": (_layer(lambda r: r.__setitem__(0, r[0] + 0.01)), "sum to"),
     "meta not mapping": (_set("meta", [1]), "meta must be a mapping"),
+    # sizes and numbers a file can hold but no policy has (they used to hang or overflow)
+    "l_mags huge": (_set("l_mags", 1999999999), "from 3 to 255"),
+    "l_mags 300 digits": (_set("l_mags", 10**300 + 1), "integer of 301 digits"),
+    "prob 400 digits": (_layer(lambda r: r.__setitem__(2, 10**400)), "about 401 digits"),
+    "op range 400 digits": (lambda d: d["ops"].__setitem__("ShearX", [-10**400, 0.3]),
+                            "ops.ShearX must be [low, high]"),
 }
 
 
@@ -143,6 +164,67 @@ def test_unparseable_files_raise_one_line(tmp_path, case, text, words):
     with pytest.raises(PolicyError) as err:
         load_policy(path)
     assert "\n" not in str(err.value) and words in str(err.value), str(err.value)
+
+
+def _alias_bomb(depth=9):
+    """YAML whose aliases expand to 9**depth items (a few lines of text)."""
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, depth)]
+    return "\n".join(lines) + "\n"
+
+
+def _with(text_fn):
+    def make():
+        return text_fn(policy_to_yaml(small_policy()))
+    return make
+
+
+# Whole files that no YAML reader should spend more than a moment on.
+HOSTILE = {
+    "alias bomb in layers": (_with(lambda t: _alias_bomb() + t.replace(
+        "layers:", "layers: *a8\nold_layers:")), "unknown key"),
+    "alias bomb as a layer": (_with(lambda t: _alias_bomb() .replace("a0:", "meta_a0:", 0)
+                                    + t.split("layers:")[0] + "layers: [*a8]\nmeta: {}\n"),
+                              "unknown key"),
+    "integer of 5000 digits": (_with(lambda t: t.replace("l_mags: 3", "l_mags: " + "9" * 5000)),
+                               "not a readable YAML document"),
+    "20,000 nested lists": (lambda: "[" * 20000 + "]" * 20000, "not a readable YAML"),
+    "probability 1e+400": (_with(lambda t: re.sub(r"- \[[0-9.e-]+,", "- [1.0e+400,", t, 1)),
+                           "non-finite"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_files_raise_one_line_at_once(tmp_path, case):
+    import time
+
+    make, words = HOSTILE[case]
+    path = tmp_path / "bad.yaml"
+    path.write_text(make())
+    start = time.time()
+    with pytest.raises(PolicyError) as err:
+        load_policy(path)
+    assert time.time() - start < 60 and "\n" not in str(err.value) and len(str(err.value)) < 400
+    assert words in str(err.value), str(err.value)
+
+
+def test_alias_bomb_values_are_shown_bounded():
+    """A value made of nested aliases (9**8 leaves) is named in the message without its full
+    repr, which would take minutes and gigabytes."""
+    from augmentation.policy import policy_from_dict
+
+    data = yaml.safe_load(_alias_bomb() + "b: 1\n")
+    doc = yaml.safe_load(policy_to_yaml(small_policy()))
+    doc["space"] = data["a8"]
+    with pytest.raises(PolicyError, match=r"unknown space \[\[\[\.\.\.\], ") as err:
+        policy_from_dict(doc)
+    assert len(str(err.value)) < 200
+
+
+@pytest.mark.parametrize("device", ["/dev/zero", "/dev/null"])
+def test_devices_and_pipes_are_not_read(device):
+    with pytest.raises(PolicyError, match="not a regular file"):
+        load_policy(device)
 
 
 def test_missing_file_directory_and_unknown_name(tmp_path):

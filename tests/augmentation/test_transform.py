@@ -156,3 +156,141 @@ def test_apply_candidate_by_index_is_the_dense_augmentation_of_that_candidate():
         assert torch.equal(got, want), (index, name, level)
     with pytest.raises(IndexError, match="candidate index"):
         t.apply_candidate(x, len(t.policy.candidates))
+
+
+# --- the input types torchvision's transforms take ----------------------------------------------
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def _chw(img, device="cpu"):
+    return torch.from_numpy(np.array(img)).permute(2, 0, 1).contiguous().to(device)
+
+
+def _hwc(x):
+    return x.as_subclass(torch.Tensor).permute(1, 2, 0).cpu().numpy()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_every_input_type_gives_the_pixels_of_the_pil_path(device):
+    """The same draws give the same pixels for a PIL image, a uint8 tensor 3 x H x W, a
+    tv_tensors.Image and a batch N x 3 x H x W (image i as the i-th single call), each returned
+    as its own type on its own device; views and channels-last batches too. cifar_1 has flips,
+    crops and cutouts, so the random ops' draws are covered."""
+    from torchvision import tv_tensors
+
+    t = DeepAAPolicy.from_yaml("cifar_1")
+    imgs = [image(s) for s in range(6)]
+    rng = np.random.default_rng(5)
+    want = [np.asarray(t(img, rng=rng)) for img in imgs]
+    assert sum(not np.array_equal(w, np.asarray(i)) for w, i in zip(want, imgs)) >= 4
+
+    rng = np.random.default_rng(5)
+    singles = [t(_chw(img, device), rng=rng) for img in imgs]
+    assert all(type(s) is torch.Tensor and s.device.type == device and s.dtype == torch.uint8
+               for s in singles)
+    assert all(np.array_equal(_hwc(s), w) for s, w in zip(singles, want))
+
+    rng = np.random.default_rng(5)
+    wrapped = [t(tv_tensors.Image(_chw(img, device)), rng=rng) for img in imgs]
+    assert all(type(s) is tv_tensors.Image and s.device.type == device for s in wrapped)
+    assert all(np.array_equal(_hwc(s), w) for s, w in zip(wrapped, want))
+
+    batch = torch.stack([_chw(img, device) for img in imgs])
+    for x in (batch, tv_tensors.Image(batch), batch.contiguous(memory_format=torch.channels_last),
+              torch.cat([batch, batch], dim=3)[..., :32]):
+        out = t(x, rng=np.random.default_rng(5))
+        assert type(out) is type(x) and out.shape == x.shape and out.device == x.device
+        assert all(np.array_equal(_hwc(out[i]), w) for i, w in enumerate(want)), type(x)
+    assert torch.equal(batch, torch.stack([_chw(img, device) for img in imgs]))  # input kept
+    arrays = np.stack([np.asarray(img) for img in imgs])  # channels last, as Keras holds them
+    assert np.array_equal(t.apply_numpy(arrays, rng=np.random.default_rng(5)), np.stack(want))
+    assert np.array_equal(t.apply_numpy(arrays[0], rng=np.random.default_rng(5)), want[0])
+
+
+def test_tensor_images_change_size_as_pil_ones_do_and_batches_that_cannot_stack_are_refused():
+    """RandResizeCrop makes an image 224 x 224 on every input type; a batch of another size
+    with a policy that can pick it is refused before anything is drawn."""
+    t = DeepAAPolicy.from_yaml("imagenet_1")
+    img = image(3, size=(48, 40))
+    for seed in range(30):
+        want = t(img, rng=np.random.default_rng(seed))
+        if want.size == (224, 224):
+            break
+    assert want.size == (224, 224)
+    got = t(_chw(img), rng=np.random.default_rng(seed))
+    assert got.shape == (3, 224, 224) and np.array_equal(_hwc(got), np.asarray(want))
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError, match="40 x 48 images cannot take this policy's RandResize"):
+        t(torch.stack([_chw(img)] * 2), rng=rng)
+    assert rng.random() == np.random.default_rng(0).random()
+    big = torch.stack([_chw(image(s, size=(224, 224))) for s in range(2)])
+    out = t(big, rng=np.random.default_rng(1))
+    rng = np.random.default_rng(1)
+    for i in range(2):
+        assert np.array_equal(_hwc(out[i]), np.asarray(t(image(i, size=(224, 224)), rng=rng)))
+
+
+def test_bad_tensors_and_samples_are_refused_with_one_line_errors():
+    from torchvision import tv_tensors
+
+    t = DeepAAPolicy.from_yaml("cifar_1")
+    for bad, match in ((torch.zeros(3, 8, 8), "uint8 tensor 3 x H x W or N x 3 x H x W, got "
+                                              "torch.float32 \\(3, 8, 8\\)"),
+                       (torch.zeros(1, 8, 8, dtype=torch.uint8), "got torch.uint8 \\(1, 8, 8\\)"),
+                       (torch.zeros(8, 8, dtype=torch.uint8), "got torch.uint8 \\(8, 8\\)")):
+        with pytest.raises(ValueError, match=match):
+            t(bad)
+    with pytest.raises(TypeError, match="transforms images, not Mask"):
+        t(tv_tensors.Mask(torch.zeros(8, 8, dtype=torch.uint8)))
+    boxes = tv_tensors.BoundingBoxes([[0, 0, 4, 4]], format="XYXY", canvas_size=(32, 32))
+    with pytest.raises(TypeError, match="sample with BoundingBoxes is not supported"):
+        t(image(0), boxes)
+    with pytest.raises(TypeError, match="one image in a sample, found 2"):
+        t(image(0), image(1))
+    with pytest.raises(TypeError, match="got str, int"):
+        t("a", 3)
+    with pytest.raises(TypeError, match="got nothing"):
+        t()
+
+
+def test_works_in_transforms_v2_pipelines_in_either_position():
+    """Before or after v2.ToImage (the order v2's docs recommend), alone or with a label, in a
+    tuple or dict sample: the image gets the Pillow path's pixels, the rest passes through."""
+    from torchvision import tv_tensors
+
+    img, to_float = image(4), v2.ToDtype(torch.float32, scale=True)
+    want = {seed: to_float(_chw(DeepAAPolicy.from_yaml("cifar_1", seed=seed)(img)))
+            for seed in (0, 1)}
+
+    def pipeline(seed, after):  # a fresh seeded transform: its stream starts anew
+        t = DeepAAPolicy.from_yaml("cifar_1", seed=seed)
+        return v2.Compose([v2.ToImage(), t, to_float] if after else [t, v2.ToImage(), to_float])
+
+    for seed in (0, 1):
+        for after in (True, False):
+            out = pipeline(seed, after)(img)
+            assert type(out) is tv_tensors.Image and torch.equal(out, want[seed])
+            out, label = pipeline(seed, after)(img, 7)
+            assert label == 7 and torch.equal(out, want[seed])
+    sample = v2.Compose([v2.ToImage(), DeepAAPolicy.from_yaml("cifar_1", seed=1)])(
+        {"image": img, "label": torch.tensor(3)})
+    assert torch.equal(sample["label"], torch.tensor(3))
+    assert torch.equal(to_float(sample["image"]), want[1])
+    assert not torch.equal(want[0], want[1])
+
+
+def test_importable_and_usable_on_pil_images_without_torch(tmp_path):
+    import os
+    import subprocess
+
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "import numpy as np\nfrom PIL import Image\nfrom augmentation import DeepAAPolicy\n"
+            "img = Image.fromarray(np.full((32, 32, 3), 90, np.uint8))\n"
+            "out = DeepAAPolicy.from_yaml('cifar_1', seed=0)(img)\n"
+            "assert out.mode == 'RGB' and out.size == (32, 32)\n"
+            "print(sorted(m for m in ('torch', 'torchvision') if sys.modules.get(m)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

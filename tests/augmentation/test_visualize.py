@@ -101,6 +101,66 @@ def test_out_that_is_a_file_exits_2(tmp_path):
     assert target.read_text() == "x"
 
 
+def _damaged_folder(root):
+    """An ImageFolder ``root/train/<class>/*.png`` whose every image but one does not decode,
+    so that any pick of examples meets a damaged one."""
+    for c in ("a", "b"):
+        folder = root / "train" / c
+        folder.mkdir(parents=True)
+        for i in range(4):
+            (folder / f"{i}.png").write_bytes(b"\x89PNG\r\n\x1a\n then garbage")
+    Image.new("RGB", (8, 8)).save(root / "train" / "a" / "0.png")
+    return root
+
+
+@pytest.mark.parametrize("case", ["seed -1", "seed 2**32", "10,000 rows", "1,000 columns",
+                                  "out under a file", "out on /proc", "damaged image",
+                                  "101 layers"])
+def test_more_bad_input_is_one_line_and_draws_nothing(tmp_path, capsys, case):
+    (tmp_path / "a_file").write_text("x")
+    out = tmp_path / "out"
+    args = {"seed -1": ["cifar_1", "--seed", "-1"],
+            "seed 2**32": ["cifar_1", "--seed", str(2**32)],
+            "10,000 rows": ["cifar_1", "--n_images", "10000"],
+            "1,000 columns": ["cifar_1", "--n_samples", "1000"],
+            "out under a file": ["cifar_1"], "out on /proc": ["cifar_1"],
+            "damaged image": ["cifar_1", "--images", f"folder:{tmp_path / 'imgs'}",
+                              "--n_images", "8"],
+            "101 layers": [str(tmp_path / "deep.yaml")]}[case]
+    if case == "out under a file":
+        out = tmp_path / "a_file" / "out"
+    elif case == "out on /proc":
+        out = "/proc/deepaa/out"
+    elif case == "damaged image":
+        _damaged_folder(tmp_path / "imgs")
+    elif case == "101 layers":
+        save_policy(Policy.uniform(101, "cifar", 3), tmp_path / "deep.yaml")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert main(args + ["--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_a_disk_that_fills_up_is_one_line(tmp_path):
+    """Files of at most 8 kB (RLIMIT_FSIZE, as a full disk): the probe of --out passes, the
+    first picture does not: one line, exit 2, no temporary file."""
+    import resource
+    import signal
+
+    def limited():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (8192, 8192))
+
+    out = tmp_path / "pics"
+    res = subprocess.run([sys.executable, "-m", "augmentation.visualize", "cifar_1", "--out",
+                          str(out), "--n_images", "1", "--n_samples", "1"],
+                         capture_output=True, text=True, preexec_fn=limited)
+    assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
+    assert res.stderr.startswith(f"error: cannot write in {out}: File too large")
+    assert not [p for p in out.iterdir() if not p.name.endswith(".png")]
+
+
 def _trace_summary(n_layers=2, n_steps=40):
     """A search trace as the search writes it: per layer, op probabilities over the steps
     (Identity fading, RandCutout rising in the last layer) and the entropy."""
@@ -152,4 +212,74 @@ def test_a_running_search_folder_draws_its_trace(tmp_path):
     (folder / "trace.json").write_text(json.dumps(_trace_summary(3, 25)))
     assert main([str(folder), "--out", str(out)]) == 0
     assert _pngs(out) == ["search_trace.png"]
+    _check_png(out / "search_trace.png")
+
+
+def _bad_trace(case):
+    summary = _trace_summary(2, 10)
+    if case == "not a mapping":
+        return [1, 2]
+    if case == "probs of another shape":
+        summary["probs"][1] = summary["probs"][1][:-1]
+    elif case == "an infinite probability":
+        summary["probs"][0][3][0] = float("inf")
+    elif case == "steps that are not numbers":
+        summary["steps"][0][0] = "one"
+    elif case == "101 layers":
+        for key in ("steps", "probs", "entropy"):
+            summary[key] = summary[key][:1] * 101
+    elif case == "entropy of another length":
+        summary["entropy"] = summary["entropy"][:1]
+    return summary
+
+
+TRACE_CASES = ["not a mapping", "probs of another shape", "an infinite probability",
+               "steps that are not numbers", "101 layers", "entropy of another length"]
+
+
+@pytest.mark.parametrize("case", TRACE_CASES)
+def test_a_damaged_trace_in_a_policy_is_one_line_and_draws_nothing(tmp_path, capsys, case):
+    """meta.op_prob_trace of a policy file someone edited: one line naming it, exit 2, no
+    output folder (the policy itself is fine)."""
+    policy = load_policy("cifar_1")
+    path = tmp_path / "edited.yaml"
+    save_policy(Policy(policy.probs, policy.candidates, policy.l_mags, policy.space,
+                       {"op_prob_trace": _bad_trace(case)}), path)
+    out = tmp_path / "pictures"
+    assert main([str(path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "meta.op_prob_trace" in err[0], err
+    assert not out.exists()
+
+
+def _running_search(tmp_path, text):
+    """A results folder whose trace.json holds ``text``, and the folder its picture goes to."""
+    folder = tmp_path / "search"
+    folder.mkdir()
+    (folder / "trace.json").write_text(text)
+    return folder, tmp_path / "pictures"
+
+
+@pytest.mark.parametrize("case", TRACE_CASES + ["nested 100,000 deep"])
+def test_a_damaged_trace_json_is_one_line_and_draws_nothing(tmp_path, capsys, case):
+    import json
+
+    text = "[" * 100000 if case == "nested 100,000 deep" else json.dumps(_bad_trace(case))
+    folder, out = _running_search(tmp_path, text)
+    assert main([str(folder), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "trace.json" in err[0], err
+    assert not out.exists()
+
+
+def test_a_trace_with_steps_not_kept_is_drawn(tmp_path):
+    """NaN probabilities (the steps of a search resumed from a checkpoint that did not keep
+    them) are gaps in the lines, not an error."""
+    import json
+
+    summary = _trace_summary(2, 10)
+    for row in summary["probs"][0][:4]:
+        row[:] = [float("nan")] * len(row)
+    folder, out = _running_search(tmp_path, json.dumps(summary))
+    assert main([str(folder), "--out", str(out)]) == 0
     _check_png(out / "search_trace.png")

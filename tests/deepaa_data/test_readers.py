@@ -129,3 +129,109 @@ def test_npz_with_wrong_arrays_is_rejected(tmp_path):
     np.savez(tmp_path / "train_00.npz", x=np.zeros((2, 4, 4), np.float32), y=np.zeros(2))
     with pytest.raises(DatasetError, match="uint8"):
         load_dataset(f"npz:{tmp_path}")
+
+
+def _good_npz(directory, n=12):
+    x = np.random.default_rng(0).integers(0, 256, (n, 6, 6, 3), dtype=np.uint8)
+    np.savez(directory / "train_0.npz", x=x, y=np.arange(n) % 3)
+    return (directory / "train_0.npz").read_bytes()
+
+
+def _save(path, **arrays):
+    np.savez(path, **arrays)
+    return path
+
+
+# Each case damages a good npz dataset in ``d``; the error must name the file (or the folder).
+def _damage(d, case):
+    good = (d / "train_0.npz").read_bytes()
+    x = np.zeros((4, 6, 6, 3), np.uint8)
+    if case == "truncated":
+        (d / "train_0.npz").write_bytes(good[:len(good) // 2])
+    elif case == "flipped byte in the zip data":
+        (d / "train_0.npz").write_bytes(good[:200] + bytes([good[200] ^ 0xFF]) + good[201:])
+    elif case == "empty file":
+        (d / "train_0.npz").write_bytes(b"")
+    elif case == ".npy named .npz":
+        with open(d / "train_0.npz", "wb") as f:
+            np.save(f, x)
+    elif case == "a pickle":
+        (d / "train_0.npz").write_bytes(pickle.dumps({"x": x}))
+    elif case == "object arrays":
+        _save(d / "train_0.npz", x=np.array([x, "a"], dtype=object), y=np.arange(2))
+    elif case == "mixed image sizes":
+        _save(d / "train_1.npz", x=np.zeros((4, 7, 7, 3), np.uint8), y=np.arange(4) % 3)
+    elif case == "NaN label":
+        _save(d / "train_0.npz", x=x, y=np.array([0.0, np.nan, 1.0, 2.0]))
+    elif case == "fractional label":
+        _save(d / "train_0.npz", x=x, y=np.array([0.0, 0.5, 1.0, 2.0]))
+    elif case == "string labels":
+        _save(d / "train_0.npz", x=x, y=np.array(["a", "b", "c", "d"]))
+    elif case == "more labels than images":
+        _save(d / "train_0.npz", x=x, y=np.arange(5) % 3)
+    elif case == "bad classes.json":
+        (d / "classes.json").write_text("{not json")
+    elif case == "classes.json a string":
+        (d / "classes.json").write_text(json.dumps("abc"))
+    elif case == "classes.json too short":
+        (d / "classes.json").write_text(json.dumps(["a", "b"]))
+    elif case == "unreadable test split":
+        (d / "test_0.npz").write_bytes(b"garbage")
+
+
+DAMAGE = ["truncated", "flipped byte in the zip data", "empty file", ".npy named .npz",
+          "a pickle", "object arrays", "mixed image sizes", "NaN label", "fractional label",
+          "string labels", "more labels than images", "bad classes.json",
+          "classes.json a string", "classes.json too short", "unreadable test split"]
+
+
+@pytest.mark.parametrize("case", DAMAGE)
+def test_a_damaged_npz_dataset_is_one_line_naming_the_file(tmp_path, case):
+    _good_npz(tmp_path)
+    _damage(tmp_path, case)
+    with pytest.raises(DatasetError) as err:
+        load_dataset(f"npz:{tmp_path}", split="train")
+    message = str(err.value)
+    assert "\n" not in message and len(message) < 300
+    assert str(tmp_path) in message
+
+
+def test_an_image_that_does_not_decode_is_named_when_it_is_used(tmp_path):
+    d = tmp_path / "train" / "a"
+    d.mkdir(parents=True)
+    Image.new("RGB", (5, 5)).save(d / "good.png")
+    (d / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n then garbage")
+    good = (d / "good.png").read_bytes()
+    (d / "cut.png").write_bytes(good[:len(good) // 2])
+    ds = load_dataset(f"folder:{tmp_path}")
+    assert ds.image(ds.paths.index(str(d / "good.png"))).size == (5, 5)
+    for name in ("bad.png", "cut.png"):
+        with pytest.raises(DatasetError, match=rf"^cannot read image .*{name}: "):
+            ds.image(ds.paths.index(str(d / name)))
+
+
+def test_cifar_pickles_cannot_run_code(tmp_path):
+    """A planted data_batch whose pickle calls a function (here: creating a file) is refused
+    by name and the function never runs."""
+    _write_cifar10(tmp_path)
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    with open(tmp_path / "cifar-10-batches-py" / "data_batch_2", "wb") as f:
+        pickle.dump({b"data": Payload(), b"labels": [0]}, f)
+    with pytest.raises(DatasetError, match="data_batch_2: not a CIFAR batch .*refusing to build"):
+        load_dataset("cifar10", str(tmp_path), "train")
+    assert not marker.exists()
+
+
+def test_has_split_tells_absent_from_unreadable(tmp_path):
+    from deepaa_data import has_split
+
+    _good_npz(tmp_path)
+    assert not has_split(f"npz:{tmp_path}", ".", "test")
+    (tmp_path / "test_0.npz").write_bytes(b"garbage")
+    assert has_split(f"npz:{tmp_path}", ".", "test")
+    assert has_split("cifar10", ".", "test") and not has_split(f"folder:{tmp_path}", ".", "test")

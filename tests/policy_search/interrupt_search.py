@@ -1,10 +1,11 @@
 """DeepAA_search.py with a Ctrl-C (KeyboardInterrupt) raised at a chosen moment, for the
 resume tests:
 
-    python interrupt_search.py between|inside N FLAGS...
+    python interrupt_search.py between|inside|nan N FLAGS...
 
 ``between``: at the N-th StepBuilder.finish call, before that step has touched the policy.
 ``inside``: in the N-th search step, after its Adam update has been applied.
+``nan``: the N-th search step finds importances that are not finite (FloatingPointError).
 """
 import os
 import sys
@@ -22,11 +23,12 @@ def main() -> int:
 
     calls = [0]
 
-    def interrupting(fn, before):
+    def interrupting(fn, before, error=KeyboardInterrupt):
         def wrapped(*args, **kwargs):
             calls[0] += 1
             if before and calls[0] == at:
-                raise KeyboardInterrupt
+                raise error("importances contain NaN or infinity") \
+                    if error is FloatingPointError else error
             out = fn(*args, **kwargs)
             if not before and calls[0] == at:
                 raise KeyboardInterrupt
@@ -35,6 +37,10 @@ def main() -> int:
 
     if where == "between":
         data.StepBuilder.finish = interrupting(data.StepBuilder.finish, before=True)
+    elif where == "nan":
+        for name in ("stage1_step", "stagek_step"):
+            setattr(layers.Searcher, name, interrupting(getattr(layers.Searcher, name), True,
+                                                        FloatingPointError))
     else:
         for name in ("stage1_step", "stagek_step"):
             setattr(layers.Searcher, name, interrupting(getattr(layers.Searcher, name), False))

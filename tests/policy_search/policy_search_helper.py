@@ -134,9 +134,9 @@ def stop_and_resume(tmp, common, weights):
 
     part = tmp / "part"
     args = common + ["--pretrained", weights, "--results_dir", str(part)]
-    run_search(args + ["--stop_after_steps", "5"], tmp)
+    search(args + ["--stop_after_steps", "5"], tmp)
     assert (part / "checkpoint.npz").is_file() and not (part / "policy.yaml").exists()
-    res = run_search(args + ["--resume"], tmp)
+    res = search(args + ["--resume"], tmp)
     assert "resumed at layer 2, step 1" in (part / "search.log").read_text(), res.stderr[-500:]
     full, resumed = load_policy(tmp / "full" / "policy.yaml"), load_policy(part / "policy.yaml")
     np.testing.assert_allclose(resumed.probs, full.probs, rtol=0, atol=1e-9)
@@ -215,7 +215,7 @@ def run_steps(strategy, chunk_size=3):
             "logits": policy.get_state()["logits"]}
 
 
-def make_search_data(directory, n=480, classes=4, size=16, seed=0):
+def make_data(directory, n=480, classes=4, size=16, seed=0):
     """An ``npz:`` dataset of colour-coded classes with noise: learnable in one epoch, so
     gradients are meaningful."""
     rng = np.random.default_rng(seed)
@@ -229,16 +229,46 @@ def make_search_data(directory, n=480, classes=4, size=16, seed=0):
     return directory
 
 
-def run_search(args, cwd, command=None, timeout=300):
-    """``DeepAA_search.py ARGS`` (or ``command + ARGS``) in a fresh process on the CPU; fails
-    with its stderr unless it exits 0."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT), CUDA_VISIBLE_DEVICES="",
-               TF_CPP_MIN_LOG_LEVEL="2")
+def search_env(**extra) -> dict:
+    """The environment of a search process: this checkout's packages, the CPU."""
+    return dict(os.environ, PYTHONPATH=str(ROOT), CUDA_VISIBLE_DEVICES="",
+                TF_CPP_MIN_LOG_LEVEL="2", **extra)
+
+
+def search(args, tmp, expect=0, command=None, **kwargs):
+    """``DeepAA_search.py ARGS`` (or ``command + ARGS``, e.g. torchrun) in ``tmp`` in a fresh
+    process; fails with its stderr unless it exits with ``expect``."""
     command = command or [sys.executable, str(ROOT / "DeepAA_search.py")]
-    res = subprocess.run([*command, *args], cwd=cwd, capture_output=True, text=True,
-                         timeout=timeout, env=env)
-    assert res.returncode == 0, res.stderr[-3000:]
+    res = subprocess.run([*command, *args], cwd=tmp, capture_output=True, text=True,
+                         timeout=300, env=search_env(), **kwargs)
+    assert res.returncode == expect, res.stderr[-3000:]
     return res
+
+
+def common_flags(data) -> list:
+    """A small search on ``make_data``'s dataset: WRN-10-1, 29 candidates, 2 layers x 4
+    steps, seed 3 (with the cpu preset's sizes otherwise)."""
+    return ["--dataset", f"npz:{data}", "--n_classes", "4", "--use_model", "WRN_10_1",
+            "--preset", "cpu", "--l_mags", "3", "--n_policies", "2", "--search_bno", "4",
+            "--seed", "3"]
+
+
+def stop_when_logged(proc, log, line, sig, timeout=240):
+    """Send ``sig`` to the search ``proc`` once its ``log`` file holds ``line``; returns
+    (exit code, stderr)."""
+    import time
+
+    try:
+        deadline = time.time() + timeout
+        while time.time() < deadline and not (log.exists() and line in log.read_text()):
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            time.sleep(0.02)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return proc.returncode, err.decode()
 
 
 def free_port() -> int:

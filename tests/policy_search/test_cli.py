@@ -182,3 +182,103 @@ def test_missing_cifar_while_offline(tmp_path):
     assert res.returncode == 2 and "--dataset" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "results").exists()
+
+
+def _damaged_npz(directory, case):
+    """The tiny npz dataset with one kind of damage (generated; the readers' tests try many
+    more kinds, without the command line)."""
+    data = Path(_npz_data(directory / case.replace(" ", "_")))
+    if case == "flipped byte":
+        good = (data / "train_0.npz").read_bytes()
+        (data / "train_0.npz").write_bytes(good[:300] + bytes([good[300] ^ 0xFF]) + good[301:])
+    elif case == "unreadable test split":  # it used to be dropped without a word
+        (data / "test_0.npz").write_bytes(b"garbage")
+    elif case == "non-square images":  # the search used to crash after pretraining
+        np.savez(data / "train_0.npz", x=np.zeros((120, 8, 12, 3), np.uint8),
+                 y=np.arange(120) % 4)
+    return data
+
+
+@pytest.mark.parametrize("case", ["flipped byte", "unreadable test split", "non-square images"])
+def test_a_damaged_dataset_is_one_line_naming_it(tmp_path, case):
+    data = _damaged_npz(tmp_path, case)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    res = _cli(["--dataset", f"npz:{data}", "--n_classes", "4", "--use_model", "WRN_10_1",
+                "--preset", "cpu", "--batch_size", "8", "--aug_backend", "pil"], tmp_path)
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(lines) == 1, res.stderr[-2000:]
+    assert lines[0].startswith("DeepAA_search.py: error: --dataset: ")
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no results folder
+
+
+def _search_folder(root, bad_every=0):
+    """An ImageFolder of 4 classes x 30 8x8 PNGs; with ``bad_every``, every bad_every-th
+    file of each class does not decode."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in range(4):
+        folder = root / "train" / f"c{c}"
+        folder.mkdir(parents=True)
+        for i in range(30):
+            path = folder / f"{i}.png"
+            if bad_every and i % bad_every == 1:
+                path.write_bytes(b"\x89PNG\r\n\x1a\n and then garbage")
+            else:
+                Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(path)
+    return root
+
+
+def test_an_image_that_does_not_decode_mid_run_is_one_line(tmp_path):
+    """A folder dataset's images are decoded when used: a damaged one stops the run with one
+    line naming the file (after the progress bar), exit 2, no traceback."""
+    data = _search_folder(tmp_path / "images", bad_every=3)
+    res = _cli(["--dataset", f"folder:{data}", "--n_classes", "4", "--use_model", "WRN_10_1",
+                "--preset", "cpu", "--batch_size", "16", "--nb_epochs", "1",
+                "--results_dir", str(tmp_path / "r")], tmp_path)
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("DeepAA_search.py: error: --dataset: cannot read image ")
+    assert ".png" in last
+
+
+def test_a_damaged_checkpoint_on_resume_is_one_line(dataset, tmp_path):
+    results = tmp_path / "r"
+    results.mkdir()
+    (results / "checkpoint.npz").write_bytes(b"PK\x03\x04 truncated")
+    res = _cli(["--dataset", f"npz:{dataset}", "--n_classes", "4", "--use_model", "WRN_10_1",
+                "--preset", "cpu", "--results_dir", str(results), "--resume",
+                "--aug_backend", "pil"], tmp_path)
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert res.stderr.startswith("DeepAA_search.py: error: --resume: ")
+    assert os.listdir(results) == ["checkpoint.npz"]
+
+
+def test_out_is_held_and_never_overwritten(dataset, tmp_path):
+    """Two searches in different folders with one --out: the second is refused while the
+    first runs (the lock) and after it has written its policy (an existing --out)."""
+    from augmentation.files import exclusive
+
+    out = tmp_path / "shared.yaml"
+    base = ["--dataset", f"npz:{dataset}", "--n_classes", "4", "--use_model", "WRN_10_1",
+            "--preset", "cpu", "--out", str(out), "--aug_backend", "pil"]  # no torch: faster
+    with exclusive(str(out) + ".lock", "x"):  # this process stands in for the first search
+        res = _cli(base + ["--results_dir", str(tmp_path / "second")], tmp_path)
+    assert res.returncode == 2 and f"--out: {out} is in use by pid {os.getpid()}" in res.stderr
+    out.write_text("the first search's policy")
+    res = _cli(base + ["--results_dir", str(tmp_path / "third")], tmp_path)
+    assert res.returncode == 2 and "--out: " in res.stderr and "exists" in res.stderr
+    assert out.read_text() == "the first search's policy"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shared.yaml"]
+
+
+@pytest.mark.parametrize("flags, flag", [  # test_checks.py tries the others in-process
+    (["--policy_lr", "nan"], "--policy_lr"), (["--seed", str(2**64 + 1)], "--seed"),
+    (["--out", "/proc/none/p.yaml"], "--out"), (["--pretrained", "/dev/zero"], "--pretrained"),
+])
+def test_bad_numbers_and_outputs_through_the_command_line(dataset, tmp_path, flags, flag):
+    res = _cli(["--dataset", f"npz:{dataset}", "--n_classes", "4", "--use_model", "WRN_10_1",
+                "--preset", "cpu", *flags], tmp_path)
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert res.stderr.startswith(f"DeepAA_search.py: error: {flag}: ")
+    assert list(tmp_path.iterdir()) == []

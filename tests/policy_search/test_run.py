@@ -13,18 +13,16 @@ from augmentation import load_policy
 from augmentation.convert import npz_to_policy
 from augmentation.space import candidates
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helper, in any import mode
-from policy_search_helper import ROOT, make_search_data as _make_data  # noqa: E402
-from policy_search_helper import run_search as _search, stop_and_resume  # noqa: E402
+from policy_search_helper import (ROOT, common_flags, make_data as _make_data,  # noqa: E402
+                                  search as _search, search_env, stop_and_resume,
+                                  stop_when_logged)
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """One uninterrupted search with pretraining (2 layers x 4 steps, 29 candidates)."""
     tmp = tmp_path_factory.mktemp("search")
-    data = _make_data(tmp / "data")
-    common = ["--dataset", f"npz:{data}", "--n_classes", "4", "--use_model", "WRN_10_1",
-              "--preset", "cpu", "--l_mags", "3", "--n_policies", "2", "--search_bno", "4",
-              "--seed", "3", "--checkpoint_every", "2"]
+    common = common_flags(_make_data(tmp / "data")) + ["--checkpoint_every", "2"]
     _search(common + ["--nb_epochs", "1", "--batch_size", "32", "--results_dir",
                       str(tmp / "full"), "--export_npz"], tmp)
     return tmp, common
@@ -72,17 +70,36 @@ def test_pretrain_only_writes_weights_and_no_policy(run):
     assert not (out / "policy.yaml").exists() and not (out / "checkpoint.npz").exists()
 
 
-def test_weights_of_another_split_are_flagged(run):
-    """Weights pretrained with seed 3 reused by a search with seed 4: its validation split
-    differs, so the log warns that validation images may have been trained on."""
+def _trained(n, made_seed, made_pretrain, seed, pretrain_size):
+    """(validation, search) images of a split that the other split's pretraining set holds,
+    counted with numpy's set operations from the two splits."""
+    from policy_search.data import make_splits
+
+    made, mine = make_splits(n, made_pretrain, made_seed), make_splits(n, pretrain_size, seed)
+    return (len(np.intersect1d(made.pretrain, mine.val)),
+            len(np.intersect1d(made.pretrain, mine.search)))
+
+
+@pytest.mark.parametrize("change", [("--seed", "4"), ("--pretrain_size", "64")])
+def test_weights_trained_on_this_searchs_images_are_flagged_with_the_numbers(run, change):
+    """Weights pretrained with seed 3 on 192 images, reused by a search with seed 4 (other
+    validation images) or with --pretrain_size 64 (the same validation images, but 128 of the
+    search images were trained on): the log says how many of each were trained on."""
     tmp, common = run
     weights = str(tmp / "full" / "pretrained_WRN_10_1.weights.h5")
-    out = tmp / "other_seed"
+    out = tmp / f"other{change[0]}"
     flags = list(common)
-    flags[flags.index("--seed") + 1] = "4"
+    if change[0] in flags:
+        flags[flags.index(change[0]) + 1] = change[1]
+    else:
+        flags += list(change)
     _search(flags + ["--pretrained", weights, "--results_dir", str(out),
                      "--stop_after_steps", "1"], tmp)
-    assert "may include images the model was trained on" in (out / "search.log").read_text()
+    seed, size = (4, 1500) if change[0] == "--seed" else (3, 64)
+    val, search = _trained(480, 3, 192, seed, size)
+    assert (val > 0) == (change[0] == "--seed") and search > 0
+    assert f"{val} of this search's 96 validation images and {search} of its " in \
+        (out / "search.log").read_text()
 
 
 def test_two_workers_write_one_set_of_outputs(run):
@@ -112,6 +129,25 @@ def test_two_workers_write_one_set_of_outputs(run):
 def test_stop_and_resume_gives_the_same_policy(run):
     tmp, common = run
     stop_and_resume(tmp, common, str(tmp / "full" / "pretrained_WRN_10_1.weights.h5"))
+
+
+def test_importances_that_are_not_finite_stop_with_one_line_and_resume(run):
+    """The 6th step finds importances that are not finite: one line naming the step, exit 2,
+    the checkpoint at that step; --resume then ends with the uninterrupted policy."""
+    tmp, common = run
+    out = tmp / "not_finite"
+    args = common + ["--pretrained", str(tmp / "full" / "pretrained_WRN_10_1.weights.h5"),
+                     "--results_dir", str(out)]
+    res = subprocess.run([sys.executable, str(Path(__file__).parent / "interrupt_search.py"),
+                          "nan", "6", *args], cwd=tmp, capture_output=True, text=True,
+                         timeout=300, env=search_env())
+    last = res.stderr.strip().splitlines()[-1]
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    assert last.startswith("DeepAA_search.py: error: --pretrained: layer 2 step 1: importances")
+    _search(args + ["--resume"], tmp)
+    assert "resumed at layer 2, step 1" in (out / "search.log").read_text()
+    full = load_policy(tmp / "full" / "policy.yaml")
+    np.testing.assert_allclose(load_policy(out / "policy.yaml").probs, full.probs, atol=1e-9)
 
 
 @pytest.fixture(scope="module")
@@ -153,46 +189,19 @@ def test_ctrl_c_signal_mid_search_then_resume(longer):
     """A real SIGINT at some moment of layer 2: exit 130 with a checkpoint; --resume ends with
     the uninterrupted run's policy."""
     import signal
-    import time
 
     tmp, flags, full = longer
     cut = tmp / "cut_signal"
-    env = dict(os.environ, PYTHONPATH=str(ROOT), CUDA_VISIBLE_DEVICES="",
-               TF_CPP_MIN_LOG_LEVEL="2")
     proc = subprocess.Popen([sys.executable, str(ROOT / "DeepAA_search.py"), *flags,
                              "--results_dir", str(cut), "--debug", "--checkpoint_every", "100"],
-                            cwd=tmp, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.time() + 240
-        log = cut / "search.log"
-        while time.time() < deadline:  # wait until layer 2 is under way
-            if log.exists() and "layer 2 step 2:" in log.read_text():
-                break
-            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 130, err.decode()[-2000:]
+                            cwd=tmp, env=search_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    # once layer 2 is under way
+    code, err = stop_when_logged(proc, cut / "search.log", "layer 2 step 2:", signal.SIGINT)
+    assert code == 130, err[-2000:]
     assert (cut / "checkpoint.npz").is_file() and not (cut / "policy.yaml").exists()
     _search(flags + ["--results_dir", str(cut), "--resume"], tmp)
     _assert_same_policy(load_policy(cut / "policy.yaml"), full)
-
-
-def test_same_validation_ignores_the_pretraining_size():
-    """Weights pretrained on all non-validation images (as pretrained_imagenet/README.md does)
-    suit a search with the default --pretrain_size: the same seed and validation size hold out
-    the same images."""
-    from policy_search.pretrain import same_validation
-
-    made = {"dataset": "imagenet", "seed": 1, "splits": [400000, 440583, 440584]}
-    mine = {"dataset": "imagenet", "seed": 1, "splits": [400000, 5000, 876167]}
-    assert same_validation(made, mine)
-    assert not same_validation(dict(made, seed=2), mine)
-    assert not same_validation(dict(made, splits=[10000, 5000, 1266167]), mine)
-    assert not same_validation({"dataset": "imagenet"}, mine)
 
 
 def _make_imagenet_folder(root, classes=4, per_class=24, seed=0):

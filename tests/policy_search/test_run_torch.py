@@ -9,8 +9,8 @@ import pytest
 
 from augmentation import load_policy
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helper, in any import mode
-from policy_search_helper import (check_trace, make_search_data, run_search,  # noqa: E402
-                                  stop_and_resume)
+from policy_search_helper import (check_trace, common_flags, make_data,  # noqa: E402
+                                  search, search_env, stop_and_resume, stop_when_logged)
 
 NO_TF = [sys.executable, str(Path(__file__).resolve().parent / "search_without_tf.py")]
 
@@ -20,12 +20,10 @@ def run(tmp_path_factory):
     """One uninterrupted PyTorch search with pretraining (2 layers x 4 steps, 29 candidates),
     in a process that must not import TensorFlow."""
     tmp = tmp_path_factory.mktemp("search_torch")
-    data = make_search_data(tmp / "data")
-    common = ["--backend", "torch", "--dataset", f"npz:{data}", "--n_classes", "4",
-              "--use_model", "WRN_10_1", "--preset", "cpu", "--l_mags", "3", "--n_policies",
-              "2", "--search_bno", "4", "--seed", "3", "--checkpoint_every", "2"]
-    run_search(common + ["--nb_epochs", "1", "--batch_size", "32", "--results_dir",
-                         str(tmp / "full"), "--export_npz"], tmp, command=NO_TF)
+    data = make_data(tmp / "data")
+    common = ["--backend", "torch", *common_flags(data), "--checkpoint_every", "2"]
+    search(common + ["--nb_epochs", "1", "--batch_size", "32", "--results_dir",
+                     str(tmp / "full"), "--export_npz"], tmp, command=NO_TF)
     return tmp, common
 
 
@@ -74,10 +72,10 @@ def test_torchrun_two_processes_give_the_one_process_policy(run):
     weights = str(tmp / "full" / "pretrained_WRN_10_1.pt")
     one, two = tmp / "one_process", tmp / "two_processes"
     flags = common + ["--pretrained", weights, "--search_bno", "2", "--aug_backend", "pil"]
-    run_search(flags + ["--results_dir", str(one)], tmp)
+    search(flags + ["--results_dir", str(one)], tmp)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                 "--nproc_per_node", "2", NO_TF[1]]
-    run_search(flags + ["--results_dir", str(two)], tmp, command=torchrun)
+    search(flags + ["--results_dir", str(two)], tmp, command=torchrun)
     log = (two / "search.log").read_text()
     assert log.count("DeepAA search:") == 1 and "2 replica(s)" in log and "2 processes" in log
     a, b = load_policy(one / "policy.yaml"), load_policy(two / "policy.yaml")
@@ -103,3 +101,57 @@ def test_scalars_without_tensorboard_are_json_lines(tmp_path, monkeypatch):
     assert [json.loads(line) for line in lines] == [
         {"tag": "cos_sim", "value": 0.5, "step": 3},
         {"tag": "entropy/layer1", "value": 1.25, "step": 4}]
+
+
+def _state_dict(path):
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def test_pretraining_cut_short_resumes_to_the_uninterrupted_weights(run):
+    """The pretraining checkpoint of every epoch holds for --backend torch too: a SIGKILL in
+    epoch 3 of 3, then --resume: the weights equal those of an uninterrupted pretraining, bit
+    for bit."""
+    import signal
+    import subprocess
+
+    tmp, common = run
+    flags = common + ["--nb_epochs", "3", "--batch_size", "32", "--pretrain_only"]
+    search(flags + ["--results_dir", str(tmp / "pre_full")], tmp, command=NO_TF)
+    cut = tmp / "pre_cut"
+    proc = subprocess.Popen([*NO_TF, *flags, "--results_dir", str(cut)], cwd=tmp,
+                            env=search_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    code, _ = stop_when_logged(proc, cut / "search.log", "pretrain epoch 2/3", signal.SIGKILL)
+    assert code == -signal.SIGKILL and (cut / "pretrain_checkpoint.npz").is_file()
+    search(flags + ["--results_dir", str(cut), "--resume"], tmp, command=NO_TF)
+    assert "pretraining resumed after epoch 2 of 3" in (cut / "search.log").read_text()
+    full = _state_dict(tmp / "pre_full" / "pretrained_WRN_10_1.pt")
+    resumed = _state_dict(cut / "pretrained_WRN_10_1.pt")
+    assert full.keys() == resumed.keys() and len(full) > 10
+    for name in full:
+        assert full[name].equal(resumed[name]), name
+    assert not (cut / "pretrain_checkpoint.npz").exists()
+
+
+@pytest.mark.parametrize("case, words", [("a NaN", "not finite"),
+                                         ("another model", "weights of another model")])
+def test_weights_that_do_not_fit_are_refused_before_anything_is_written(run, case, words):
+    """A .pt with a NaN in one kernel, or WRN-10-1 weights given to a WRN-16-1 search: one
+    line naming --pretrained, exit 2, no results folder."""
+    import torch
+
+    tmp, common = run
+    state = _state_dict(tmp / "full" / "pretrained_WRN_10_1.pt")
+    if case == "a NaN":
+        kernel = next(v for v in state.values() if v.dim() == 4)
+        kernel[0, 0, 0, 0] = float("nan")
+    bad = tmp / f"{case.replace(' ', '_')}.pt"
+    torch.save(state, bad)
+    flags = common + (["--use_model", "WRN_16_1"] if case == "another model" else [])
+    out = tmp / f"refused_{case.replace(' ', '_')}"
+    res = search(flags + ["--pretrained", str(bad), "--results_dir", str(out)], tmp, expect=2,
+                 command=NO_TF)
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert res.stderr.startswith("DeepAA_search.py: error: --pretrained: ") and words in res.stderr
+    assert not out.exists()

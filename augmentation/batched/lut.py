@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .batched_device import to_device
+from .device import to_device
 
 
 @lru_cache(maxsize=64)
@@ -67,7 +67,7 @@ SMOOTH_SUMS = 13 * 255 + 1
 def sharpness_table(factor: float, device: str) -> torch.Tensor:
     """A blend table indexed by (pixel, SMOOTH sum) rather than (pixel, smoothed pixel): entry
     x * SMOOTH_SUMS + S is Image.blend(smooth, x, factor) with smooth = floor((2 S + 13) / 26)
-    (batched_color), so the division is tabulated too. uint8, 830 KiB."""
+    (batched.color), so the division is tabulated too. uint8, 830 KiB."""
     smooth = (2 * torch.arange(SMOOTH_SUMS) + 13) // 26
     return to_device(_blend_table_cpu(factor).view(256, 256)[:, smooth].reshape(-1), device)
 

@@ -9,7 +9,7 @@ per image as a float64 tensor (N,). The Pillow facts reproduced here:
   exactly as ImageOps.autocontrast/equalize do (Python float64 / integer steps), and
   ``Image.point`` clips LUT entries to 0..255.
 * ``ImageEnhance`` ops are ``Image.blend(degenerate, image, factor)``, looked up in tables that
-  Pillow's Image.blend filled (batched_lut). The degenerate images: black (Brightness); the L
+  Pillow's Image.blend filled (batched.lut). The degenerate images: black (Brightness); the L
   image replicated to RGB (Color), L = (19595 R + 38470 G + 7471 B + 0x8000) >> 16
   (Convert.c); a flat image of int(mean(L) + 0.5) (Contrast); the SMOOTH-filtered image
   (Sharpness).
@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import torch
 
-from . import batched_lut as lut_ops
-from .batched_device import to_device
-from .batched_lut import apply_lut
+from . import lut as lut_ops
+from .device import to_device
+from .lut import apply_lut
 
 
 def _per_image(v: torch.Tensor, x: torch.Tensor, dtype) -> torch.Tensor:
@@ -251,7 +251,7 @@ def _sharpness_sums(x: torch.Tensor) -> torch.Tensor:
 def sharpness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     """Blend with the SMOOTH image. On the borders the degenerate equals the image and the
     blend returns it unchanged, so only the interior is looked up. One factor: by (pixel,
-    SMOOTH sum S), one lookup doing the division and the blend (batched_lut), the batch in
+    SMOOTH sum S), one lookup doing the division and the blend (batched.lut), the batch in
     chunks of whole images on the CPU so the passes stay in cache. Several factors: the
     smoothed interior, then the per-image blend tables."""
     n, c, h, w = x.shape

@@ -1,7 +1,7 @@
 """The batched tensor path against the Pillow ops (SPEC §1): exact pixels for ops 0-14 at
 every level, the same parameter distributions and geometry for the random ops, per-image
 sampling of policies. Every test runs twice on the CPU: with the compiled kernels
-(batched_native) and with the torch executor."""
+(batched.native) and with the torch executor."""
 from __future__ import annotations
 
 import math
@@ -11,8 +11,9 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
-from augmentation import batched, batched_geometry, batched_native, ops, space
-from augmentation.batched import apply_candidate, apply_ops, apply_policy_batch
+from augmentation import ops, space
+from augmentation.batched import apply as batched
+from augmentation.batched import apply_candidate, apply_ops, apply_policy_batch, geometry, native
 from augmentation.policy import Policy
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -21,9 +22,9 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 @pytest.fixture(autouse=True, params=["native", "torch"])
 def executor(request):
     """Run each test with the C kernels on (the default where they build) and off."""
-    batched_native.set_enabled(request.param == "native")
+    native.set_enabled(request.param == "native")
     yield request.param
-    batched_native.set_enabled(True)
+    native.set_enabled(True)
 
 
 def photo_like(n: int, h: int, w: int, seed: int) -> np.ndarray:
@@ -201,7 +202,7 @@ def test_cutout_pixels_equal_pillow_for_given_centres():
     centres = [(0.0, 0.0), (31.99, 31.99), (7.5, 20.2), (8.0, 8.0), (15.4, 0.7), (24.0, 30.5)]
     cx = torch.tensor([c[0] for c in centres], dtype=torch.float64)
     cy = torch.tensor([c[1] for c in centres], dtype=torch.float64)
-    got = batched_geometry.cutout(to_tensor(arr), batched_geometry.cutout_boxes(32, 32, 16, cx, cy))
+    got = geometry.cutout(to_tensor(arr), geometry.cutout_boxes(32, 32, 16, cx, cy))
     for i, (a, b) in enumerate(centres):
         ref = ops.rand_cutout(Image.fromarray(arr[i]), rng=_Scripted([a / 32, b / 32]))
         assert np.array_equal(to_numpy(got)[i], np.asarray(ref)), centres[i]
@@ -382,15 +383,15 @@ def test_random_ops_independent_per_image_and_reproducible(device):
 def test_histogram_by_sorting_equals_bincount():
     """The GPU's histogram (sorted pixels and searchsorted, no read-back) counts as the CPU's
     bincount does, for flat bands, the extreme levels and noise."""
-    from augmentation import batched_color
+    from augmentation.batched import color
 
     x = torch.from_numpy(np.random.default_rng(2).integers(0, 256, (6, 3, 11, 13),
                                                            dtype=np.uint8))
     x[0] = 0
     x[1] = 255
     x[2, 1] = 128
-    got = batched_color._histogram_by_sorting(x)
-    assert torch.equal(got, batched_color._histogram(x))
+    got = color._histogram_by_sorting(x)
+    assert torch.equal(got, color._histogram(x))
     assert got[0, 0, 0] == got[1, 2, 255] == 11 * 13 and got[2, 1, 128] == 11 * 13
 
 
@@ -410,18 +411,18 @@ def test_bad_input_is_rejected_with_one_line_errors():
 
 
 def test_smooth_integer_rule_equals_pillow_smooth():
-    """SMOOTH as floor((2 S + 13) / 26) (batched_color) is Pillow's float32 filter: the
+    """SMOOTH as floor((2 S + 13) / 26) (batched.color) is Pillow's float32 filter: the
     multiply-shift division holds for every reachable S, and noise images with extreme values
     (every S from 0 to 3315 is reachable) give Pillow's pixels."""
     from PIL import ImageFilter
 
-    from augmentation import batched_color
+    from augmentation.batched import color
     t = torch.arange(0, 2 * 3315 + 14, dtype=torch.int32)
-    assert torch.equal((t * batched_color._DIV26_MUL) >> batched_color._DIV26_SHIFT, t // 26)
+    assert torch.equal((t * color._DIV26_MUL) >> color._DIV26_SHIFT, t // 26)
     rng = np.random.default_rng(21)
     noise = rng.integers(0, 256, (4, 23, 19, 3)).astype(np.uint8)
     noise[0] = np.where(rng.random((23, 19, 1)) < 0.5, 0, 255)  # extreme sums
-    got = to_numpy(batched_color.smooth(to_tensor(noise)))
+    got = to_numpy(color.smooth(to_tensor(noise)))
     for i in range(4):
         ref = np.asarray(Image.fromarray(noise[i]).filter(ImageFilter.SMOOTH))
         assert np.array_equal(got[i], ref), i
@@ -464,14 +465,14 @@ def test_block_plans_and_gather_agree():
     for name in ("TranslateX", "TranslateY", "ShearX", "ShearY", "Rotate"):
         for level in range(13):
             value = space.level_to_value(name, level, 13)
-            blocks = batched_geometry.block_plan(name, value, 37, 29)
+            blocks = geometry.block_plan(name, value, 37, 29)
             if blocks is None:
                 continue
             planned += 1
-            idx = batched_geometry._device_index(name, value, 37, 29, "cpu")
-            flat = batched_geometry._with_black(x)
+            idx = geometry._device_index(name, value, 37, 29, "cpu")
+            flat = geometry._with_black(x)
             ref = flat.gather(2, idx.view(1, 1, -1).expand(4, 3, -1)).view(x.shape)
-            assert torch.equal(batched_geometry._copy_blocks(x, blocks), ref), (name, level)
+            assert torch.equal(geometry._copy_blocks(x, blocks), ref), (name, level)
     assert planned >= 3 * 13
 
 

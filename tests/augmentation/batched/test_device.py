@@ -1,4 +1,4 @@
-"""The batched path on the images' device (augmentation/batched_device.py): host tensors
+"""The batched path on the images' device (augmentation/batched/device.py): host tensors
 reach a GPU as queued copies, and a whole policy on GPU images gives the pixels it gives on
 the CPU and never makes the host wait for the GPU (checked where a GPU is visible)."""
 from __future__ import annotations
@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from augmentation.batched import apply_policy_batch
-from augmentation.batched_device import to_device
+from augmentation.batched.device import to_device
 from augmentation.policy import Policy, load_policy
 
-from .test_batched import photo_like, to_tensor
+from .test_apply import photo_like, to_tensor
 
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

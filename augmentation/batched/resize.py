@@ -4,7 +4,7 @@ The box of every image is drawn by the rule of ``ops.resized_crop_box`` (resized
 and the box is resized to size x size with a bit-exact port of Pillow's fixed-point BICUBIC
 resampling (src/libImaging/Resample.c): the same taps and 22-bit fixed-point weights, int32
 accumulation, rounding and clipping to 8 bits after each of the two passes, in the pass
-order of the installed Pillow. The torch port here runs on any device; ``batched_native``
+order of the installed Pillow. The torch port here runs on any device; ``batched.native``
 runs the same two passes in C on a CPU, from the same cached taps.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .batched_device import to_device
+from .device import to_device
 
 
 # Resample.c: 8-bit resampling keeps coefficients in fixed point with 22 fractional bits.

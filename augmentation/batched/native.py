@@ -1,22 +1,22 @@
 """Compiled CPU kernels for the batched path: one C pass per image, any op per image.
 
-On a CPU core the torch path (batched_color / batched_geometry) pays for every torch call:
+On a CPU core the torch path (batched.color / batched.geometry) pays for every torch call:
 a 32x32 op costs 2-6 µs per image there, while the work itself is a few hundred nanoseconds.
-``batched_native.c`` does the same ops in one loop over the batch, each image with its own op
+``batched/native.c`` does the same ops in one loop over the batch, each image with its own op
 and parameters, so a mixed batch needs no grouping, no gather of index tensors and no merge;
 a policy's layers are one call too, each image through all of them while it is in the cache.
 
 * The parameters come from the same code as the torch executor's (geometry maps from
-  ``batched_geometry.source_index``, Solarize thresholds and Posterize masks from
-  ``batched_color``, the random draws of ``batched_draws``), tabulated once per (op, level,
+  ``batched.geometry.source_index``, Solarize thresholds and Posterize masks from
+  ``batched.color``, the random draws of ``batched.draws``), tabulated once per (op, level,
   sign) in a ``CandidateTable``, so a call is a few numpy lookups and one C call; both
   executors give the same pixels for the same generator
-  (tests/augmentation/test_batched_native.py).
+  (tests/augmentation/batched/test_native.py).
 * The ImageEnhance blend is evaluated as Blend.c does, in float32 without fused multiply-add.
   Before a factor is used its whole 256 x 256 table is compared once with Pillow's own
-  ``Image.blend`` table (batched_lut); if they differ anywhere (a Pillow built with FMA, say),
+  ``Image.blend`` table (batched.lut); if they differ anywhere (a Pillow built with FMA, say),
   that factor is looked up in Pillow's table instead, so the result is exact either way.
-* RandResizeCrop (``batched_native_resize.c``): Pillow's fixed-point BICUBIC, taps included,
+* RandResizeCrop (``batched/native_resize.c``): Pillow's fixed-point BICUBIC, taps included,
   bit-exact. On 224 x 224 images it is one more op of the one pass (its output has the input's
   size); images of other sizes are resized by a call of their own (``resized_crop``).
 * The library is compiled on first use with the system C compiler (``$CC``, else ``cc``) into
@@ -41,23 +41,23 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from . import batched_color as colour
-from . import batched_lut as lut_ops
-from . import batched_geometry as geometry
-from .batched_geometry import source_index
-from .batched_resize import resized_crop as _resized_crop
-from .ops import CROP_PAD, IMAGENET_SIZE
-from .space import FILL_GREY, OPS, level_to_value
+from ..ops import CROP_PAD, IMAGENET_SIZE
+from ..space import FILL_GREY, OPS, level_to_value
+from . import color as colour
+from . import lut as lut_ops
+from . import geometry
+from .geometry import source_index
+from .resize import resized_crop as _resized_crop
 
 _SOURCES = tuple(os.path.join(os.path.dirname(os.path.abspath(__file__)), name)
-                 for name in ("batched_native.c", "batched_native_resize.c"))
+                 for name in ("native.c", "native_resize.c"))
 _FLAGS = ("-O3", "-ffp-contract=off", "-fno-fast-math", "-fPIC", "-shared")
 # Tuned for the CPU it is built on (AVX2 / AVX-512 make the blends about 3x faster); the
 # cache key then includes the CPU's feature flags so a shared cache never serves another CPU.
 _NATIVE_ARCH = "-march=native"
 
 
-# Op codes of batched_native.c, by op name.
+# Op codes of batched/native.c, by op name.
 CODES = {
     "Identity": 0, "ShearX": 1, "ShearY": 1, "TranslateX": 1, "TranslateY": 1, "Rotate": 1,
     "AutoContrast": 2, "Invert": 3, "Equalize": 4, "Solarize": 5, "Posterize": 6,
@@ -296,9 +296,9 @@ class CandidateTable:
         status = _library().dx_apply(x.data_ptr(), out.data_ptr(), n, code.shape[0], c, h, w,
                                      *(a.ctypes.data for a in arrays), CROP_PAD)
         if status < 0:
-            raise MemoryError("batched_native: out of memory")
+            raise MemoryError("batched.native: out of memory")
         if status:
-            raise RuntimeError(f"batched_native: no kernel for image {(status - 1) % n}")
+            raise RuntimeError(f"batched.native: no kernel for image {(status - 1) % n}")
         return out
 
 
@@ -319,13 +319,13 @@ def fill_random(ip: np.ndarray, rows: np.ndarray, name: str, params) -> None:
 
 
 def resized_crop(x: torch.Tensor, boxes, size: int) -> torch.Tensor:
-    """batched_resize.resized_crop (Pillow's BICUBIC resize of each image's box to size x
+    """batched.resize.resized_crop (Pillow's BICUBIC resize of each image's box to size x
     size, bit-exact, in Pillow's pass order) with the taps and both passes in one C call."""
     return _resized_crop(x, boxes, size, resample=_resize_horizontal_first)
 
 
 def _resize_horizontal_first(x: torch.Tensor, boxes, size: int) -> torch.Tensor:
-    """Resample.c's two passes, horizontal first, in C (batched_native_resize.c)."""
+    """Resample.c's two passes, horizontal first, in C (batched/native_resize.c)."""
     x = x.contiguous()
     n, c, h, w = x.shape
     out = x.new_empty(n, c, size, size)
@@ -333,5 +333,5 @@ def _resize_horizontal_first(x: torch.Tensor, boxes, size: int) -> torch.Tensor:
         return out
     box = np.ascontiguousarray(np.stack([np.asarray(b) for b in boxes], axis=1), dtype=np.int32)
     if _library().dx_resize(x.data_ptr(), out.data_ptr(), n, c, h, w, size, box.ctypes.data):
-        raise MemoryError("batched_native: out of memory")
+        raise MemoryError("batched.native: out of memory")
     return out

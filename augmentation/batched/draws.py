@@ -9,18 +9,17 @@ rules are the Pillow path's: candidates by each layer's inverse CDF (``policy.pi
 as ``DeepAAPolicy`` samples), the cutout centre and box of ``ops.cutout_center`` /
 ``ops.cutout_box``, RandCrop's offsets and RandResizeCrop's box (``ops.resized_crop_box``) from
 uniforms exactly as ``ops`` turns a numpy Generator's draws into them: the same pixels for
-the same draws (tests/augmentation/test_batched.py feeds the Pillow ops those draws).
+the same draws (tests/augmentation/batched/test_apply.py feeds the Pillow ops those draws).
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from . import batched_geometry as geometry
-from . import batched_resize as resize
-from .ops import CROP_PAD, CUTOUT_SIDE
-from .policy import pick_candidates
-from .space import OPS
+from ..ops import CROP_PAD, CUTOUT_SIDE
+from ..policy import pick_candidates
+from ..space import OPS
+from . import geometry, resize
 
 
 def uniform(shape, generator, device) -> torch.Tensor:

@@ -1,9 +1,9 @@
-/* CPU kernels of the batched path (augmentation/batched_native.py builds and loads this file).
+/* CPU kernels of the batched path (augmentation/batched/native.py builds and loads this file).
  *
  * One call applies one op per image to a batch of uint8 images N x C x H x W (contiguous), each
  * image with its own op and parameters, in a single pass over the image: no grouping, no
- * intermediate tensors. The semantics are those of augmentation/batched_color.py,
- * batched_geometry.py and batched_resize.py (themselves bit-exact with Pillow, SPEC §1); the
+ * intermediate tensors. The semantics are those of augmentation/batched/color.py,
+ * batched/geometry.py and batched/resize.py (themselves bit-exact with Pillow, SPEC §1); the
  * Python side computes the parameters (geometry maps, LUT thresholds, factors, random draws)
  * exactly as the torch path does and the tests check that both paths give the same pixels.
  *
@@ -36,7 +36,7 @@ enum {
     OP_RESIZE = 14      /* ip0..3 = left, top, width, height of the box resized to h x w (h == w) */
 };
 
-/* batched_native_resize.c */
+/* batched/native_resize.c */
 void *dx_resize_scratch(int64_t h, int64_t w, int64_t size);
 int dx_resize_box(const uint8_t *img, int64_t c, int64_t h, int64_t w, const int32_t *box,
                   int64_t size, uint8_t *dst, void *scratch);
@@ -181,7 +181,7 @@ static void equalize_band(const uint8_t *in, uint8_t *out, int64_t n) {
 }
 
 /* ImageFilter.SMOOTH of one band: interior floor((2 S + 13) / 26) with S the 3x3 box sum plus
- * 4 x centre (batched_color); borders kept; images under 3 x 3 copied. The interior is
+ * 4 x centre (batched.color); borders kept; images under 3 x 3 copied. The interior is
  * computed over the flat band (one long loop vectorises; rows of 30 pixels do not) and the
  * first and last column of every row are put back afterwards. */
 static void smooth_band(const uint8_t *restrict in, uint8_t *restrict out, int64_t h, int64_t w) {

@@ -1,6 +1,6 @@
 """Geometric ops of the batched path: Pillow's nearest-neighbour affine maps as gather indices,
 plus the pixel moves of the random ops (flip, cutout, padded crop; the resized crop is in
-batched_resize).
+batched.resize).
 
 Pillow (src/libImaging/Geometry.c) resamples an affine transform with nearest neighbour along
 one of two integer-exact routes, and this module reproduces each one per (op, value, size):
@@ -27,9 +27,9 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from .batched_device import to_device
-from .ops import cutout_center
-from .space import FILL_GREY
+from ..ops import cutout_center
+from ..space import FILL_GREY
+from .device import to_device
 
 # Pillow's affine_fixed is used while every corner maps inside +-32768 (check_fixed).
 _FIXED_LIMIT = 32768.0

@@ -7,29 +7,29 @@ from ``augmentation.space``; the Pillow ops in ``augmentation.ops`` are the grou
 
 * ops 1-14 (ShearX/Y, TranslateX/Y, Rotate, AutoContrast, Invert, Equalize, Solarize,
   Posterize, Contrast, Color, Brightness, Sharpness) give the same pixels as ``apply_op``,
-  bit for bit (batched_geometry / batched_color say how);
+  bit for bit (batched.geometry / batched.color say how);
 * RandFlip, RandCutout(60) and RandCrop draw their parameters from the same distributions as
   the Pillow path and move pixels exactly as it does for given parameters;
 * RandResizeCrop draws its box by the same rule (ops.resized_crop_box) and resizes with a
   bit-exact port of Pillow's fixed-point BICUBIC resampling, passes in Pillow's order
-  (batched_resize).
+  (batched.resize).
 
 Randomness comes from an optional ``torch.Generator`` (on the CPU or on the images' device);
-without one, torch's global generator is used; ``batched_draws`` makes the draws.
+without one, torch's global generator is used; ``batched.draws`` makes the draws.
 
 Two executors apply the ops, with the same parameters (one set of per-image draws), so they
 give the same pixels:
 
-* on CPU tensors, the compiled kernels of ``batched_native`` (C, built on first use): one
+* on CPU tensors, the compiled kernels of ``batched.native`` (C, built on first use): one
   pass over the batch (a whole policy in one call), each image with its own op, no grouping;
   23-53x Pillow at 32x32 and about 10x for ImageNet policies at 224x224 on
   one core (benchmarks/README.md); results come back NCHW-contiguous whatever the input's
   memory format. RandResizeCrop is one more op of that pass on 224 x 224 images; on images
   of another size it changes their size, so they are resized by a C call of their own
-  (batched_native.resized_crop) and rejoin the rest afterwards. Any device other than the
+  (batched.native.resized_crop) and rejoin the rest afterwards. Any device other than the
   CPU, and a CPU without a C compiler, use:
 * the torch executor (any device): cached source maps (block copies or one gather) for the
-  geometry, cached lookup tables (batched_lut) for the colour ops; a mixed batch is grouped by
+  geometry, cached lookup tables (batched.lut) for the colour ops; a mixed batch is grouped by
   one sort, and the affine ops, like the point ops, that meet in one call run as one pass.
 """
 from __future__ import annotations
@@ -39,15 +39,12 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from . import batched_color as colour
-from . import batched_draws as draws
-from . import batched_geometry as geometry
-from . import batched_native as native
-from . import batched_resize as resize
-from .batched_device import to_device
-from .batched_draws import sample_candidates  # noqa: F401  (part of this module's API)
-from .ops import CROP_PAD, CUTOUT_SIDE, IMAGENET_SIZE
-from .space import OPS, check_l_mags, level_to_value
+from ..ops import CROP_PAD, CUTOUT_SIDE, IMAGENET_SIZE
+from ..space import OPS, check_l_mags, level_to_value
+from . import color as colour
+from . import draws, geometry, native, resize
+from .device import to_device
+from .draws import sample_candidates  # noqa: F401  (part of this module's API)
 
 _AFFINE = ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate")
 _COLOUR = {
@@ -145,7 +142,7 @@ _NATIVE_RANDOM = ("RandFlip", "RandCrop", *CUTOUT_SIDE, "RandResizeCrop")
 def _native_rows(shape, ids, levels, u, l_mags, mirror, generator):
     """The C kernels' parameters of op ``ids[l, i]`` at ``levels[l, i]`` (int64 arrays
     (layers, n)) for layer l of image i of a batch of ``shape``, whose uniforms are ``u``
-    (float64 (layers, n, 3) or None): the rows of a cached candidate table (batched_native),
+    (float64 (layers, n, 3) or None): the rows of a cached candidate table (batched.native),
     plus the random ops' draws, every layer at once except RandResizeCrop's boxes (drawn
     layer by layer, as on the torch path). All numpy: a few small arrays, where torch's
     per-call cost would dominate. Returns (table, code, ip, fp), (layers, n, ...) each."""
@@ -328,8 +325,8 @@ def _split(x, op_ids, levels, u, l_mags, mirror, generator) -> dict:
     (_execute sends them to the C resize); {(h, w): (indices, images)} as _grouped returns.
     The generator is consumed as on the torch path (the uniforms, then the crops' boxes), so
     the pixels are the same."""
-    resize = op_ids == _OP_ID["RandResizeCrop"]
-    rows, others = resize.nonzero().view(-1), (~resize).nonzero().view(-1)
+    resizing = op_ids == _OP_ID["RandResizeCrop"]
+    rows, others = resizing.nonzero().view(-1), (~resizing).nonzero().view(-1)
     groups = {}
     if others.numel():
         groups[tuple(x.shape[2:])] = (others, _native(

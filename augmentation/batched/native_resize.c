@@ -1,10 +1,10 @@
-/* RandResizeCrop's resize for the compiled kernels (batched_native.py builds this file with
- * batched_native.c): Pillow's 8-bit BICUBIC resize of a box (src/libImaging/Resample.c, SPEC
+/* RandResizeCrop's resize for the compiled kernels (batched/native.py builds this file with
+ * batched/native.c): Pillow's 8-bit BICUBIC resize of a box (src/libImaging/Resample.c, SPEC
  * §1), bit-exact, taps included.
  *
  * The taps are Resample.c's precompute_coeffs and normalize_coeffs_8bpc, in the same double
  * arithmetic (built with -ffp-contract=off: no fused multiply-add); the torch port computes the
- * same numbers with numpy (batched_resize.bicubic_taps) and the tests compare both with Pillow.
+ * same numbers with numpy (batched.resize.bicubic_taps) and the tests compare both with Pillow.
  * The two passes are horizontal then vertical, each output sample clip8 of 2^21 plus its taps'
  * pixel * weight in int32, rounded to 8 bits after each pass, over the rows the vertical pass
  * reads. Integer sums do not depend on their order, so any vectorisation gives Pillow's pixels:

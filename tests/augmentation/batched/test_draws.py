@@ -1,10 +1,10 @@
-"""The batched path's draws (augmentation/batched_draws.py): candidates by the Pillow
+"""The batched path's draws (augmentation/batched/draws.py): candidates by the Pillow
 transform's own sampling rule, the random ops' parameters as the Pillow ops make them."""
 import numpy as np
 import torch
 
 from augmentation import DeepAAPolicy, load_policy
-from augmentation.batched_draws import random_params, sample_candidates
+from augmentation.batched.draws import random_params, sample_candidates
 
 
 class _Uniforms:
