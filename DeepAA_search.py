@@ -21,15 +21,19 @@ def main(argv=None) -> int:
     args = config.parse_args(argv)
     try:
         config.validate(args)
-        if args.aug_backend == "tensor":
+        if args.aug_backend == "tensor" or args.backend == "torch":
             # torch (and its compiler stack) must be loaded before TensorFlow in one process.
             try:
                 import torch  # noqa: F401
                 import torch._dynamo  # noqa: F401
             except ImportError:
-                raise config.UsageError("--aug_backend", "tensor (the default) needs PyTorch; "
-                                        "install it or pass --aug_backend pil") from None
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+                flag, need = (("--backend", "torch") if args.backend == "torch" else
+                              ("--aug_backend", "tensor (the default)"))
+                raise config.UsageError(flag, f"{need} needs PyTorch; install it"
+                                        + (" or pass --aug_backend pil"
+                                           if flag == "--aug_backend" else "")) from None
+        if args.backend == "tf":
+            os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         # Ctrl-C checkpoints the search, also when started with SIGINT ignored (a background job).
         signal.signal(signal.SIGINT, signal.default_int_handler)
         from policy_search import run

@@ -6,10 +6,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
-import types
 
-from augmentation.files import atomic_write
+from augmentation.files import atomic_write, summary_writer
 
 
 def write_json(path: str, obj) -> None:
@@ -31,11 +29,6 @@ class MetricWriter:
         base = os.path.join(root, tag)
         self.made = next((p for p in _ancestors(os.path.abspath(base)) if not os.path.exists(p)),
                          None)
-        if "tensorflow" not in sys.modules:
-            # TensorBoard's writer imports TensorFlow when it is installed (seconds of start-up
-            # and the trainer must not load it); this marker makes it use its own stub.
-            sys.modules.setdefault("tensorboard.compat.notf",
-                                   types.ModuleType("tensorboard.compat.notf"))
         try:
             self._open(base)
         except BaseException:
@@ -43,14 +36,15 @@ class MetricWriter:
             raise
 
     def _open(self, base: str) -> None:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            os.makedirs(base, exist_ok=True)
-            self.jsonl = open(os.path.join(base, "metrics.jsonl"), "a", encoding="utf-8")
-            return
+        """TensorBoard writers without TensorFlow (``augmentation.files.summary_writer``), or
+        JSON lines when tensorboard is not installed."""
         for name in ("train", "test"):
-            self.writers[name] = SummaryWriter(log_dir=os.path.join(base, name))
+            writer = summary_writer(os.path.join(base, name))
+            if writer is None:
+                os.makedirs(base, exist_ok=True)
+                self.jsonl = open(os.path.join(base, "metrics.jsonl"), "a", encoding="utf-8")
+                return
+            self.writers[name] = writer
 
     def epoch(self, entry: dict) -> None:
         self.logged = True

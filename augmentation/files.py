@@ -11,13 +11,16 @@
   system releases it when its process dies, however it dies; a lock file left behind by a
   killed process does not block anyone. Where ``fcntl`` does not exist (Windows) there is no
   lock.
+* :func:`summary_writer`: TensorBoard scalars from PyTorch without loading TensorFlow.
 """
 from __future__ import annotations
 
 import contextlib
 import errno
 import os
+import sys
 import tempfile
+import types
 import warnings
 from pathlib import Path
 
@@ -190,3 +193,21 @@ def _acquire(lock_path: Path, what: str) -> int | None:
             _held.add(fd)
             return fd
         os.close(fd)
+
+
+def summary_writer(log_dir: str):
+    """A ``torch.utils.tensorboard.SummaryWriter`` on ``log_dir``, or None when the
+    ``tensorboard`` package is not installed (the caller then writes JSON lines).
+
+    TensorBoard's writer loads TensorFlow when it is installed (seconds of start-up, and the
+    trainer and the PyTorch search must not load it): unless TensorFlow is loaded already, a
+    marker module makes TensorBoard use its own stub instead.
+    """
+    if "tensorflow" not in sys.modules:
+        sys.modules.setdefault("tensorboard.compat.notf",
+                               types.ModuleType("tensorboard.compat.notf"))
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(log_dir=log_dir)

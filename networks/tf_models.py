@@ -26,10 +26,8 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from .names import is_search_model, search_wrn
+from .names import RESNET50_L2, WRN_L2, is_search_model, search_wrn
 
-WRN_L2 = 2.5e-4
-RESNET50_L2 = 5e-5
 BN_MOMENTUM = 0.9
 MODEL_NAMES = "WRN_<depth>_<width> (depth = 6n + 4, e.g. WRN_40_2, WRN_28_10, WRN_10_1) or resnet50"
 
@@ -160,12 +158,3 @@ def build_model(name: str, n_classes: int, input_shape, precision: str = "fp32")
         keras.config.set_dtype_policy(previous)
     return model
 
-
-def default_chunk_size(name: str) -> int:
-    """Images per gradient/JVP chunk when ``--chunk_size`` is not given: the released values
-    (256 for WRN-40-2, 128 for WRN-28-10, 16 for ResNet-50; SPEC §2), scaled by width for other
-    Wide ResNets so memory stays about that of the released models."""
-    if name == "resnet50":
-        return 16
-    depth, width = parse_wrn_name(name) or (40, 2)
-    return 256 if width <= 2 else (128 if width <= 10 else 64)

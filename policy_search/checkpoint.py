@@ -40,10 +40,10 @@ PRETRAIN_CHECKPOINT = "pretrain_checkpoint.npz"
 RESUME_KEYS = ("dataset", "n_classes", "use_model", "n_policies", "search_bno", "seed", "l_mags",
                "policy_lr", "EXP_G", "EXP_gT_factor", "train_same_labels", "repeat_random_ops",
                "N_repeat_random", "n_val_per_point", "policy_bn_training", "pretrain_size",
-               "aug_backend", "precision")
+               "aug_backend", "backend", "precision")
 # Values of resume keys added after checkpoints were first written: a checkpoint without the
 # key was made with this value.
-RESUME_KEY_DEFAULTS = {"precision": "fp32"}
+RESUME_KEY_DEFAULTS = {"backend": "tf", "precision": "fp32"}
 # Pretraining continues only with the flags that shaped it (and then searches with the rest);
 # --precision is the search model's alone (pretraining is float32).
 PRETRAIN_KEYS = tuple(k for k in RESUME_KEYS if k != "precision") + (
@@ -259,11 +259,17 @@ def roll_back(in_flight, logits, trace: SearchTrace) -> tuple[int, int]:
     return layer, step
 
 
-def writes_results(environ=os.environ) -> bool:
-    """Whether this process writes the results folder, read from ``TF_CONFIG`` before
-    TensorFlow starts, by the rule devices.is_chief applies once it has: every process of a
-    one-machine run; in a multi-worker one the chief where the cluster names one, else
-    worker 0."""
+def writes_results(environ=os.environ, backend: str = "tf") -> bool:
+    """Whether this process writes the results folder, read from the environment before the
+    framework starts. PyTorch: rank 0 of a torchrun job (``RANK``), or a lone process.
+    TensorFlow, from ``TF_CONFIG`` by the rule devices.is_chief applies once it has: every
+    process of a one-machine run; in a multi-worker one the chief where the cluster names one,
+    else worker 0."""
+    if backend == "torch":
+        try:
+            return int(environ.get("RANK", "0") or 0) == 0
+        except ValueError:
+            return True  # backend_torch reports a malformed RANK
     try:
         config = json.loads(environ.get("TF_CONFIG", "").strip() or "{}")
         cluster, task = config.get("cluster") or {}, config.get("task") or {}
@@ -283,7 +289,7 @@ def results_lock(args):
     there (say a --resume started twice) would overwrite the first one's checkpoints, so it
     is refused (augmentation.files.InUse) before it reads anything. ``--out`` is held too:
     two searches in different folders writing one policy file would overwrite each other."""
-    if not writes_results():
+    if not writes_results(backend=args.backend):
         yield
         return
     locks = (("--results_dir", os.path.join(args.results_dir, ".search.lock"), args.results_dir),

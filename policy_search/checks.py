@@ -2,9 +2,10 @@
 and the memory a step of the requested size needs.
 
 Each check raises ``config.UsageError`` (one line naming the flag, exit code 2) before
-anything is written. ``numbers``, ``outputs`` and ``environment`` (TF_CONFIG) run on the flags
-alone (``config.validate``); ``memory`` once the data's image size is known (``run.Prepared``);
-``out_is_free`` once it is known whether the run continues a checkpoint.
+anything is written. ``numbers``, ``outputs`` and ``environment`` (TF_CONFIG or torchrun's
+variables) run on the flags alone (``config.validate``); ``memory`` once the data's image size
+is known (``run.Prepared``); ``out_is_free`` once it is known whether the run continues a
+checkpoint.
 
 Bounds are generous: they refuse what cannot be meant (a seed numpy and TensorFlow cannot
 take, a NaN learning rate, a hundred thousand policy layers), not unusual settings. Step
@@ -90,9 +91,26 @@ def out_is_free(args, recorded_out: str | None) -> None:
                                   "choose another --out")
 
 
-def environment(environ=os.environ) -> None:
-    """``TF_CONFIG`` (several machines, see devices.py), when set, is a JSON object whose
-    cluster lists host:port strings and whose task names one of them."""
+def environment(environ=os.environ, backend: str = "tf") -> None:
+    """The variables that spread a search over processes, when set: for TensorFlow
+    ``TF_CONFIG`` (several machines, see devices.py), a JSON object whose cluster lists
+    host:port strings and whose task names one of them; for PyTorch torchrun's ``WORLD_SIZE``,
+    ``RANK`` and ``LOCAL_RANK``, whole numbers with the rank below the world size."""
+    if backend == "torch":
+        values = {}
+        for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+            raw = environ.get(name, "").strip()
+            if raw:
+                try:
+                    values[name] = int(raw)
+                except ValueError:
+                    raise _error(name, f"must be a whole number, got {raw[:40]!r}") from None
+        world = values.get("WORLD_SIZE", 1)
+        if world < 1 or not all(0 <= values.get(n, 0) < world for n in ("RANK", "LOCAL_RANK")):
+            raise _error("RANK", f"RANK {values.get('RANK', 0)} and LOCAL_RANK "
+                                 f"{values.get('LOCAL_RANK', 0)} must lie in 0..WORLD_SIZE-1 "
+                                 f"(WORLD_SIZE {world})")
+        return
     raw = environ.get("TF_CONFIG", "").strip()
     if not raw:
         return

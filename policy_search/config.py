@@ -41,6 +41,8 @@ PRESET_MODELS = {"paper": ("WRN_40_2", "resnet50"), "fast": ("WRN_40_2", "resnet
                  "cpu": ("WRN_10_1", "resnet50")}
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+ZIP_SIGNATURE = b"PK\x03\x04"  # torch.save's format
+WEIGHTS_SUFFIX = {"tf": ".weights.h5", "torch": ".pt"}  # of backend.TFBackend, TorchBackend
 
 
 class UsageError(ValueError):
@@ -150,12 +152,19 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
                    help="tensor (default): the batched path (C kernels on a CPU, bit-exact with "
                         "Pillow for the deterministic ops, about 4x faster data); pil: the "
                         "Pillow ops one image at a time (the reference)")
+    n.add_argument("--backend", choices=("tf", "torch"), **_d(suppress_defaults, "tf"),
+                   help="tf (default): the TensorFlow search, the reference; torch: the same "
+                        "search in PyTorch (one GPU, the CPU, or torchrun processes), which "
+                        "needs no TensorFlow")
     n.add_argument("--precision", choices=("fp32", "bf16"), **_d(suppress_defaults, "fp32"),
                    help="fp32 (default, the paper's): the search passes in float32; bf16: the "
-                        "search model computes in bfloat16 (Keras mixed_bfloat16: weights, "
-                        "gradients and inner products stay float32/float64), 1.3-1.8x faster "
-                        "on CPUs with AMX/AVX-512 bf16; pretraining stays float32. Agreement "
-                        "with fp32: benchmarks/README.md")
+                        "search model computes in bfloat16 (--backend tf: Keras "
+                        "mixed_bfloat16 with a float32 classifier; --backend torch: bfloat16 "
+                        "autocast); weights, gradients and inner products stay float32/float64 "
+                        "and pretraining stays float32. Speed and agreement with fp32: "
+                        "benchmarks/README.md")
+    n.add_argument("--compile", action="store_true", **_d(suppress_defaults, False),
+                   help="--backend torch: compile the gradient and JVP passes (torch.compile)")
     n.add_argument("--n_val_per_point", type=int, **_d(suppress_defaults, 64),
                    help="validation images per search point (64 in SPEC §2)")
     n.add_argument("--stop_after_steps", type=int, **_d(suppress_defaults, 0),
@@ -188,7 +197,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.out = os.path.join(args.results_dir, "policy.yaml")
     if args.pretrained is None and args.dataset == "imagenet" and not args.pretrain_only \
             and not args.resume:  # a resumed search takes the weights its checkpoint names
-        args.pretrained = os.path.join("pretrained_imagenet", "imagenet_resnet50.weights.h5")
+        args.pretrained = os.path.join("pretrained_imagenet", "imagenet_resnet50"
+                                       + WEIGHTS_SUFFIX[args.backend])
     return args
 
 
@@ -202,12 +212,17 @@ def validate(args) -> None:
             or (ds.startswith(("npz:", "folder:")) and ds.split(":", 1)[1])):
         raise UsageError("--dataset", f"unknown dataset {ds!r}; expected {DATASET_HELP}")
     checks.numbers(args)
-    checks.environment()
+    checks.environment(backend=args.backend)
     if args.cpu_replicas > 1 and args.train_same_labels % args.cpu_replicas:
         raise UsageError("--train_same_labels", f"{args.train_same_labels} points cannot be "
                          f"split over {args.cpu_replicas} replicas (--cpu_replicas)")
+    if args.backend == "tf" and args.compile:
+        raise UsageError("--compile", "needs --backend torch")
+    if args.backend == "torch" and args.cpu_replicas > 1:
+        raise UsageError("--cpu_replicas", "is for --backend tf; with --backend torch start "
+                         "several processes with torchrun --nproc_per_node N")
     if args.pretrained is not None:
-        check_weights_file(args.pretrained)
+        check_weights_file(args.pretrained, args.backend)
     if not args.out.endswith((".yaml", ".yml")):
         raise UsageError("--out", f"the policy file must end in .yaml, got {args.out!r}")
     checks.outputs(args)
@@ -217,8 +232,9 @@ def validate(args) -> None:
                                      f"{args.results_dir!r}")
 
 
-def check_weights_file(path: str) -> None:
-    """A readable HDF5 file (Keras' ``.weights.h5``); raises UsageError naming --pretrained."""
+def check_weights_file(path: str, backend: str = "tf") -> None:
+    """A readable weights file of ``backend``: HDF5 (Keras' ``.weights.h5``) for tf, a
+    ``torch.save`` file for torch; raises UsageError naming --pretrained."""
     if os.path.exists(path) and not os.path.isfile(path):  # a folder, a pipe, a device
         raise UsageError("--pretrained", f"{path!r} is not a regular file")
     try:
@@ -228,5 +244,11 @@ def check_weights_file(path: str) -> None:
         hint = " (see pretrained_imagenet/README.md)" if "pretrained_imagenet" in path else ""
         raise UsageError("--pretrained", f"cannot read {path!r}: "
                          f"{err.strerror or err}{hint}") from None
+    if backend == "torch":
+        if head.startswith(ZIP_SIGNATURE):
+            return
+        hint = (": convert Keras weights with python -m networks.convert_weights"
+                if head == HDF5_SIGNATURE else "")
+        raise UsageError("--pretrained", f"{path!r} is not a PyTorch weights file{hint}")
     if head != HDF5_SIGNATURE:
         raise UsageError("--pretrained", f"{path!r} is not a Keras .weights.h5 file")

@@ -28,13 +28,16 @@ Every pass over many images goes through bounded chunks of ``chunk_size`` images
 ``tf.while_loop`` with one iteration in flight, so memory is bounded by one chunk whatever the
 number of images (the released code used 256 images for WRN-40-2, 128 for WRN-28-10, 16 for
 ResNet-50). The loops are plain TensorFlow ops, so the same code runs eagerly, inside a
-``tf.function`` and inside ``strategy.run`` on each replica (see ``layers.Searcher``).
+``tf.function`` and inside ``strategy.run`` on each replica (``points``, which
+``layers.Searcher`` calls: the TensorFlow side of the backend interface, see
+``policy_search.backend``).
 """
 from __future__ import annotations
 
 import contextlib
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 
@@ -59,6 +62,7 @@ class GradientMatcher:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         self.model = model
         self.strategy = strategy if strategy is not None else tf.distribute.get_strategy()
+        self.replicas = int(self.strategy.num_replicas_in_sync)
         self.chunk_size = int(chunk_size)
         self.bn_training = bool(bn_training)
         self.variables = theta(model)
@@ -69,6 +73,7 @@ class GradientMatcher:
         # relaxing the shapes instead of fixing one signature.
         self._weighted_grad_fn = tf.function(self.weighted_grad_ops, reduce_retracing=True)
         self._importance_fn = tf.function(self.importance_ops, reduce_retracing=True)
+        self._dist_fns = {}
 
     # ----- per-chunk primitives -------------------------------------------------------------
     def per_example_loss(self, images, labels):
@@ -216,6 +221,88 @@ class GradientMatcher:
         """∇θ ℓ(x_i) · tangent for every image ([N]), chunked (eager; for checks)."""
         with self.keep_statistics():
             return self.jvp_ops(images, labels, tangent)
+
+    # ----- the search step's points, spread over the replicas -------------------------------
+    def points(self, weights, labels, val, val_labels, dense, gtr, statistics):
+        """(cos [P], r [P, N]) of a step's search points, gathered in point order (across
+        workers too); ``gtr=None`` trains on ``dense`` (stage 1), weighted by ``weights``.
+
+        Points are spread over replicas in contiguous blocks (replica j gets points
+        j·P/R … (j+1)·P/R − 1) and each replica loops over its points one at a time. uint8
+        images go to the device as they are and are normalised there with ``statistics``
+        (mean, std), one point at a time; float images are taken as normalised. Every worker
+        must be given the same batch.
+        """
+        per = len(labels) // self.replicas
+
+        def image_dtype(a):
+            return tf.uint8 if a.dtype == np.uint8 else self.dtype
+
+        arrays = [(labels, tf.int32), (val, image_dtype(val)), (val_labels, tf.int32),
+                  (dense, image_dtype(dense))]
+        if gtr is not None:
+            arrays.append((gtr, image_dtype(gtr)))
+
+        def value_fn(ctx):
+            block = slice(ctx.replica_id_in_sync_group * per,
+                          (ctx.replica_id_in_sync_group + 1) * per)
+            values = [tf.constant(np.asarray(weights), self.dtype)]
+            values += [tf.constant(a[block], dt) for a, dt in arrays]
+            return tuple(values)
+
+        values = self.strategy.experimental_distribute_values_from_function(value_fn)
+        key = (gtr is None, tuple(np.asarray(s, np.float32).tobytes() for s in statistics))
+        with self.keep_statistics():
+            cos, r = self._dist_fn(key, statistics)(*values)
+        return np.asarray(cos, np.float64), np.asarray(r, np.float64)
+
+    def _dist_fn(self, key, statistics):
+        if key not in self._dist_fns:
+            replica_fn = self._replica_fn(key[0], statistics)
+
+            def dist(*values):
+                cos, r = self.strategy.run(replica_fn, args=values)
+                return self.strategy.gather(cos, axis=0), self.strategy.gather(r, axis=0)
+
+            self._dist_fns[key] = tf.function(dist, reduce_retracing=True)
+        return self._dist_fns[key]
+
+    def _replica_fn(self, shared, statistics):
+        """Per-replica work on its block of points, one point at a time (bounded memory)."""
+        mean, std = (tf.constant(v, tf.float32) for v in statistics)
+
+        def normalize(x):
+            """uint8 -> (x / 255 - mean) / std in float32, the ops of data.normalize."""
+            if x.dtype != tf.uint8:
+                return x
+            y = tf.cast(x, tf.float32) * np.float32(1.0 / 255.0)
+            return tf.cast((y - mean) / std, self.dtype)
+
+        def fn(weights, labels, val, val_labels, dense, gtr=None):
+            train = dense if shared else gtr
+            n = tf.shape(labels)[0]
+
+            def point(i, cos_out, r_out):
+                n_val = tf.shape(val_labels[i])[0]
+                g_val = self.weighted_grad_ops(
+                    normalize(val[i]), val_labels[i],
+                    tf.fill([n_val], 1.0 / tf.cast(n_val, self.dtype)))
+                dense_i = normalize(dense[i])
+                train_i = dense_i if shared else normalize(train[i])
+                g_tr = self.weighted_grad_ops(
+                    train_i, tf.fill([tf.shape(train_i)[0]], labels[i]), weights)
+                cos, r = self.match_ops(dense_i, tf.fill([tf.shape(dense_i)[0]], labels[i]),
+                                        g_val, g_tr)
+                return i + 1, cos_out.write(i, cos), r_out.write(i, r)
+
+            cos_out = tf.TensorArray(self.dtype, size=n)
+            r_out = tf.TensorArray(self.dtype, size=n, element_shape=[dense.shape[1]])
+            _, cos_out, r_out = tf.while_loop(lambda i, c, r: i < n, point,
+                                              (tf.constant(0), cos_out, r_out),
+                                              parallel_iterations=1)
+            return cos_out.stack(), r_out.stack()
+
+        return fn
 
     @staticmethod
     def cosine(g_a, g_b) -> tf.Tensor:

@@ -1,22 +1,21 @@
 """Policy layers and the search step of each stage (SPEC §2 "Policy", "Stage 1", "Stage k ≥ 2").
 
-`PolicyLogits` holds the K layers' logits and one Adam per layer; it is host state, identical on
-every worker because every worker applies the same update to the same gathered importances.
-`Searcher` computes the importances of one step's search points, spread over the replicas of the
-matcher's strategy, and hands them to `PolicyLogits.apply_importance`.
+Framework-free (numpy only), shared by both backends. `PolicyLogits` holds the K layers'
+logits and one Adam per layer; it is host state, identical on every process because every
+process applies the same update to the same gathered importances. `Searcher` turns one step's
+batch into the per-point importances through a backend's matcher (``matcher.points``, which
+spreads the points over the devices and gathers the results in point order) and hands them to
+`PolicyLogits.apply_importance`.
 """
 from __future__ import annotations
 
 import numpy as np
-import tensorflow as tf
-import keras
 
 from policy_search import data
-from policy_search.devices import n_replicas
-from policy_search.importance import GradientMatcher
 
 IDENTITY_LOGIT = 8.0  # SPEC §2: logits start at 8 on Identity, 0 elsewhere, minus their mean
 STAGE1_LOSS_SCALE = 0.25  # SPEC §2 stage 1: loss = −0.25 · Σ r̄_i p_i
+F32 = np.float32
 
 
 def _softmax64(z):
@@ -25,16 +24,50 @@ def _softmax64(z):
     return e / e.sum(axis=-1, keepdims=True)
 
 
+class Adam:
+    """Keras 3's ``Adam(learning_rate, beta_1=0.9, beta_2=0.999, epsilon=1e-7)`` on one float32
+    vector, in numpy, operation for operation (SPEC §2: each layer has its own Adam):
+
+        m ← m + (g − m)(1 − β₁),  v ← v + (g² − v)(1 − β₂),
+        z ← z − m α / (√v + ε),   α = lr √(1 − β₂ᵗ) / (1 − β₁ᵗ)
+
+    with t the step count after this step, every operation in float32, the constants
+    (1 − β) rounded from double as Keras does and β^t the float32 rounding of the double power
+    of float32 β (TensorFlow's float32 pow); the result equals Keras' to the bit
+    (tests/policy_search/test_layers.py). The state is what Keras keeps: ``iterations``
+    (int64), ``momentum`` and ``velocity`` (float32).
+    """
+
+    BETA_1, BETA_2, EPSILON = 0.9, 0.999, 1e-7
+
+    def __init__(self, learning_rate: float, size: int):
+        self.learning_rate = F32(learning_rate)
+        self.iterations = np.int64(0)
+        self.momentum = np.zeros(size, F32)
+        self.velocity = np.zeros(size, F32)
+
+    def apply(self, gradient: np.ndarray, variable: np.ndarray) -> np.ndarray:
+        """The updated ``variable`` (a new float32 array) after one step along ``gradient``."""
+        g = np.asarray(gradient, F32)
+        t = float(self.iterations + 1)
+        beta_1_power = F32(float(F32(self.BETA_1)) ** t)
+        beta_2_power = F32(float(F32(self.BETA_2)) ** t)
+        alpha = self.learning_rate * np.sqrt(F32(1) - beta_2_power) / (F32(1) - beta_1_power)
+        self.momentum = self.momentum + (g - self.momentum) * F32(1 - self.BETA_1)
+        self.velocity = self.velocity + (np.square(g) - self.velocity) * F32(1 - self.BETA_2)
+        self.iterations = np.int64(self.iterations + 1)
+        step = (self.momentum * alpha) / (np.sqrt(self.velocity) + F32(self.EPSILON))
+        return (np.asarray(variable, F32) - step).astype(F32)
+
+
 class PolicyLogits:
-    """K layers × D logits, each layer with its own ``keras.optimizers.Adam(lr, 0.9, 0.999)``.
+    """K layers × D logits, each layer with its own Adam (lr ``policy_lr``, β = 0.9, 0.999).
 
     The logits are float32 as in the released search; probabilities are reported in float64.
-    The variables are plain (not mirrored): the update runs on the host after the importances
-    of all replicas have been gathered.
     """
 
     def __init__(self, n_layers: int, n_candidates: int, identity_index: int,
-                 policy_lr: float, strategy=None):
+                 policy_lr: float):
         if n_layers < 1 or n_candidates < 2:
             raise ValueError(f"need n_layers >= 1 and n_candidates >= 2, got "
                              f"{n_layers} and {n_candidates}")
@@ -45,22 +78,16 @@ class PolicyLogits:
         self.n_layers, self.n_candidates = int(n_layers), int(n_candidates)
         self.identity_index = int(identity_index)
         self.policy_lr = float(policy_lr)
-        self.strategy = strategy
-        init = np.zeros(self.n_candidates, np.float32)
+        init = np.zeros(self.n_candidates, F32)
         init[self.identity_index] = IDENTITY_LOGIT
         init -= init.mean()
-        self.logits, self.optimizers = [], []
-        for k in range(self.n_layers):
-            var = keras.Variable(init.copy(), dtype="float32", name=f"policy_logits_{k}")
-            opt = keras.optimizers.Adam(learning_rate=self.policy_lr, beta_1=0.9, beta_2=0.999)
-            opt.build([var])
-            self.logits.append(var)
-            self.optimizers.append(opt)
+        self.logits = [init.copy() for _ in range(self.n_layers)]
+        self.optimizers = [Adam(self.policy_lr, self.n_candidates) for _ in range(self.n_layers)]
 
     # ----- probabilities ----------------------------------------------------------------------
     def probs(self, k: int) -> np.ndarray:
         """softmax(logits_k) in float64, shape (D,)."""
-        return _softmax64(self.logits[self._layer(k)].numpy())
+        return _softmax64(self.logits[self._layer(k)])
 
     def all_probs(self) -> np.ndarray:
         """(K, D) float64: the policy the search has found so far."""
@@ -68,7 +95,7 @@ class PolicyLogits:
 
     def all_logits(self) -> np.ndarray:
         """(K, D) float64 copy of the logits (for ``Policy.from_logits``)."""
-        return np.stack([v.numpy() for v in self.logits]).astype(np.float64)
+        return np.stack(self.logits).astype(np.float64)
 
     def _layer(self, k: int) -> int:
         if not 0 <= k < self.n_layers:
@@ -77,11 +104,20 @@ class PolicyLogits:
 
     # ----- the update -------------------------------------------------------------------------
     def apply_importance(self, k: int, r_points: np.ndarray, stage_one: bool) -> float:
-        """One Adam step on layer k from the importances of P points, shape [P, D].
+        """One Adam step on layer k from the importances of P points, shape [P, D], along
+        ``gradient``. Returns the loss at the logits before the step."""
+        loss, grad = self.gradient(k, r_points, stage_one)
+        self.logits[k] = self.optimizers[k].apply(grad, self.logits[k])
+        return float(loss)
+
+    def gradient(self, k: int, r_points: np.ndarray, stage_one: bool):
+        """The loss of layer k at its logits and its gradient from the importances of P
+        points, shape [P, D].
 
         Stage 1: r̄ = mean over points, loss = −0.25 Σ_i r̄_i p_i. Stage k: r̄ = mean − std over
         points (population std, ddof=0, as ``tf.math.reduce_std`` in the released code),
-        loss = −P Σ_i r̄_i p_i. Returns the loss at the logits before the step.
+        loss = −P Σ_i r̄_i p_i. The loss and its gradient are float32, as the released search
+        computed them.
         """
         k = self._layer(k)
         r = np.asarray(r_points, dtype=np.float64)
@@ -94,23 +130,16 @@ class PolicyLogits:
             rbar, scale = r.mean(axis=0), STAGE1_LOSS_SCALE
         else:
             rbar, scale = r.mean(axis=0) - r.std(axis=0, ddof=0), float(r.shape[0])
-        var = self.logits[k]
-        rbar_t = tf.constant(rbar, tf.float32)
-        with tf.GradientTape() as tape:
-            tape.watch(var.value)
-            loss = -scale * tf.reduce_sum(rbar_t * tf.nn.softmax(var.value))
-        grad = tape.gradient(loss, var.value)
-        self.optimizers[k].apply([grad], [var])
-        return float(loss.numpy())
+        return _loss_and_gradient(self.logits[k], rbar.astype(F32), F32(scale))
 
     # ----- checkpointing ----------------------------------------------------------------------
     def get_state(self) -> dict:
-        """Logits and every Adam's iteration count and moment estimates, as numpy arrays."""
-        state = {"logits": np.stack([v.numpy() for v in self.logits])}
-        for name in ("iterations", "momentum", "velocity"):
-            state[f"adam_{name}"] = np.stack([self._adam_var(k, name).numpy()
-                                              for k in range(self.n_layers)])
-        return state
+        """Logits and every Adam's iteration count and moment estimates, as numpy arrays (the
+        keys and dtypes of the checkpoints written when the Adam was Keras')."""
+        return {"logits": np.stack(self.logits),
+                "adam_iterations": np.array([o.iterations for o in self.optimizers], np.int64),
+                "adam_momentum": np.stack([o.momentum for o in self.optimizers]),
+                "adam_velocity": np.stack([o.velocity for o in self.optimizers])}
 
     def set_state(self, state: dict) -> None:
         """Restore what `get_state` returned; shapes are checked first, then assigned."""
@@ -124,42 +153,41 @@ class PolicyLogits:
             if tuple(np.shape(state[key])) != shape:
                 raise ValueError(f"policy state '{key}' has shape {np.shape(state[key])}, "
                                  f"expected {shape}")
-        for k in range(self.n_layers):
-            self.logits[k].assign(np.asarray(state["logits"][k], np.float32))
-            for name in ("iterations", "momentum", "velocity"):
-                var = self._adam_var(k, name)
-                var.assign(np.asarray(state[f"adam_{name}"][k]).astype(var.dtype))
+        for k, opt in enumerate(self.optimizers):
+            self.logits[k] = np.array(state["logits"][k], F32)
+            opt.iterations = np.int64(state["adam_iterations"][k])
+            opt.momentum = np.array(state["adam_momentum"][k], F32)
+            opt.velocity = np.array(state["adam_velocity"][k], F32)
 
-    def _adam_var(self, k: int, name: str):
-        opt = self.optimizers[k]
-        if name == "iterations":
-            return opt.iterations
-        found = [v for v in opt.variables if v.path.endswith(f"_{name}")]
-        if len(found) != 1:
-            raise RuntimeError(f"cannot find the Adam '{name}' slot of layer {k}")
-        return found[0]
+
+def _loss_and_gradient(z, rbar, scale):
+    """L = −scale Σ_i r̄_i softmax(z)_i and ∂L/∂z in float32, by the chain rule as
+    TensorFlow's tape takes it (softmax's gradient (g − Σ g p) p with g = ∂L/∂p)."""
+    e = np.exp(z - z.max())
+    p = e / e.sum()
+    loss = -scale * np.sum(rbar * p)
+    g = -scale * rbar
+    return loss, ((g - np.sum(g * p)) * p).astype(F32)
 
 
 class Searcher:
-    """One search step: importances of the step's points over the replicas, then the update.
+    """One search step: the importances of the step's points, then the policy update.
 
-    Points are spread over replicas in contiguous blocks (replica j gets points
-    j·P/R … (j+1)·P/R − 1), each replica loops over its points one at a time, and the per-point
-    results are all-gathered (across workers too) in point order. Every worker must be given
-    the same batch.
+    ``matcher`` is a backend's gradient matcher (``importance.GradientMatcher`` for
+    TensorFlow, ``torch_importance.TorchMatcher`` for PyTorch): ``matcher.replicas`` devices
+    share the points, and ``matcher.points(...)`` returns every point's cosine and importances
+    in point order, on every process.
     """
 
-    def __init__(self, matcher: GradientMatcher, logits: PolicyLogits, space: str):
+    def __init__(self, matcher, logits: PolicyLogits, space: str):
         """``space`` ("cifar" or "imagenet") picks the normalisation of uint8 batches
         (data.StepBuilder's); float batches are taken as normalised already."""
         if space not in ("cifar", "imagenet"):
             raise ValueError(f"space must be 'cifar' or 'imagenet', got {space!r}")
         self.matcher = matcher
         self.policy = logits
-        self.strategy = matcher.strategy
-        self.replicas = n_replicas(self.strategy)
-        self.mean, self.std = (tf.constant(v, tf.float32) for v in data.statistics(space))
-        self._dist_fns = {}
+        self.replicas = int(matcher.replicas)
+        self.statistics = data.statistics(space)
 
     # ----- public steps -----------------------------------------------------------------------
     def stage1_step(self, batch: dict) -> dict:
@@ -200,9 +228,10 @@ class Searcher:
         arr = np.asarray(batch[key])
         if arr.ndim != ndim:
             raise ValueError(f"search batch '{key}' must have {ndim} dimensions, got {arr.ndim}")
-        n_points = arr.shape[0]
-        if n_points % self.replicas:
-            raise ValueError(f"{n_points} search points are not a multiple of "
+        if arr.dtype != np.uint8 and not np.issubdtype(arr.dtype, np.floating):
+            raise ValueError(f"search images must be uint8 or normalised floats, got {arr.dtype}")
+        if arr.shape[0] % self.replicas:
+            raise ValueError(f"{arr.shape[0]} search points are not a multiple of "
                              f"{self.replicas} replicas")
         return arr
 
@@ -220,7 +249,6 @@ class Searcher:
         reduce[np.arange(n_dense), groups] = 1.0 / counts[groups]
         return groups, reduce
 
-    # ----- distributed computation ------------------------------------------------------------
     def _run(self, gtr, weights, batch, dense):
         """cos [P] and importances [P, N] of the points; ``gtr=None`` trains on ``dense``."""
         labels = np.asarray(batch["labels"]).astype(np.int32)
@@ -231,77 +259,6 @@ class Searcher:
                 or val_labels.shape != val.shape[:2]:
             raise ValueError("labels [P], val [P, V, H, W, C] and val_labels [P, V] must match "
                              "the points of the batch")
-        dtype = self.matcher.dtype
-        per = n_points // self.replicas
-
-        def image_dtype(a):  # uint8 goes to the device as it is (normalised there per point)
-            if a.dtype == np.uint8:
-                return tf.uint8
-            if not np.issubdtype(a.dtype, np.floating):
-                raise ValueError(f"search images must be uint8 or normalised floats, got {a.dtype}")
-            return dtype
-
-        arrays = [(labels, tf.int32), (val, image_dtype(val)), (val_labels, tf.int32),
-                  (dense, image_dtype(dense))]
-        if gtr is not None:
-            arrays.append((gtr, image_dtype(gtr)))
-
-        def value_fn(ctx):
-            block = slice(ctx.replica_id_in_sync_group * per,
-                          (ctx.replica_id_in_sync_group + 1) * per)
-            values = [tf.constant(np.asarray(weights), dtype)]
-            values += [tf.constant(a[block], dt) for a, dt in arrays]
-            return tuple(values)
-
-        values = self.strategy.experimental_distribute_values_from_function(value_fn)
-        with self.matcher.keep_statistics():
-            cos, r = self._dist_fn(gtr is None)(*values)
+        cos, r = self.matcher.points(np.asarray(weights, np.float64), labels, val, val_labels,
+                                     dense, gtr, self.statistics)
         return np.asarray(cos, np.float64), np.asarray(r, np.float64)
-
-    def _dist_fn(self, shared):
-        if shared not in self._dist_fns:
-            replica_fn = self._replica_fn(shared)
-
-            def dist(*values):
-                cos, r = self.strategy.run(replica_fn, args=values)
-                return self.strategy.gather(cos, axis=0), self.strategy.gather(r, axis=0)
-
-            self._dist_fns[shared] = tf.function(dist, reduce_retracing=True)
-        return self._dist_fns[shared]
-
-    def _replica_fn(self, shared):
-        """Per-replica work on its block of points, one point at a time (bounded memory)."""
-        m = self.matcher
-
-        def normalize(x):
-            """uint8 -> (x / 255 - mean) / std in float32, the ops of data.normalize."""
-            if x.dtype != tf.uint8:
-                return x
-            y = tf.cast(x, tf.float32) * np.float32(1.0 / 255.0)
-            return tf.cast((y - self.mean) / self.std, m.dtype)
-
-        def fn(weights, labels, val, val_labels, dense, gtr=None):
-            train = dense if shared else gtr
-            n = tf.shape(labels)[0]
-
-            def point(i, cos_out, r_out):
-                n_val = tf.shape(val_labels[i])[0]
-                g_val = m.weighted_grad_ops(
-                    normalize(val[i]), val_labels[i],
-                    tf.fill([n_val], 1.0 / tf.cast(n_val, m.dtype)))
-                dense_i = normalize(dense[i])
-                train_i = dense_i if shared else normalize(train[i])
-                g_tr = m.weighted_grad_ops(
-                    train_i, tf.fill([tf.shape(train_i)[0]], labels[i]), weights)
-                cos, r = m.match_ops(dense_i, tf.fill([tf.shape(dense_i)[0]], labels[i]),
-                                     g_val, g_tr)
-                return i + 1, cos_out.write(i, cos), r_out.write(i, r)
-
-            cos_out = tf.TensorArray(m.dtype, size=n)
-            r_out = tf.TensorArray(m.dtype, size=n, element_shape=[dense.shape[1]])
-            _, cos_out, r_out = tf.while_loop(lambda i, c, r: i < n, point,
-                                              (tf.constant(0), cos_out, r_out),
-                                              parallel_iterations=1)
-            return cos_out.stack(), r_out.stack()
-
-        return fn

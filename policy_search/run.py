@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import shutil
-import sys
 import tempfile
 import time
 
@@ -86,32 +85,6 @@ class Prepared:
         return {"dataset": args.dataset, "seed": args.seed, "splits": self.split_sizes()}
 
 
-def _quiet_tensorflow():
-    """TensorFlow, imported with its start-up lines (printed by its C++ code before its
-    logging is set up, whatever TF_CPP_MIN_LOG_LEVEL says) kept off stderr, where they would
-    bury a one-line error; they are shown if the import fails."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if "tensorflow" not in sys.modules:
-        sys.stderr.flush()
-        saved = os.dup(2)
-        with tempfile.TemporaryFile() as sink:
-            os.dup2(sink.fileno(), 2)
-            try:
-                import tensorflow  # noqa: F401
-            except BaseException:
-                os.dup2(saved, 2)
-                sink.seek(0)
-                sys.stderr.write(sink.read().decode(errors="replace"))
-                raise
-            finally:
-                os.dup2(saved, 2)
-                os.close(saved)
-    import tensorflow as tf
-
-    tf.get_logger().setLevel(logging.ERROR)
-    return tf
-
-
 def _setup_logging(results_dir: str, debug: bool):
     from tqdm import tqdm
 
@@ -156,26 +129,25 @@ def _main(args) -> int:
                          f"{resume[4]['splits']} differs from this run's "
                          f"{prep.split_sizes()}: the dataset changed")
 
-    _quiet_tensorflow()
-    from policy_search import devices
+    from policy_search.backend import create
 
-    strategy = devices.make_strategy(args.cpu_replicas)
-    replicas = devices.n_replicas(strategy)
-    if args.train_same_labels % replicas:
-        raise UsageError("--train_same_labels", f"{args.train_same_labels} points cannot be "
-                         f"split over {replicas} replicas")
-
-    if not devices.is_chief(strategy):
-        # Every worker runs the whole search in lockstep; only the chief's files are kept (the
-        # multi-worker convention of TensorFlow): the others write to a scratch folder that
-        # is removed when they finish.
-        scratch = tempfile.mkdtemp(prefix="deepaa-worker-")
-        try:
-            return _main_from_strategy(worker_args(args, scratch), prep, resume, strategy,
-                                       started)
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
-    return _main_from_strategy(args, prep, resume, strategy, started)
+    backend = create(args)
+    try:
+        if args.train_same_labels % backend.replicas:
+            raise UsageError("--train_same_labels", f"{args.train_same_labels} points cannot "
+                             f"be split over {backend.replicas} replicas")
+        if not backend.writes_results:
+            # Every process runs the whole search in lockstep; only one writes the results
+            # (TensorFlow's chief, PyTorch's rank 0): the others write to a scratch folder
+            # that is removed when they finish.
+            scratch = tempfile.mkdtemp(prefix="deepaa-worker-")
+            try:
+                return _run(worker_args(args, scratch), backend, prep, resume, started)
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
+        return _run(args, backend, prep, resume, started)
+    finally:
+        backend.close()
 
 
 def worker_args(args, scratch: str):
@@ -188,16 +160,12 @@ def worker_args(args, scratch: str):
     return redirected
 
 
-def _main_from_strategy(args, prep, resume, strategy, started) -> int:
+def _run(args, backend, prep, resume, started) -> int:
     """main's work once the devices are known: pretraining (or weights), the search, output."""
-    tf = _quiet_tensorflow()
-    from policy_search import devices
-
-    replicas = devices.n_replicas(strategy)
     search_model = None
     known = resume[4]["weights"] if resume is not None else args.pretrained
     if known is not None and not args.pretrain_only:
-        search_model = _search_model(args, strategy, prep, known)
+        search_model = _search_model(args, backend, prep, known)
 
     # Past this point files are written.
     os.makedirs(args.results_dir, exist_ok=True)
@@ -207,10 +175,10 @@ def _main_from_strategy(args, prep, resume, strategy, started) -> int:
 
     from policy_search import pretrain as pre
 
-    log.info("DeepAA search: %s, %s on %dx%d images, %d classes, %d candidates, %d replica(s); "
-             "split val/pretrain/search = %d/%d/%d", args.dataset, args.use_model, prep.size,
-             prep.size, args.n_classes, len(prep.candidates), replicas,
-             *prep.split_sizes())
+    log.info("DeepAA search: %s, %s on %dx%d images, %d classes, %d candidates, %d replica(s) "
+             "(%s); split val/pretrain/search = %d/%d/%d", args.dataset, args.use_model,
+             prep.size, prep.size, args.n_classes, len(prep.candidates), backend.replicas,
+             backend.device, *prep.split_sizes())
     short = prep.sampler.short_classes()
     if short:
         log.warning("%d of %d classes have fewer than %d validation images (--n_val_per_point); "
@@ -228,30 +196,31 @@ def _main_from_strategy(args, prep, resume, strategy, started) -> int:
             if problem:
                 log.warning("%s", problem)
         else:
-            weights = os.path.join(args.results_dir, f"pretrained_{args.use_model}.weights.h5")
+            weights = os.path.join(args.results_dir,
+                                   f"pretrained_{args.use_model}{backend.weights_suffix}")
             state = os.path.join(args.results_dir, PRETRAIN_CHECKPOINT)
             shared = os.path.join(getattr(args, "shared_dir", args.results_dir),
                                   PRETRAIN_CHECKPOINT)
-            model = pre.pretrain(args, prep.train, prep.splits.pretrain, executor, prep.space,
-                                 prep.input_shape, weights, progress=tqdm, state_path=state,
+            model = pre.pretrain(args, backend, prep.train, prep.splits.pretrain, executor,
+                                 prep.space, prep.input_shape, weights, progress=tqdm,
+                                 state_path=state,
                                  meta={"flags": _flags(args), "splits": prep.split_sizes()},
                                  resume_from=shared if args.resume else None)
             pre.write_provenance(weights, prep.provenance(args))
-            _score(pre, model, prep, args, executor)
+            _score(pre, backend, model, prep, args, executor)
         if args.pretrain_only:
             _remove(os.path.join(args.results_dir, PRETRAIN_CHECKPOINT))
             log.info("--pretrain_only: weights in %s", weights)
             return 0
         if search_model is None:
-            search_model = _search_model(args, strategy, prep, weights)
-        return _search(args, tf, search_model, strategy, prep, executor, weights, resume,
-                       started)
+            search_model = _search_model(args, backend, prep, weights)
+        return _search(args, backend, search_model, prep, executor, weights, resume, started)
     finally:
         executor.close()
 
 
-def _score(pre, model, prep, args, executor):
-    val_acc = pre.evaluate(model, pre.eval_batches(prep.train, prep.splits.val,
+def _score(pre, backend, model, prep, args, executor):
+    val_acc = pre.evaluate(backend, model, pre.eval_batches(prep.train, prep.splits.val,
                                                    args.val_batch_size, executor, prep.space))
     log.info("pretrained model: validation accuracy %.4f", val_acc)
     chance = 1.0 / max(1, args.n_classes)
@@ -262,40 +231,28 @@ def _score(pre, model, prep, args, executor):
                     "search's importances will be noise; pretrain longer (--nb_epochs) or on "
                     "more images (--pretrain_size)", val_acc, chance)
     if prep.test is not None and len(prep.test):
-        test_acc = pre.evaluate(model, pre.eval_batches(prep.test, np.arange(len(prep.test)),
-                                                        args.test_batch_size, executor,
-                                                        prep.space))
+        test_acc = pre.evaluate(backend, model, pre.eval_batches(
+            prep.test, np.arange(len(prep.test)), args.test_batch_size, executor, prep.space))
         log.info("pretrained model: test accuracy %.4f", test_acc)
 
 
-def _search_model(args, strategy, prep, weights):
-    """The search model under ``strategy``, restored from ``weights``, batch norm frozen."""
-    from networks.tf_models import build_model
-    from policy_search import pretrain as pre
-
-    with strategy.scope():
-        model = build_model(args.use_model, args.n_classes, prep.input_shape,
-                            args.precision)
+def _search_model(args, backend, prep, weights):
+    """The search model on the backend's devices, restored from ``weights``, batch norm
+    frozen; weights that do not fit are a --pretrained error."""
     try:
-        pre.load_weights(model, weights)
+        return backend.search_model(args, prep.input_shape, weights)
     except ValueError as err:
         raise UsageError("--pretrained", str(err)) from None
-    pre.freeze_batch_norm(model, keep_training=args.policy_bn_training)
-    return model
 
 
-def _search(args, tf, model, strategy, prep, executor, weights, resume, started) -> int:
+def _search(args, backend, model, prep, executor, weights, resume, started) -> int:
     from tqdm import tqdm
 
-    from networks.tf_models import default_chunk_size
-    from policy_search.importance import GradientMatcher
     from policy_search.layers import PolicyLogits, Searcher
 
-    matcher = GradientMatcher(model, strategy, args.chunk_size or default_chunk_size(
-        args.use_model), bn_training=args.policy_bn_training)
     logits = PolicyLogits(args.n_policies, len(prep.candidates),
-                          identity_index(prep.space, args.l_mags), args.policy_lr, strategy)
-    searcher = Searcher(matcher, logits, prep.space)
+                          identity_index(prep.space, args.l_mags), args.policy_lr)
+    searcher = Searcher(backend.matcher(model, args), logits, prep.space)
     columns, groups = data.dense_columns(prep.candidates, args.repeat_random_ops,
                                          args.N_repeat_random)
     builder = data.StepBuilder(prep.train, prep.sampler, executor, prep.space,
@@ -310,7 +267,7 @@ def _search(args, tf, model, strategy, prep, executor, weights, resume, started)
         elapsed0 = float(meta.get("elapsed_s", 0.0))
         log.info("resumed at layer %d, step %d", layer0 + 1, step0)
     ckpt_path = os.path.join(args.results_dir, CHECKPOINT)
-    writer = tf.summary.create_file_writer(os.path.join(args.results_dir, "tensorboard"))
+    writer = backend.scalar_writer(os.path.join(args.results_dir, "tensorboard"))
     run_start = time.time()
 
     def checkpoint(layer, step):
@@ -346,10 +303,9 @@ def _search(args, tf, model, strategy, prep, executor, weights, resume, started)
                     trace.record(layer, out["cos_sim"], logits.probs(layer), out["importance"])
                     in_flight = None
                     ent = _entropy(logits.probs(layer))
-                    with writer.as_default():
-                        gstep = layer * args.search_bno + step
-                        tf.summary.scalar("cos_sim", out["cos_sim"], step=gstep)
-                        tf.summary.scalar(f"entropy/layer{layer + 1}", ent, step=gstep)
+                    gstep = layer * args.search_bno + step
+                    writer.scalar("cos_sim", out["cos_sim"], gstep)
+                    writer.scalar(f"entropy/layer{layer + 1}", ent, gstep)
                     bar.update(1)
                     bar.set_postfix(cos=f"{out['cos_sim']:.4f}", H=f"{ent:.2f}",
                                     s_step=f"{t2 - t0:.2f}")
@@ -388,7 +344,8 @@ def _search(args, tf, model, strategy, prep, executor, weights, resume, started)
         why = "" if flag == "--dataset" else f" (with the weights {weights})"
         raise UsageError(flag, f"layer {layer + 1} step {step}: {err}{why}; the checkpoint "
                          "holds the policy before this step") from None
-    writer.flush()
+    finally:
+        writer.close()
     checkpoint(args.n_policies, 0)
     _write_policy(args, prep, logits, trace, weights, elapsed0 + time.time() - run_start,
                   started)
@@ -415,7 +372,7 @@ def _write_policy(args, prep, logits, trace, weights, search_s, started):
 
     probs = logits.all_probs()
     meta = {
-        "generator": "DeepAA_search.py",
+        "generator": "DeepAA_search.py", "backend": args.backend,
         "dataset": args.dataset, "model": args.use_model, "seed": args.seed,
         "flags": _flags(args),
         "pretrained_weights": os.path.abspath(weights),

@@ -139,6 +139,22 @@ def test_forked_children_do_not_keep_the_lock(tmp_path):
         os.fstat(fd)  # the parent's stays open
 
 
+def test_summary_writer_never_loads_tensorflow(tmp_path):
+    """TensorBoard's writer from PyTorch, in a process without TensorFlow: event files are
+    written and TensorFlow stays unloaded (it is installed beside, in the test environment)."""
+    from pathlib import Path
+
+    code = ("import sys; from augmentation.files import summary_writer; "
+            f"w = summary_writer({str(tmp_path / 'tb')!r}); w.add_scalar('x', 1.0, 0); "
+            "w.close(); print(any(m.split('.')[0] == 'tensorflow' for m in sys.modules))")
+    root = Path(__file__).resolve().parents[2]
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, cwd=root, env={**os.environ, "PYTHONPATH": str(root)})
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip() == "False"
+    assert any(p.name.startswith("events.out.tfevents") for p in (tmp_path / "tb").iterdir())
+
+
 def _unwritable(tmp_path, kind):
     """An output path of one kind that cannot be written, generated under ``tmp_path``."""
     a_file = tmp_path / "a_file"

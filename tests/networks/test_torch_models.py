@@ -49,3 +49,39 @@ def test_unknown_models_are_rejected():
         get_model("vgg16", 10)
     with pytest.raises(ValueError, match="6n"):
         get_model("wresnet12_1", 10)
+
+
+def test_search_models_are_the_keras_search_models():
+    """search_model: the Keras search WRN's structure (ε 1e-3, TensorFlow's "same" padding on
+    the strided convolutions, same parameter count), Keras' initialisation, and the weights
+    the Keras models put an L2 penalty on."""
+    from networks.names import RESNET50_L2, WRN_L2
+    from networks.torch_models import same_padding, search_l2, search_model
+
+    torch.manual_seed(0)
+    model = search_model("WRN_40_2", 10)
+    assert _n_params(model) == pytest.approx(2.24e6, abs=0.02e6)
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert all(m.eps == 1e-3 for m in bns)
+    strided = [m for m in model.modules() if getattr(m, "same_pad", False)]
+    assert len(strided) == 2 and all(m.conv2.padding == (0, 0) for m in strided)
+    assert same_padding((32, 32), 3, 2) == (0, 1, 0, 1)
+    assert same_padding((9, 8), 3, 2) == (0, 1, 1, 1) and same_padding((8, 8), 3, 1) == (1, 1, 1, 1)
+    conv = model.layer2[1].conv1
+    fan_in = conv.in_channels * 9
+    assert conv.weight.std().item() == pytest.approx((2 / fan_in) ** 0.5, rel=0.03)
+    assert conv.weight.abs().max().item() <= 2 * (2 / fan_in) ** 0.5 / 0.8796 + 1e-6
+    assert torch.all(conv.bias == 0) and torch.all(model.linear.bias == 0)
+    bound = (6 / (128 + 10)) ** 0.5  # Glorot uniform
+    assert model.linear.weight.abs().max().item() <= bound
+    assert model.linear.weight.abs().max().item() > 0.9 * bound
+    coef, params = search_l2("WRN_40_2", model)
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert coef == WRN_L2 and len(params) == 2 * len(convs) + 1
+    assert not any(p is model.linear.bias for p in params)
+    resnet = search_model("resnet50", 7)
+    coef, params = search_l2("resnet50", resnet)
+    assert coef == RESNET50_L2 and len(params) == 53 + 2
+    assert torch.all(resnet.layer1[0].bn3.weight == 0)  # the Keras ResNet's zero init
+    with pytest.raises(ValueError, match="WRN_<depth>_<width>"):
+        search_model("wresnet40_2", 10)

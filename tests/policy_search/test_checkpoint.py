@@ -243,3 +243,13 @@ def test_only_the_process_that_writes_the_results_takes_the_lock():
     assert not writes_results({"TF_CONFIG": json.dumps({**chief, "task": {"type": "worker",
                                                                           "index": 0}})})
     assert writes_results({"TF_CONFIG": "{not json"})  # make_strategy reports it
+
+
+def test_torchrun_rank_zero_writes_the_results():
+    from policy_search.checkpoint import writes_results
+
+    assert writes_results({}, backend="torch")
+    assert writes_results({"RANK": "0", "WORLD_SIZE": "2"}, backend="torch")
+    assert not writes_results({"RANK": "1", "WORLD_SIZE": "2"}, backend="torch")
+    two = {"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 1}}
+    assert writes_results({"TF_CONFIG": json.dumps(two)}, backend="torch")  # not torch's

@@ -116,3 +116,17 @@ def test_tf_config_of_a_cluster_passes():
     cluster = '{"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 1}}'
     checks.environment({"TF_CONFIG": cluster})
     checks.environment({})
+
+
+@pytest.mark.parametrize("environ, flag", [({"RANK": "x"}, "RANK"),
+                                           ({"WORLD_SIZE": "2", "RANK": "2"}, "RANK"),
+                                           ({"WORLD_SIZE": "0"}, "RANK"),
+                                           ({"WORLD_SIZE": "2", "LOCAL_RANK": "-1"}, "RANK"),
+                                           ({"WORLD_SIZE": "two"}, "WORLD_SIZE")])
+def test_torchrun_variables_that_do_not_fit_are_one_line(environ, flag):
+    """--backend torch checks torchrun's variables instead of TF_CONFIG."""
+    with pytest.raises(config.UsageError) as err:
+        checks.environment(environ, backend="torch")
+    assert err.value.flag == flag and "\n" not in str(err.value)
+    checks.environment({"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1"}, backend="torch")
+    checks.environment({"TF_CONFIG": "{not json"}, backend="torch")  # not torch's

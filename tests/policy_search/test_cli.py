@@ -78,16 +78,23 @@ def test_resume_refuses_a_checkpoint_of_other_search_flags():
     assert config.parse_args(["--dataset", "imagenet"]).pretrained.endswith(
         "imagenet_resnet50.weights.h5")
     assert config.parse_args(["--dataset", "imagenet", "--resume"]).pretrained is None
-    for key, other in (("aug_backend", "pil"), ("EXP_G", 5), ("seed", 2), ("precision", "bf16")):
+    for key, other in (("aug_backend", "pil"), ("EXP_G", 5), ("seed", 2), ("backend", "torch"),
+                       ("precision", "bf16")):
         changed = {"flags": dict(meta["flags"], **{key: other})}
         with pytest.raises(config.UsageError, match=f"--{key}"):
             checkpoint.check_resume(args, changed)
-    # A checkpoint from before --precision existed was searched in float32.
-    legacy = {"flags": {k: v for k, v in meta["flags"].items() if k != "precision"}}
-    checkpoint.check_resume(args, legacy)
-    with pytest.raises(config.UsageError, match="--precision"):
+    # A checkpoint written before --backend and --precision existed is a fp32 TensorFlow one.
+    older = {"flags": {k: v for k, v in meta["flags"].items() if k not in ("backend",
+                                                                              "precision")}}
+    checkpoint.check_resume(args, older)
+    with pytest.raises(config.UsageError, match="--backend 'tf', not 'torch'"):
+        checkpoint.check_resume(config.parse_args(["--preset", "cpu", "--backend", "torch"]),
+                                older)
+    with pytest.raises(config.UsageError, match="--precision 'fp32', not 'bf16'"):
         checkpoint.check_resume(config.parse_args(["--preset", "cpu", "--precision", "bf16"]),
-                                legacy)
+                                older)
+    assert config.parse_args(["--dataset", "imagenet", "--backend", "torch"]).pretrained.endswith(
+        "imagenet_resnet50.pt")
 
 
 def test_help_lists_every_released_flag(tmp_path):
@@ -106,6 +113,8 @@ def dataset(tmp_path_factory):
 def _bad_cases(dataset, tmp):
     garbage = tmp / "garbage.weights.h5"
     garbage.write_bytes(b"not a weights file")
+    keras_file = tmp / "keras.weights.h5"  # the HDF5 signature of Keras weights
+    keras_file.write_bytes(config.HDF5_SIGNATURE + b"\0" * 64)
     earlier = tmp / "earlier_search"  # a fresh run must not overwrite its checkpoint
     earlier.mkdir()
     (earlier / "checkpoint.npz").write_bytes(b"a search's progress")
@@ -126,6 +135,11 @@ def _bad_cases(dataset, tmp):
         (["--n_classes", "x"], "--n_classes"),
         (["--precision", "fp16"], "--precision"),
         (["--results_dir", str(earlier)], "--results_dir"),
+        (["--compile"], "--compile"),
+        (["--backend", "jax"], "--backend"),
+        (["--backend", "torch", "--cpu_replicas", "2"], "--cpu_replicas"),
+        (["--backend", "torch", "--pretrained", str(garbage)], "--pretrained"),
+        (["--backend", "torch", "--pretrained", str(keras_file)], "networks.convert_weights"),
     ], base
 
 

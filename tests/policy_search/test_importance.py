@@ -9,7 +9,8 @@ import keras
 
 from policy_search.importance import GradientMatcher
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helper, in any import mode
-from policy_search_helper import N_CLASSES, float64, search_batch, tiny_model  # noqa: E402,F401
+from policy_search_helper import (N_CLASSES, check_importance_maths, float64,  # noqa: E402,F401
+                                  importance_setup, rel_err, search_batch, tiny_model)
 
 
 def per_example_grads(model, images, labels):
@@ -29,45 +30,13 @@ def flat(grads):
     return np.concatenate([np.ravel(np.asarray(g)) for g in grads])
 
 
-def rel_err(a, b):
-    return np.max(np.abs(np.asarray(a) - np.asarray(b))) / np.max(np.abs(np.asarray(b)))
-
-
 @pytest.fixture
 def setup(float64):
-    model = tiny_model(keras)
-    batch = search_batch(1, 7, 6)
-    aug, val = batch["aug"][0], batch["val"][0]
-    labels = np.full(7, batch["labels"][0])
-    p = np.random.default_rng(3).dirichlet(np.ones(7))
-    return model, aug, labels, val, batch["val_labels"][0], p
-
-
-def cosine_of_p(G, g_val, p):
-    g_tr = p @ G
-    return g_val @ g_tr / (np.linalg.norm(g_val) * np.linalg.norm(g_tr))
+    return importance_setup(tiny_model(keras))
 
 
 def test_importance_is_derivative_of_cosine(setup):
-    model, aug, labels, val, val_labels, p = setup
-    matcher = GradientMatcher(model, chunk_size=3)
-    g_val = matcher.val_grad(val, val_labels)
-    g_tr = matcher.weighted_grad(aug, labels, p)
-    r = matcher.importance(aug, labels, g_val, g_tr).numpy()
-
-    G = per_example_grads(model, aug, labels)
-    g_val_ref = per_example_grads(model, val, val_labels).mean(axis=0)
-    assert rel_err(flat(g_val), g_val_ref) < 1e-10
-    assert rel_err(flat(g_tr), p @ G) < 1e-10
-    h = 1e-5
-    fd = np.array([(cosine_of_p(G, g_val_ref, p + h * e) - cosine_of_p(G, g_val_ref, p - h * e))
-                   / (2 * h) for e in np.eye(len(p))])
-    assert rel_err(r, fd) <= 1e-6
-    # the cosine itself
-    cos = GradientMatcher.cosine(g_val, g_tr).numpy()
-    assert abs(cos - cosine_of_p(G, g_val_ref, p)) < 1e-12
-    # the tangent is orthogonal to g_tr, so Σ p_i r_i = g_tr·t / (...) = 0
-    assert abs(p @ r) < 1e-12 * np.max(np.abs(r)) * len(r)
+    check_importance_maths(GradientMatcher(setup[0], chunk_size=3), setup, per_example_grads)
 
 
 def test_jvp_equals_per_example_gradient_dot_tangent(setup):
@@ -181,7 +150,7 @@ def test_tiny_float32_gradients_do_not_underflow():
 def test_bf16_importances_follow_fp32():
     """--precision bf16 computes the same importances as float32 up to bfloat16 rounding:
     the same weights, the same images, importances correlated over the images and the
-    gradients float32 (measured on a pretrained WRN-10-1: benchmarks/search_precision.py)."""
+    gradients float32 (measured on a pretrained WRN-10-1: benchmarks/search_agreement.py)."""
     from networks.tf_models import build_model
 
     rng = np.random.default_rng(0)

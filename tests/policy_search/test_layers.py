@@ -57,6 +57,11 @@ def test_adam_steps_match_hand_computation(stage_one):
             rbar = r.mean(axis=0) - np.sqrt(((r - r.mean(axis=0)) ** 2).mean(axis=0))
             scale = float(n_points)
         p = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
+        before = policy.get_state()["logits"]
+        _, gradient = policy.gradient(1, r, stage_one=stage_one)  # what the step follows
+        expected = loss_grad(z, rbar, scale)  # at float64 logits; the policy's are float32
+        np.testing.assert_allclose(gradient, expected, rtol=0, atol=1e-3 * np.abs(expected).max())
+        assert np.array_equal(policy.get_state()["logits"], before)
         loss = policy.apply_importance(1, r, stage_one=stage_one)
         assert loss == pytest.approx(-scale * rbar @ p, rel=1e-5, abs=1e-9)
         grads.append(loss_grad(z, rbar, scale))
@@ -64,6 +69,62 @@ def test_adam_steps_match_hand_computation(stage_one):
         np.testing.assert_allclose(policy.all_logits()[1], z, atol=1e-5)  # float32 logits
     np.testing.assert_allclose(policy.all_logits()[0], PolicyLogits(1, d, 0, 1.0).all_logits()[0])
     assert policy.get_state()["adam_iterations"].tolist() == [0, 3]
+
+
+def test_adam_is_keras_adam_to_the_bit():
+    """The numpy Adam of every layer equals keras.optimizers.Adam(lr, 0.9, 0.999) on float32
+    logits over 300 steps of gradients spanning eight orders of magnitude (ε = 1e-7 matters
+    for the small ones)."""
+    from policy_search.layers import Adam
+
+    rng = np.random.default_rng(0)
+    z0 = rng.normal(size=139).astype(np.float32)
+    var = keras.Variable(z0.copy(), dtype="float32")
+    keras_adam = keras.optimizers.Adam(learning_rate=0.025, beta_1=0.9, beta_2=0.999)
+    keras_adam.build([var])
+    ours, z = Adam(0.025, 139), z0.copy()
+    for _ in range(300):
+        g = (rng.normal(size=139) * 10.0 ** rng.uniform(-8, 0)).astype(np.float32)
+        keras_adam.apply([tf.constant(g)], [var])
+        z = ours.apply(g, z)
+        assert z.dtype == np.float32
+    np.testing.assert_array_equal(z, var.numpy())
+    slots = {v.path.rsplit("_", 1)[-1]: v.numpy() for v in keras_adam.variables}
+    np.testing.assert_array_equal(ours.momentum, slots["momentum"])
+    np.testing.assert_array_equal(ours.velocity, slots["velocity"])
+    assert ours.iterations == keras_adam.iterations.numpy() == 300
+
+
+def test_update_equals_the_keras_update_of_the_released_search():
+    """One apply_importance step equals the former Keras form: the float32 loss
+    −scale Σ r̄ softmax(z) differentiated by a tape, then keras' Adam; a state saved from
+    Keras' slots (the checkpoint format) continues identically."""
+    rng = np.random.default_rng(2)
+    d = 139
+    policy = PolicyLogits(2, d, 0, 0.025)
+    var = keras.Variable(policy.logits[1].copy(), dtype="float32")
+    keras_adam = keras.optimizers.Adam(learning_rate=0.025, beta_1=0.9, beta_2=0.999)
+    keras_adam.build([var])
+    for step in range(6):
+        r = rng.normal(size=(4, d)) * 1e-3
+        rbar = r.mean(axis=0) - r.std(axis=0)
+        with tf.GradientTape() as tape:
+            tape.watch(var.value)
+            loss = -4.0 * tf.reduce_sum(tf.constant(rbar, tf.float32) * tf.nn.softmax(var.value))
+        keras_adam.apply([tape.gradient(loss, var.value)], [var])
+        if step == 3:  # a checkpoint of the Keras state, restored into a fresh policy
+            slots = {v.path.rsplit("_", 1)[-1]: v.numpy() for v in keras_adam.variables}
+            state = policy.get_state()
+            state["logits"][1] = var.numpy()
+            state["adam_iterations"][1] = keras_adam.iterations.numpy()
+            state["adam_momentum"][1] = slots["momentum"]
+            state["adam_velocity"][1] = slots["velocity"]
+            policy = PolicyLogits(2, d, 0, 0.025)
+            policy.set_state(state)
+            continue
+        assert policy.apply_importance(1, r, stage_one=False) == pytest.approx(
+            float(loss), rel=1e-6)
+    np.testing.assert_allclose(policy.logits[1], var.numpy(), rtol=1e-6, atol=1e-7)
 
 
 def test_state_round_trip_gives_identical_next_steps():

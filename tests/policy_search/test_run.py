@@ -12,11 +12,10 @@ from PIL import Image
 from augmentation import load_policy
 from augmentation.convert import npz_to_policy
 from augmentation.space import candidates
-
-ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helper, in any import mode
-from policy_search_helper import (common_flags, make_data as _make_data,  # noqa: E402
-                                  search as _search, search_env, stop_when_logged)
+from policy_search_helper import (ROOT, common_flags, make_data as _make_data,  # noqa: E402
+                                  search as _search, search_env, stop_and_resume,
+                                  stop_when_logged)
 
 
 @pytest.fixture(scope="module")
@@ -129,18 +128,7 @@ def test_two_workers_write_one_set_of_outputs(run):
 
 def test_stop_and_resume_gives_the_same_policy(run):
     tmp, common = run
-    weights = str(tmp / "full" / "pretrained_WRN_10_1.weights.h5")
-    part = tmp / "part"
-    args = common + ["--pretrained", weights, "--results_dir", str(part)]
-    # Stop in the middle of layer 2 (4 steps of layer 1 + 1 of layer 2), then resume.
-    _search(args + ["--stop_after_steps", "5"], tmp)
-    assert (part / "checkpoint.npz").is_file() and not (part / "policy.yaml").exists()
-    res = _search(args + ["--resume"], tmp)
-    assert "resumed at layer 2, step 1" in (part / "search.log").read_text(), res.stderr[-500:]
-    full = load_policy(tmp / "full" / "policy.yaml")
-    resumed = load_policy(part / "policy.yaml")
-    np.testing.assert_allclose(resumed.probs, full.probs, rtol=0, atol=1e-9)
-    assert resumed.meta["cos_sim_trace"] == full.meta["cos_sim_trace"]
+    stop_and_resume(tmp, common, str(tmp / "full" / "pretrained_WRN_10_1.weights.h5"))
 
 
 def test_importances_that_are_not_finite_stop_with_one_line_and_resume(run):
