@@ -24,6 +24,7 @@ import os
 
 import yaml
 
+from augmentation.cli import command_name
 from augmentation.policy import short_repr
 from networks.names import is_train_model
 
@@ -312,7 +313,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m DeepAA_evaluate.train", allow_abbrev=False,
+    p = _Parser(prog=command_name("python -m DeepAA_evaluate.train"), allow_abbrev=False,
                 description="Train a model with a DeepAA policy (SPEC §3). Any config key can "
                             "be overridden: --key.sub value.")
     p.add_argument("-c", "--config", required=True, help="trainer config YAML (confs/)")

@@ -36,6 +36,7 @@ import subprocess
 import sys
 import time
 
+from augmentation.cli import command_name
 from augmentation.files import InUse, Unwritable, check_writable, exclusive
 from DeepAA_evaluate.config import (MAX_SEED, ConfigError, build_parser, load_config,
                                     parse_overrides)
@@ -193,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     if "--" in argv:
         i = argv.index("--")
         argv, extra = argv[:i], argv[i + 1:]
-    parser = argparse.ArgumentParser(prog="python -m DeepAA_evaluate.reproduce",
+    parser = argparse.ArgumentParser(prog=command_name("python -m DeepAA_evaluate.reproduce"),
                                      description="Run configs x seeds; write a Markdown table.")
     parser.add_argument("--confs", nargs="+", default=[], help="trainer config YAMLs")
     parser.add_argument("--seeds", type=int, default=4,

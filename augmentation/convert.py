@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from .cli import command_name
 from .files import Unwritable, atomic_write, check_writable
 from .policy import Policy, PolicyError, _plain, load_policy, save_policy
 from .space import OP_TABLE, RELEASED_NAMES
@@ -171,7 +172,7 @@ def _parse_meta(items: list[str]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m augmentation.convert",
+        prog=command_name("python -m augmentation.convert"),
         description="Convert a DeepAA policy between the released npz format and YAML.",
     )
     parser.add_argument("src", help="input policy: .npz (released format) or .yaml/.yml")

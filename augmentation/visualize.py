@@ -34,6 +34,7 @@ import sys
 import numpy as np
 from PIL import Image
 
+from .cli import command_name
 from .files import Unwritable, atomic_write, check_writable
 from .policy import MAX_FILE_BYTES, Policy, PolicyError, load_policy
 from .space import OP_TABLE, identity_level
@@ -313,7 +314,7 @@ def draw_policy(policy: Policy | str, out_dir: str, images: list[Image.Image] | 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m augmentation.visualize",
+        prog=command_name("python -m augmentation.visualize"),
         description="Draw a policy: op probabilities per layer, level distributions, examples.")
     parser.add_argument("policy", help="policy YAML path, shipped name (cifar_1, imagenet_2, ...) "
                         "or a search's results folder")

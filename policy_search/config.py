@@ -12,6 +12,7 @@ import os
 import re
 import sys
 
+from augmentation.cli import command_name
 from networks.names import is_search_model
 from policy_search import checks
 
@@ -62,7 +63,7 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
     """The flag parser. With ``suppress_defaults`` the namespace holds only the flags given on
     the command line (used to let explicit flags override a preset)."""
     kw = {"argument_default": argparse.SUPPRESS} if suppress_defaults else {}
-    p = _Parser(prog="DeepAA_search.py", description="Deep AutoAugment policy search "
+    p = _Parser(prog=command_name("DeepAA_search.py"), description="Deep AutoAugment policy search "
                 "(gradient matching, layer by layer). Writes a policy YAML.", **kw)
 
     r = p.add_argument_group("released flags (SPEC §0)")

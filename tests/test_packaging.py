@@ -10,6 +10,7 @@ import subprocess
 import sys
 import sysconfig
 import venv
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,7 @@ def _sources(dst: Path) -> Path:
     """What an sdist holds: the packaging files, the top-level modules and every package."""
     dst.mkdir()
     for entry in ROOT.iterdir():
-        if entry.name in ("pyproject.toml", "README.md") or (
+        if entry.name in ("pyproject.toml", "README.md", "LICENSE") or (
                 entry.suffix == ".py" and entry.is_file()):
             shutil.copy2(entry, dst / entry.name)
         elif entry.is_dir() and (entry / "__init__.py").is_file() and entry.name != "tests":
@@ -71,6 +72,16 @@ def test_the_build_has_no_deprecation_warnings(installed):
         [line for line in log.splitlines() if "eprecat" in line]
 
 
+def test_the_wheel_carries_the_license(installed):
+    wheel, = (installed["work"] / "dist").glob("deepaa-*.whl")
+    with zipfile.ZipFile(wheel) as z:
+        names = [n for n in z.namelist() if n.endswith("/LICENSE")]
+        assert len(names) == 1 and ".dist-info/" in names[0], z.namelist()
+        assert z.read(names[0]) == (ROOT / "LICENSE").read_bytes()
+        metadata = z.read(next(n for n in z.namelist() if n.endswith(".dist-info/METADATA")))
+    assert b"License-Expression: MIT" in metadata
+
+
 def test_the_installed_copy_has_the_policies_and_the_c_sources(installed):
     code = ("import augmentation, os\n"
             "from augmentation import load_policy\n"
@@ -91,7 +102,8 @@ def test_the_installed_copy_has_the_policies_and_the_c_sources(installed):
 def test_the_five_commands_run(installed):
     for command in COMMANDS:
         out = _run(installed, installed["bin"] / command, "--help")
-        assert out.returncode == 0 and "usage:" in out.stdout, (command, out.stderr[-2000:])
+        assert out.returncode == 0, (command, out.stderr[-2000:])
+        assert out.stdout.startswith(f"usage: {command} "), (command, out.stdout[:200])
     policy = installed["work"] / "cifar_1.npz"
     shipped = _run(installed, installed["python"], "-c",
                    "from augmentation.policy import policies_dir; print(policies_dir())")
