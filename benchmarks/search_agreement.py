@@ -29,6 +29,7 @@ uniform otherwise) and layer 2 at the Identity prior.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import subprocess
 import sys
@@ -124,7 +125,9 @@ def compare_searches(args, labels):
     from augmentation.policy import load_policy
 
     policies = {}
-    with tempfile.TemporaryDirectory() as tmp:
+    with contextlib.ExitStack() as stack:
+        tmp = args.keep or stack.enter_context(tempfile.TemporaryDirectory())
+        os.makedirs(tmp, exist_ok=True)
         weights = {os.path.splitext(args.weights)[1]: os.path.abspath(args.weights)}
         for label in labels:
             backend, _, opts = label.partition(" ")
@@ -132,7 +135,8 @@ def compare_searches(args, labels):
             if suffix not in weights:  # the other framework's file, converted once
                 weights[suffix] = os.path.join(tmp, "weights" + (
                     ".pt" if suffix == ".pt" else ".weights.h5"))
-                convert(args.weights, weights[suffix], args.model, args.n_classes)
+                if not os.path.isfile(weights[suffix]):
+                    convert(args.weights, weights[suffix], args.model, args.n_classes)
             folder = os.path.join(tmp, label.replace(" ", "_").replace("+", "_"))
             cmd = [sys.executable, os.path.join(ROOT, "DeepAA_search.py"), "--backend", backend,
                    "--precision", "bf16" if "bf16" in opts else "fp32", "--dataset",
@@ -144,12 +148,17 @@ def compare_searches(args, labels):
                    str(args.factor), "--n_val_per_point", str(args.n_val), "--seed",
                    str(args.seed), "--dataroot", args.dataroot, "--results_dir", folder]
             cmd += ["--compile"] if "compile" in opts else []
+            policy_file = os.path.join(folder, "policy.yaml")
             start = time.perf_counter()
-            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, cwd=ROOT)
-            policies[label] = (load_policy(os.path.join(folder, "policy.yaml")),
-                               time.perf_counter() - start)
+            if not os.path.isfile(policy_file):  # a kept search left unfinished continues
+                cmd += ["--resume"] if os.path.isdir(folder) and any(
+                    f.endswith("checkpoint.npz") for f in os.listdir(folder)) else []
+                subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, cwd=ROOT)
+            policy = load_policy(policy_file)
+            policies[label] = (policy, policy.meta.get("search_time_s",
+                                                       time.perf_counter() - start))
     ref = policies[labels[0]][0]
-    print(f"\n[policies after 2 layers x {args.search_steps} steps] wall: "
+    print(f"\n[policies after 2 layers x {args.search_steps} steps] search time: "
           + ", ".join(f"{label} {t:.0f} s" for label, (_, t) in policies.items()))
     for k in range(ref.n_layers):
         print(f"  layer {k + 1}:")
@@ -184,6 +193,8 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=6, help="compared steps per stage")
     p.add_argument("--search_steps", type=int, default=0,
                    help="also run a 2-layer search of N steps per layer for each variant")
+    p.add_argument("--keep", help="with --search_steps: keep each variant's search in "
+                   "KEEP/<variant> (policy, trace, log) and continue an unfinished one")
     p.add_argument("--threads", type=int, default=0, help="as search_step.py's")
     args = p.parse_args(argv)
     labels = [v.strip() for v in args.variants.split(",") if v.strip()]
