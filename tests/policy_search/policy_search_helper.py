@@ -77,9 +77,14 @@ def random_weights(model, seed: int = 0, scale: float = 0.3):
 
 
 def rel_err(a, b):
-    """max |a − b| / max |b|."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    """max |a − b| / max |b| (numpy arrays or either framework's tensors)."""
+    a, b = (np.asarray(_numpy(v), np.float64) for v in (a, b))
     return np.max(np.abs(a - b)) / np.max(np.abs(b))
+
+
+def flat(grads):
+    """A gradient (a list of either framework's tensors) as one float64 vector."""
+    return np.concatenate([np.ravel(_numpy(g)).astype(np.float64) for g in grads])
 
 
 def importance_setup(model, images=np.asarray):
@@ -125,6 +130,21 @@ def check_importance_maths(matcher, setup, per_example_grads):
     assert rel_err(r, fd) <= 1e-6
     assert abs(cos - cosine_of(p)) < 1e-12
     assert abs(p @ r) < 1e-12 * np.max(np.abs(r)) * len(r)
+
+
+def check_chunking_changes_nothing(make_matcher, setup, chunk_size):
+    """Chunks of ``chunk_size`` images give one pass's g_val, g_tr and importances, to
+    rounding (either backend's matcher, float64)."""
+    model, aug, labels, val, val_labels, p = setup
+    one_shot, chunked = make_matcher(model, 10_000), make_matcher(model, chunk_size)
+    for fn in ("val_grad", "mean_grad"):
+        assert rel_err(flat(getattr(chunked, fn)(val, val_labels)),
+                       flat(getattr(one_shot, fn)(val, val_labels))) < 1e-12
+    g_tr = chunked.weighted_grad(aug, labels, p)
+    assert rel_err(flat(g_tr), flat(one_shot.weighted_grad(aug, labels, p))) < 1e-12
+    g_val = one_shot.val_grad(val, val_labels)
+    assert rel_err(chunked.importance(aug, labels, g_val, g_tr),
+                   one_shot.importance(aug, labels, g_val, g_tr)) < 1e-12
 
 
 def stop_and_resume(tmp, common, weights):

@@ -19,8 +19,8 @@ from policy_search.importance import GradientMatcher
 from policy_search.layers import PolicyLogits, Searcher
 from policy_search.torch_importance import TorchMatcher
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helper, in any import mode
-from policy_search_helper import (CHANNELS, N_CLASSES, SIZE, random_weights,  # noqa: E402
-                                  rel_err, search_batch)
+from policy_search_helper import (CHANNELS, N_CLASSES, SIZE, flat,  # noqa: E402
+                                  random_weights, rel_err, search_batch)
 
 TOL = 1e-5
 
@@ -50,10 +50,6 @@ def in_torch_order(tf_grads, matcher_tf, torch_model, torch_names):
                 out[names[id(tensor)]] = _to_torch_layout(by_path[var.path])
     assert sorted(out) == sorted(torch_names)
     return np.concatenate([out[n].ravel() for n in torch_names])
-
-
-def flat(grads):
-    return np.concatenate([g.detach().numpy().ravel() for g in grads])
 
 
 @pytest.fixture(scope="module")

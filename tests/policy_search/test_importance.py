@@ -9,8 +9,9 @@ import keras
 
 from policy_search.importance import GradientMatcher
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helper, in any import mode
-from policy_search_helper import (N_CLASSES, check_importance_maths, float64,  # noqa: E402,F401
-                                  importance_setup, rel_err, search_batch, tiny_model)
+from policy_search_helper import (N_CLASSES, check_chunking_changes_nothing,  # noqa: E402,F401
+                                  check_importance_maths, flat, float64, importance_setup,
+                                  rel_err, search_batch, tiny_model)
 
 
 def per_example_grads(model, images, labels):
@@ -24,10 +25,6 @@ def per_example_grads(model, images, labels):
         grads = tape.gradient(loss, model.trainable_variables)
         rows.append(np.concatenate([np.ravel(g) for g in grads]))
     return np.stack(rows)
-
-
-def flat(grads):
-    return np.concatenate([np.ravel(np.asarray(g)) for g in grads])
 
 
 @pytest.fixture
@@ -51,17 +48,8 @@ def test_jvp_equals_per_example_gradient_dot_tangent(setup):
 
 @pytest.mark.parametrize("chunk_size", [1, 3, 7])
 def test_chunked_passes_equal_one_shot(setup, chunk_size):
-    model, aug, labels, val, val_labels, p = setup
-    one_shot = GradientMatcher(model, chunk_size=10_000)
-    chunked = GradientMatcher(model, chunk_size=chunk_size)
-    for fn in ("val_grad", "mean_grad"):
-        assert rel_err(flat(getattr(chunked, fn)(val, val_labels)),
-                       flat(getattr(one_shot, fn)(val, val_labels))) < 1e-12
-    g_tr = chunked.weighted_grad(aug, labels, p)
-    assert rel_err(flat(g_tr), flat(one_shot.weighted_grad(aug, labels, p))) < 1e-12
-    g_val = one_shot.val_grad(val, val_labels)
-    assert rel_err(chunked.importance(aug, labels, g_val, g_tr),
-                   one_shot.importance(aug, labels, g_val, g_tr)) < 1e-12
+    check_chunking_changes_nothing(lambda m, c: GradientMatcher(m, chunk_size=c), setup,
+                                   chunk_size)
 
 
 def test_gradient_is_of_the_data_loss_only(float64):

@@ -11,8 +11,9 @@ import torch.nn.functional as F
 from networks.torch_models import search_model
 from policy_search.torch_importance import TorchMatcher, theta_names
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helper, in any import mode
-from policy_search_helper import (N_CLASSES, check_importance_maths,  # noqa: E402
-                                  importance_setup, search_batch)
+from policy_search_helper import (N_CLASSES, check_chunking_changes_nothing,  # noqa: E402
+                                  check_importance_maths, flat, importance_setup, rel_err,
+                                  search_batch)
 
 
 def tiny_wrn(dtype=torch.float64, seed=0):
@@ -43,15 +44,6 @@ def per_example_grads(model, images, labels):
     return torch.stack(rows).detach().numpy()
 
 
-def flat(grads):
-    return np.concatenate([np.ravel(torch.as_tensor(g).detach().cpu().numpy()) for g in grads])
-
-
-def rel_err(a, b):
-    a, b = (np.asarray(torch.as_tensor(v).detach().cpu()) for v in (a, b))
-    return np.max(np.abs(a - b)) / np.max(np.abs(b))
-
-
 @pytest.fixture
 def setup():
     return importance_setup(tiny_wrn(), nchw)
@@ -73,16 +65,7 @@ def test_jvp_equals_per_example_gradient_dot_tangent(setup):
 
 @pytest.mark.parametrize("chunk_size", [1, 3, 7])
 def test_chunked_passes_equal_one_shot(setup, chunk_size):
-    model, aug, labels, val, val_labels, p = setup
-    one_shot = TorchMatcher(model, chunk_size=10_000)
-    chunked = TorchMatcher(model, chunk_size=chunk_size)
-    assert rel_err(flat(chunked.val_grad(val, val_labels)),
-                   flat(one_shot.val_grad(val, val_labels))) < 1e-12
-    g_tr = chunked.weighted_grad(aug, labels, p)
-    assert rel_err(flat(g_tr), flat(one_shot.weighted_grad(aug, labels, p))) < 1e-12
-    g_val = one_shot.val_grad(val, val_labels)
-    assert rel_err(chunked.importance(aug, labels, g_val, g_tr),
-                   one_shot.importance(aug, labels, g_val, g_tr)) < 1e-12
+    check_chunking_changes_nothing(lambda m, c: TorchMatcher(m, chunk_size=c), setup, chunk_size)
 
 
 def test_theta_leaves_batch_norm_out_and_bad_input_is_refused(setup):
