@@ -163,11 +163,80 @@ static void transpose(const uint8_t *src, int64_t stride, int64_t rows, int64_t 
                     dst[j * rows + i] = src[i * stride + j];
 }
 
+#ifdef DX_AVX512
+/* clip8 of 16 sums, stored as bytes under mask m. */
+static inline void store_clip8(uint8_t *dst, __mmask16 m, __m512i sum) {
+    sum = _mm512_max_epi32(_mm512_srai_epi32(sum, PRECISION_BITS), _mm512_setzero_si512());
+    _mm_mask_storeu_epi8(dst, m, _mm512_cvtusepi32_epi8(sum));
+}
+
+/* Output rows dst0 (taps k0 from source row 0 of `rows`) and, when dst1 is not NULL, dst1
+ * (taps k1 from source row d, d 0 or 1): each of the ksize + d source rows is widened to
+ * int32 once and feeds both sums. 64 columns per step in four vectors per output row, then
+ * 16 at a time. */
+static void lines_avx512(const uint8_t *rows, int64_t len, int64_t d, const int32_t *k0,
+                         const int32_t *k1, int64_t ksize, uint8_t *dst0, uint8_t *dst1) {
+    const __m512i bias = _mm512_set1_epi32(1 << (PRECISION_BITS - 1));
+    const int64_t span = dst1 ? ksize + d : ksize;
+    int64_t p = 0;
+    for (; p + 4 * BLOCK <= len; p += 4 * BLOCK) {
+        __m512i a0 = bias, a1 = bias, a2 = bias, a3 = bias;
+        __m512i b0 = bias, b1 = bias, b2 = bias, b3 = bias;
+        for (int64_t u = 0; u < span; u++) {
+            const __m128i *r = (const __m128i *)(rows + u * len + p);
+            const __m512i v0 = _mm512_cvtepu8_epi32(_mm_loadu_si128(r));
+            const __m512i v1 = _mm512_cvtepu8_epi32(_mm_loadu_si128(r + 1));
+            const __m512i v2 = _mm512_cvtepu8_epi32(_mm_loadu_si128(r + 2));
+            const __m512i v3 = _mm512_cvtepu8_epi32(_mm_loadu_si128(r + 3));
+            if (u < ksize) {
+                const __m512i wt = _mm512_set1_epi32(k0[u]);
+                a0 = _mm512_add_epi32(a0, _mm512_mullo_epi32(v0, wt));
+                a1 = _mm512_add_epi32(a1, _mm512_mullo_epi32(v1, wt));
+                a2 = _mm512_add_epi32(a2, _mm512_mullo_epi32(v2, wt));
+                a3 = _mm512_add_epi32(a3, _mm512_mullo_epi32(v3, wt));
+            }
+            if (dst1 && u >= d) {
+                const __m512i wt = _mm512_set1_epi32(k1[u - d]);
+                b0 = _mm512_add_epi32(b0, _mm512_mullo_epi32(v0, wt));
+                b1 = _mm512_add_epi32(b1, _mm512_mullo_epi32(v1, wt));
+                b2 = _mm512_add_epi32(b2, _mm512_mullo_epi32(v2, wt));
+                b3 = _mm512_add_epi32(b3, _mm512_mullo_epi32(v3, wt));
+            }
+        }
+        store_clip8(dst0 + p, 0xFFFF, a0);
+        store_clip8(dst0 + p + BLOCK, 0xFFFF, a1);
+        store_clip8(dst0 + p + 2 * BLOCK, 0xFFFF, a2);
+        store_clip8(dst0 + p + 3 * BLOCK, 0xFFFF, a3);
+        if (dst1) {
+            store_clip8(dst1 + p, 0xFFFF, b0);
+            store_clip8(dst1 + p + BLOCK, 0xFFFF, b1);
+            store_clip8(dst1 + p + 2 * BLOCK, 0xFFFF, b2);
+            store_clip8(dst1 + p + 3 * BLOCK, 0xFFFF, b3);
+        }
+    }
+    for (; p < len; p += BLOCK) {
+        const int64_t left = len - p;
+        const __mmask16 m = left >= BLOCK ? 0xFFFF : (__mmask16)((1u << left) - 1);
+        __m512i a = bias, b = bias;
+        for (int64_t u = 0; u < span; u++) {
+            const __m512i v = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, rows + u * len + p));
+            if (u < ksize) a = _mm512_add_epi32(a, _mm512_mullo_epi32(v, _mm512_set1_epi32(k0[u])));
+            if (dst1 && u >= d)
+                b = _mm512_add_epi32(b, _mm512_mullo_epi32(v, _mm512_set1_epi32(k1[u - d])));
+        }
+        store_clip8(dst0 + p, m, a);
+        if (dst1) store_clip8(dst1 + p, m, b);
+    }
+}
+#endif
+
 /* One pass along the rows of a matrix of rows of `len` bytes: out row o = clip8(2^21 + sum
  * over j < ksize of in row (first[o] + j - base) * kernel[o][j]); taps past count[o] have
- * weight 0 (`in` has ksize rows of padding for them). With AVX-512, 64 columns per step in
- * four int32 vectors and every row the same number of taps (no data-dependent branch);
- * elsewhere an int32 accumulator row, one tap at a time. */
+ * weight 0 (`in` has ksize rows of padding for them). With AVX-512 (lines_avx512), every row
+ * the same number of taps (no data-dependent branch), and two output rows at a time when the
+ * second starts at most one source row later (as an enlargement's do): they share the
+ * widened source rows. Elsewhere an int32 accumulator row, one tap at a time. Integer sums
+ * do not depend on their order: the same bytes either way. */
 static void resample_lines(const uint8_t *in, int64_t len, int64_t base, const int32_t *first,
                            const int32_t *count, const int32_t *kernel, int64_t ksize,
                            int64_t outs, uint8_t *out, int32_t *acc) {
@@ -176,37 +245,14 @@ static void resample_lines(const uint8_t *in, int64_t len, int64_t base, const i
         const int32_t *k = kernel + o * ksize;
         uint8_t *dst = out + o * len;
 #ifdef DX_AVX512
-        const __m512i bias = _mm512_set1_epi32(1 << (PRECISION_BITS - 1));
-        const __m512i zero = _mm512_setzero_si512();
         (void)count;
         (void)acc;
-        int64_t p = 0;
-        for (; p + 4 * BLOCK <= len; p += 4 * BLOCK) {
-            __m512i s0 = bias, s1 = bias, s2 = bias, s3 = bias;
-            for (int64_t j = 0; j < ksize; j++) {
-                const __m512i wt = _mm512_set1_epi32(k[j]);
-                const __m128i *r = (const __m128i *)(rows + j * len + p);
-                s0 = _mm512_add_epi32(s0, _mm512_mullo_epi32(_mm512_cvtepu8_epi32(_mm_loadu_si128(r)), wt));
-                s1 = _mm512_add_epi32(s1, _mm512_mullo_epi32(_mm512_cvtepu8_epi32(_mm_loadu_si128(r + 1)), wt));
-                s2 = _mm512_add_epi32(s2, _mm512_mullo_epi32(_mm512_cvtepu8_epi32(_mm_loadu_si128(r + 2)), wt));
-                s3 = _mm512_add_epi32(s3, _mm512_mullo_epi32(_mm512_cvtepu8_epi32(_mm_loadu_si128(r + 3)), wt));
-            }
-            __m128i *d = (__m128i *)(dst + p);
-            _mm_storeu_si128(d, _mm512_cvtusepi32_epi8(_mm512_max_epi32(_mm512_srai_epi32(s0, PRECISION_BITS), zero)));
-            _mm_storeu_si128(d + 1, _mm512_cvtusepi32_epi8(_mm512_max_epi32(_mm512_srai_epi32(s1, PRECISION_BITS), zero)));
-            _mm_storeu_si128(d + 2, _mm512_cvtusepi32_epi8(_mm512_max_epi32(_mm512_srai_epi32(s2, PRECISION_BITS), zero)));
-            _mm_storeu_si128(d + 3, _mm512_cvtusepi32_epi8(_mm512_max_epi32(_mm512_srai_epi32(s3, PRECISION_BITS), zero)));
-        }
-        for (; p < len; p += BLOCK) {
-            const int64_t left = len - p;
-            const __mmask16 m = left >= BLOCK ? 0xFFFF : (__mmask16)((1u << left) - 1);
-            __m512i sum = bias;
-            for (int64_t j = 0; j < ksize; j++) {
-                const __m512i v = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, rows + j * len + p));
-                sum = _mm512_add_epi32(sum, _mm512_mullo_epi32(v, _mm512_set1_epi32(k[j])));
-            }
-            sum = _mm512_max_epi32(_mm512_srai_epi32(sum, PRECISION_BITS), zero);
-            _mm_mask_storeu_epi8(dst + p, m, _mm512_cvtusepi32_epi8(sum));
+        const int64_t d = o + 1 < outs ? (int64_t)first[o + 1] - first[o] : -1;
+        if (d == 0 || d == 1) {
+            lines_avx512(rows, len, d, k, k + ksize, ksize, dst, dst + len);
+            o++;
+        } else {
+            lines_avx512(rows, len, 0, k, NULL, ksize, dst, NULL);
         }
 #else
         for (int64_t p = 0; p < len; p++) acc[p] = 1 << (PRECISION_BITS - 1);
