@@ -3,13 +3,15 @@
  * §1), bit-exact, taps included.
  *
  * The taps are Resample.c's precompute_coeffs and normalize_coeffs_8bpc, in the same double
- * arithmetic (built with -ffp-contract=off: no fused multiply-add); the torch port computes the
+ * arithmetic (built with -ffp-contract=off: no fused multiply-add; with AVX-512, eight outputs
+ * per vector, each lane the scalar operations in their order); the torch port computes the
  * same numbers with numpy (batched.resize.bicubic_taps) and the tests compare both with Pillow.
  * The two passes are horizontal then vertical, each output sample clip8 of 2^21 plus its taps'
  * pixel * weight in int32, rounded to 8 bits after each pass, over the rows the vertical pass
  * reads. Integer sums do not depend on their order, so any vectorisation gives Pillow's pixels:
  *
- * - vertical pass: along contiguous rows, 16 columns per AVX-512 vector where available;
+ * - vertical pass: along contiguous rows, 16 columns per AVX-512 vector where available, two
+ *   output rows at a time when they share their source rows;
  * - horizontal pass with AVX-512 VBMI: 16 outputs at a time from one 64-byte window of the
  *   row, each tap's 16 source bytes picked by one byte permute straight into int32 lanes
  *   (a block whose window is wider than 64 bytes, or a CPU without VBMI, takes the portable
