@@ -44,9 +44,10 @@ class BatchTrainSet(torch.utils.data.Dataset):
 
         self.apply, self.crop_batch = apply_policy_batch, crop_batch
         self.base, self.policy, self.micro, self.crop = base, policy, micro, crop
-        # Stored images (N x H x W x 3) are kept channels-first too, up to a size: slicing a
-        # batch is then all the loader does before the policy (a transpose per batch costs
-        # as much as the kernels at 32 x 32). Made before the workers fork, so they share it.
+        # Stored images (N x H x W x 3) are kept channels-first too, up to a size: the policy
+        # then reads a batch's images where they are, by index (a transpose per batch costs
+        # as much as the kernels at 32 x 32; a gathered copy of a 224 x 224 batch, a tenth of
+        # the policy). Made before the workers fork, so they share it.
         images = getattr(base, "images", None)
         self.chw = None
         if isinstance(images, np.ndarray) and images.ndim == 4 and images.shape[3] == 3 \
@@ -64,16 +65,13 @@ class BatchTrainSet(torch.utils.data.Dataset):
         index = np.array([int(i) for i, _ in keys], dtype=np.int64)
         seeds = [int(s) for _, s in keys]
         labels = torch.as_tensor(np.asarray(self.base.labels)[index], dtype=torch.long)
-        chunks = [self._augment(self._images(index[lo:lo + self.micro]),
-                                seeded_generator([seeds[lo], 3]))
+        chunks = [self._augment(index[lo:lo + self.micro], seeded_generator([seeds[lo], 3]))
                   for lo in range(0, len(keys), self.micro)]
         return (chunks[0] if len(chunks) == 1 else torch.cat(chunks)), labels
 
     def _images(self, index):
         """The images as uint8: one N x C x H x W slice of a stored array, or a list of
         decoded C x H x W tensors."""
-        if self.chw is not None:
-            return torch.from_numpy(self.chw[index])
         images = getattr(self.base, "images", None)
         if isinstance(images, np.ndarray) and images.ndim == 4 and images.shape[3] == 3:
             return torch.from_numpy(np.ascontiguousarray(images[index].transpose(0, 3, 1, 2)))
@@ -81,9 +79,14 @@ class BatchTrainSet(torch.utils.data.Dataset):
 
         return [to_uint8_tensor(self.base.image(int(i))) for i in index]
 
-    def _augment(self, images, gen) -> torch.Tensor:
-        """The policy on one virtual-worker batch: a stacked batch in one call; a list of
-        images of several sizes one size at a time, in order of size, then back in order."""
+    def _augment(self, index, gen) -> torch.Tensor:
+        """The policy on one virtual-worker batch: images kept channels-first are read in
+        place (the C kernels take the indices, no copy is gathered); a stacked batch in one
+        call; a list of images of several sizes one size at a time, in order of size, then
+        back in order."""
+        if self.chw is not None:
+            return self._policy(torch.from_numpy(self.chw), gen, index)
+        images = self._images(index)
         if isinstance(images, torch.Tensor):
             return self._policy(images, gen)
         groups = {}
@@ -96,8 +99,8 @@ class BatchTrainSet(torch.utils.data.Dataset):
         out = torch.cat(parts)
         return out.index_select(0, torch.from_numpy(np.argsort(order))) if len(parts) > 1 else out
 
-    def _policy(self, batch, gen):
-        done = self.apply(self.policy, batch, mirror=True, generator=gen)
+    def _policy(self, batch, gen, index=None):
+        done = self.apply(self.policy, batch, mirror=True, generator=gen, index=index)
         if self.crop and tuple(done.shape[2:]) != (IMAGENET_SIZE, IMAGENET_SIZE):
             done = self.crop_batch(done, IMAGENET_SIZE)
         return done.contiguous()

@@ -361,25 +361,32 @@ def _candidate_ids(candidates, l_mags: int):
 
 
 def apply_policy_batch(policy, x, mirror: bool = True,
-                       generator: torch.Generator | None = None) -> torch.Tensor:
+                       generator: torch.Generator | None = None, index=None) -> torch.Tensor:
     """Apply a DeepAA policy per image: for each layer in order, each image draws its own
     candidate from that layer's distribution (SPEC §3; ``mirror=True`` is the evaluation
     semantics). Images that RandResizeCrop brings to 224 x 224 continue at that size; in the
     ImageNet space every image is centre-cropped to 224 after the last layer (SPEC §2, §3).
+    With ``index`` (integers), the batch is ``x[index]``: the compiled kernels read those
+    images where they are (a loader's stored array) instead of a gathered copy; the pixels are
+    those of ``apply_policy_batch(policy, x[index])``.
     A batch with no image can be given; it comes back unchanged."""
     _check_images(x)
-    n = x.shape[0]
+    if index is not None:
+        index = np.asarray(index, dtype=np.int64).reshape(-1)
+    n = x.shape[0] if index is None else index.shape[0]
     if n == 0:
-        return x.clone()
+        return x.clone() if index is None else x[:0].clone()
     choice = draws.sample_candidates(policy, n, generator).numpy().T  # (layers, n)
     ops_all, levels_all, names = _candidate_ids(policy.candidates, policy.l_mags)
     u_all = draws.draw_uniforms(choice.shape, names, mirror, generator)
     if native.usable(x, names):  # all layers in one C call, each image through all of them
-        table, *rows = _native_rows(x.shape, ops_all[choice], levels_all[choice],
+        table, *rows = _native_rows((n, *x.shape[1:]), ops_all[choice], levels_all[choice],
                                     None if u_all is None else u_all.numpy(), policy.l_mags,
                                     mirror, generator)
-        x = table.run(x, *rows)
+        x = table.run(x, *rows, take=index)
         return resize.center_crop(x, IMAGENET_SIZE) if policy.space == "imagenet" else x
+    if index is not None:
+        x = x.index_select(0, to_device(torch.from_numpy(index), x.device))
     choice = torch.from_numpy(np.ascontiguousarray(choice.T))
     ops_all, levels_all = torch.from_numpy(ops_all), torch.from_numpy(levels_all)
     groups = {tuple(x.shape[2:]): (torch.arange(n), x)}

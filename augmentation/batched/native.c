@@ -275,7 +275,8 @@ typedef struct {
     void *resize; /* RandResizeCrop's scratch, fetched at its first image */
 } call_t;
 
-/* Apply op `code` with parameters q[0..3] and factor a to one image, img -> dst (distinct).
+/* Apply op `code` with parameters q[0..3] and factor a to one image, img -> dst (distinct,
+ * except for a cutout, which fills img in place when given dst == img).
  * A gather reads map q0, or its q2 runs from run q3 when q2 > 0. Returns 0, 1 for an unknown
  * op, -1 when out of memory. */
 static int apply_op(call_t *k, int32_t code, const int32_t *q, float a, const uint8_t *img,
@@ -360,13 +361,15 @@ static int apply_op(call_t *k, int32_t code, const int32_t *q, float a, const ui
         for (int64_t r = 0; r < c * h; r++)
             for (int64_t p = 0; p < w; p++) dst[r * w + p] = img[r * w + w - 1 - p];
         break;
-    case OP_CUTOUT:
-        memcpy(dst, img, (size_t)size);
+    case OP_CUTOUT: {
+        if (dst != img) memcpy(dst, img, (size_t)size);
+        const int64_t x1 = q[2] < w - 1 ? q[2] : w - 1, y1 = q[3] < h - 1 ? q[3] : h - 1;
+        if (x1 < q[0]) break;
         for (int64_t b = 0; b < c; b++)
-            for (int64_t r = q[1]; r <= q[3] && r < h; r++)
-                for (int64_t p = q[0]; p <= q[2] && p < w; p++)
-                    dst[b * hw + r * w + p] = k->fill[b];
+            for (int64_t r = q[1]; r <= y1; r++)
+                memset(dst + b * hw + r * w + q[0], k->fill[b], (size_t)(x1 - q[0] + 1));
         break;
+    }
     case OP_CROP:
         for (int64_t b = 0; b < c; b++)
             padded_crop(img + b * hw, dst + b * hw, h, w, q[0], q[1], k->pad, k->fill[b]);
@@ -385,12 +388,14 @@ static int apply_op(call_t *k, int32_t code, const int32_t *q, float a, const ui
 /* Apply `layers` ops to every image in turn: op[l * n + i] with parameters ip[4 (l n + i) ..]
  * and factor fp[l n + i] is layer l of image i. An image goes through all its layers before
  * the next one starts, its intermediate results in two buffers of one image that stay in the
- * cache (a policy batch is one call); an Identity before the last layer costs nothing.
- * fill: grey per band; pad: RandCrop's padding. Returns 0, 1 + l n + i for an unknown op, or
- * -1 when out of memory. */
-int dx_apply(const uint8_t *x, uint8_t *out, int64_t n, int64_t layers, int64_t c, int64_t h,
-             int64_t w, const int32_t *op, const int32_t *ip, const float *fp,
-             const int32_t *maps, const int32_t *runs, const uint8_t *tables,
+ * cache (a policy batch is one call); an Identity (or a flip that keeps the image) before the
+ * last layer costs nothing, and a cutout before it fills its box in the buffer, in place.
+ * Image i is x's image take[i] (x's image i when take is NULL): a batch is read straight from
+ * the stored images, with no gathered copy. fill: grey per band; pad: RandCrop's padding.
+ * Returns 0, 1 + l n + i for an unknown op, or -1 when out of memory. */
+int dx_apply(const uint8_t *x, const int64_t *take, uint8_t *out, int64_t n, int64_t layers,
+             int64_t c, int64_t h, int64_t w, const int32_t *op, const int32_t *ip,
+             const float *fp, const int32_t *maps, const int32_t *runs, const uint8_t *tables,
              const uint8_t *fill, int32_t pad) {
     const int64_t hw = h * w, size = c * hw;
     /* scratch: the interleaved pixels, two images, the grey band; kept by the thread between
@@ -410,12 +415,15 @@ int dx_apply(const uint8_t *x, uint8_t *out, int64_t n, int64_t layers, int64_t 
     k.grey = buf + 2 * size;
     int status = 0;
     for (int64_t i = 0; i < n && !status; i++) {
-        const uint8_t *src = x + i * size;
+        const uint8_t *src = x + (take ? take[i] : i) * size;
         for (int64_t l = 0; l < layers && !status; l++) {
             const int64_t j = l * n + i;
             const int last = l == layers - 1;
-            if (op[j] == OP_COPY && !last) continue;
+            /* an Identity, or a flip that does not mirror, before the last layer: nothing */
+            if (!last && (op[j] == OP_COPY || (op[j] == OP_FLIP && !ip[4 * j]))) continue;
             uint8_t *dst = last ? out + i * size : (src == buf ? buf + size : buf);
+            if (!last && op[j] == OP_CUTOUT && (src == buf || src == buf + size))
+                dst = (uint8_t *)src; /* a scratch image: the box is filled in place */
             const int r = apply_op(&k, op[j], ip + 4 * j, fp[j], src, dst);
             status = r > 0 ? (int)(1 + j) : r;
             src = dst;

@@ -142,7 +142,7 @@ def _library():
     except (OSError, subprocess.CalledProcessError):
         return None
     p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32
-    lib.dx_apply.argtypes = [p, p, i64, i64, i64, i64, i64, p, p, p, p, p, p, p, i32]
+    lib.dx_apply.argtypes = [p, p, p, i64, i64, i64, i64, i64, p, p, p, p, p, p, p, i32]
     lib.dx_apply.restype = ctypes.c_int
     lib.dx_blend_table.argtypes = [ctypes.c_float, p]
     lib.dx_blend_table.restype = None
@@ -278,14 +278,21 @@ class CandidateTable:
         row = (op_ids * self.l_mags + levels) * 2 + negative
         return self.code[row], self.ip[row], self.fp[row]
 
-    def run(self, x: torch.Tensor, code: np.ndarray, ip: np.ndarray, fp: np.ndarray):
+    def run(self, x: torch.Tensor, code: np.ndarray, ip: np.ndarray, fp: np.ndarray,
+            take: np.ndarray | None = None):
         """Apply the ops to ``x`` (uint8 N x C x H x W on the CPU) with one C call: ``code``,
         ``ip``, ``fp`` as ``rows`` gives them for one op per image, or stacked (layers, N, ...)
         for several ops per image, applied in order (each image through all its layers while
-        it is in the cache)."""
+        it is in the cache). With ``take`` (int64 indices into ``x``), the batch is
+        ``x[take]``, read in place: no gathered copy of the images is made."""
         x = x.contiguous()
         n, c, h, w = x.shape
-        out = torch.empty_like(x)
+        if take is not None:
+            take = np.ascontiguousarray(take, dtype=np.int64)
+            if take.ndim != 1 or (take.size and not 0 <= take.min() <= take.max() < n):
+                raise IndexError(f"batched.native: indices outside 0..{n - 1}")
+            n = take.shape[0]
+        out = x.new_empty((n, c, h, w))
         if n == 0:
             return out
         code = np.ascontiguousarray(code, dtype=np.int32).reshape(-1, n)
@@ -293,7 +300,8 @@ class CandidateTable:
         arrays = (code, np.ascontiguousarray(ip, dtype=np.int32),
                   np.ascontiguousarray(fp, dtype=np.float32),
                   self.maps, self.runs, self.tables, fill)
-        status = _library().dx_apply(x.data_ptr(), out.data_ptr(), n, code.shape[0], c, h, w,
+        status = _library().dx_apply(x.data_ptr(), None if take is None else take.ctypes.data,
+                                     out.data_ptr(), n, code.shape[0], c, h, w,
                                      *(a.ctypes.data for a in arrays), CROP_PAD)
         if status < 0:
             raise MemoryError("batched.native: out of memory")

@@ -3,13 +3,15 @@
  * §1), bit-exact, taps included.
  *
  * The taps are Resample.c's precompute_coeffs and normalize_coeffs_8bpc, in the same double
- * arithmetic (built with -ffp-contract=off: no fused multiply-add); the torch port computes the
+ * arithmetic (built with -ffp-contract=off: no fused multiply-add; with AVX-512, eight outputs
+ * per vector, each lane the scalar operations in their order); the torch port computes the
  * same numbers with numpy (batched.resize.bicubic_taps) and the tests compare both with Pillow.
  * The two passes are horizontal then vertical, each output sample clip8 of 2^21 plus its taps'
  * pixel * weight in int32, rounded to 8 bits after each pass, over the rows the vertical pass
  * reads. Integer sums do not depend on their order, so any vectorisation gives Pillow's pixels:
  *
- * - vertical pass: along contiguous rows, 16 columns per AVX-512 vector where available;
+ * - vertical pass: along contiguous rows, 16 columns per AVX-512 vector where available, two
+ *   output rows at a time when they share their source rows;
  * - horizontal pass with AVX-512 VBMI: 16 outputs at a time from one 64-byte window of the
  *   row, each tap's 16 source bytes picked by one byte permute straight into int32 lanes
  *   (a block whose window is wider than 64 bytes, or a CPU without VBMI, takes the portable
@@ -45,16 +47,88 @@ static int64_t max_taps(int64_t len, int64_t size) {
     return (int64_t)ceil(2.0 * (scale < 1.0 ? 1.0 : scale)) * 2 + 1;
 }
 
+#if defined(DX_AVX512) && defined(__AVX512DQ__)
+/* bicubic() on eight doubles, the same operations. */
+static inline __m512d bicubic8(__m512d x) {
+    x = _mm512_abs_pd(x);
+    const __m512d near = _mm512_add_pd(_mm512_mul_pd(_mm512_mul_pd(_mm512_sub_pd(
+        _mm512_mul_pd(_mm512_set1_pd(1.5), x), _mm512_set1_pd(2.5)), x), x), _mm512_set1_pd(1.0));
+    const __m512d far = _mm512_mul_pd(_mm512_sub_pd(_mm512_mul_pd(_mm512_add_pd(_mm512_mul_pd(
+        _mm512_sub_pd(x, _mm512_set1_pd(5.0)), x), _mm512_set1_pd(8.0)), x),
+        _mm512_set1_pd(4.0)), _mm512_set1_pd(-0.5));
+    const __m512d zero = _mm512_setzero_pd();
+    const __m512d outer = _mm512_mask_mov_pd(zero, _mm512_cmp_pd_mask(x, _mm512_set1_pd(2.0),
+                                                                      _CMP_LT_OQ), far);
+    return _mm512_mask_mov_pd(outer, _mm512_cmp_pd_mask(x, _mm512_set1_pd(1.0), _CMP_LT_OQ),
+                              near);
+}
+
+/* The loop of bicubic_taps for outputs 0 .. 8 m - 1, eight outputs at a time, each lane the
+ * scalar loop's operations in its order (the sum ww over the taps in order, the division,
+ * the rounding); returns 8 m. `k` is scratch of 8 ksize doubles. */
+static int64_t taps_by_eight(int64_t in_size, int64_t in0, int64_t size, double scale,
+                             double support, double ss, int64_t ksize, int32_t *first,
+                             int32_t *count, int32_t *kernel, double *k) {
+    const __m512d half = _mm512_set1_pd(0.5), zero = _mm512_setzero_pd();
+    const __m512d one = _mm512_set1_pd((double)(1 << PRECISION_BITS));
+    const __m512i lanes = _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0);
+    int64_t o = 0;
+    for (; o + 8 <= size; o += 8) {
+        const __m512d out = _mm512_cvtepi64_pd(_mm512_add_epi64(_mm512_set1_epi64(o), lanes));
+        const __m512d center = _mm512_add_pd(_mm512_set1_pd((double)in0),
+                                             _mm512_mul_pd(_mm512_add_pd(out, half),
+                                                           _mm512_set1_pd(scale)));
+        __m512i lo = _mm512_cvttpd_epi64(_mm512_add_pd(
+            _mm512_sub_pd(center, _mm512_set1_pd(support)), half));
+        __m512i hi = _mm512_cvttpd_epi64(_mm512_add_pd(
+            _mm512_add_pd(center, _mm512_set1_pd(support)), half));
+        lo = _mm512_max_epi64(lo, _mm512_setzero_si512());
+        hi = _mm512_sub_epi64(_mm512_min_epi64(hi, _mm512_set1_epi64(in_size)), lo);
+        __m512d ww = zero;
+        for (int64_t x = 0; x < ksize; x++) {
+            const __mmask8 inside = _mm512_cmpgt_epi64_mask(hi, _mm512_set1_epi64(x));
+            const __m512d at = _mm512_cvtepi64_pd(_mm512_add_epi64(lo, _mm512_set1_epi64(x)));
+            const __m512d kx = bicubic8(_mm512_mul_pd(_mm512_add_pd(_mm512_sub_pd(at, center),
+                                                                    half), _mm512_set1_pd(ss)));
+            _mm512_storeu_pd(k + 8 * x, kx);
+            ww = _mm512_mask_add_pd(ww, inside, ww, kx);
+        }
+        const __mmask8 nonzero = _mm512_cmp_pd_mask(ww, zero, _CMP_NEQ_UQ);
+        int32_t tap[8];
+        for (int64_t x = 0; x < ksize; x++) {
+            const __mmask8 inside = _mm512_cmpgt_epi64_mask(hi, _mm512_set1_epi64(x));
+            __m512d v = _mm512_loadu_pd(k + 8 * x);
+            v = _mm512_maskz_mov_pd(inside, _mm512_mask_div_pd(v, nonzero, v, ww));
+            const __m512d scaled = _mm512_mul_pd(v, one);
+            const __mmask8 negative = _mm512_cmp_pd_mask(v, zero, _CMP_LT_OQ);
+            const __m512d rounded = _mm512_mask_mov_pd(_mm512_add_pd(half, scaled), negative,
+                                                       _mm512_add_pd(_mm512_set1_pd(-0.5),
+                                                                     scaled));
+            _mm256_storeu_si256((__m256i *)tap, _mm512_cvttpd_epi32(rounded));
+            for (int64_t i = 0; i < 8; i++) kernel[(o + i) * ksize + x] = tap[i];
+        }
+        _mm256_storeu_si256((__m256i *)(first + o), _mm512_cvtepi64_epi32(lo));
+        _mm256_storeu_si256((__m256i *)(count + o), _mm512_cvtepi64_epi32(hi));
+    }
+    return o;
+}
+#endif
+
 /* precompute_coeffs + normalize_coeffs_8bpc for the box [in0, in1) of an axis of `in_size`:
  * first[o], count[o] (taps inside the axis) and kernel[o * ksize + j]; returns ksize. `k` is
- * scratch of ksize doubles. */
+ * scratch of 8 ksize doubles. With AVX-512, eight outputs at a time (taps_by_eight), the rest
+ * here. */
 static int64_t bicubic_taps(int64_t in_size, int64_t in0, int64_t in1, int64_t size,
                             int32_t *first, int32_t *count, int32_t *kernel, double *k) {
     const double scale = (double)(in1 - in0) / (double)size;
     const double filterscale = scale < 1.0 ? 1.0 : scale;
     const double support = 2.0 * filterscale, ss = 1.0 / filterscale;
     const int64_t ksize = (int64_t)ceil(support) * 2 + 1;
-    for (int64_t o = 0; o < size; o++) {
+    int64_t o = 0;
+#if defined(DX_AVX512) && defined(__AVX512DQ__)
+    o = taps_by_eight(in_size, in0, size, scale, support, ss, ksize, first, count, kernel, k);
+#endif
+    for (; o < size; o++) {
         const double center = (double)in0 + ((double)o + 0.5) * scale;
         int64_t lo = (int64_t)(center - support + 0.5), hi = (int64_t)(center + support + 0.5);
         lo = lo < 0 ? 0 : lo;
@@ -91,11 +165,80 @@ static void transpose(const uint8_t *src, int64_t stride, int64_t rows, int64_t 
                     dst[j * rows + i] = src[i * stride + j];
 }
 
+#ifdef DX_AVX512
+/* clip8 of 16 sums, stored as bytes under mask m. */
+static inline void store_clip8(uint8_t *dst, __mmask16 m, __m512i sum) {
+    sum = _mm512_max_epi32(_mm512_srai_epi32(sum, PRECISION_BITS), _mm512_setzero_si512());
+    _mm_mask_storeu_epi8(dst, m, _mm512_cvtusepi32_epi8(sum));
+}
+
+/* Output rows dst0 (taps k0 from source row 0 of `rows`) and, when dst1 is not NULL, dst1
+ * (taps k1 from source row d, d 0 or 1): each of the ksize + d source rows is widened to
+ * int32 once and feeds both sums. 64 columns per step in four vectors per output row, then
+ * 16 at a time. */
+static void lines_avx512(const uint8_t *rows, int64_t len, int64_t d, const int32_t *k0,
+                         const int32_t *k1, int64_t ksize, uint8_t *dst0, uint8_t *dst1) {
+    const __m512i bias = _mm512_set1_epi32(1 << (PRECISION_BITS - 1));
+    const int64_t span = dst1 ? ksize + d : ksize;
+    int64_t p = 0;
+    for (; p + 4 * BLOCK <= len; p += 4 * BLOCK) {
+        __m512i a0 = bias, a1 = bias, a2 = bias, a3 = bias;
+        __m512i b0 = bias, b1 = bias, b2 = bias, b3 = bias;
+        for (int64_t u = 0; u < span; u++) {
+            const __m128i *r = (const __m128i *)(rows + u * len + p);
+            const __m512i v0 = _mm512_cvtepu8_epi32(_mm_loadu_si128(r));
+            const __m512i v1 = _mm512_cvtepu8_epi32(_mm_loadu_si128(r + 1));
+            const __m512i v2 = _mm512_cvtepu8_epi32(_mm_loadu_si128(r + 2));
+            const __m512i v3 = _mm512_cvtepu8_epi32(_mm_loadu_si128(r + 3));
+            if (u < ksize) {
+                const __m512i wt = _mm512_set1_epi32(k0[u]);
+                a0 = _mm512_add_epi32(a0, _mm512_mullo_epi32(v0, wt));
+                a1 = _mm512_add_epi32(a1, _mm512_mullo_epi32(v1, wt));
+                a2 = _mm512_add_epi32(a2, _mm512_mullo_epi32(v2, wt));
+                a3 = _mm512_add_epi32(a3, _mm512_mullo_epi32(v3, wt));
+            }
+            if (dst1 && u >= d) {
+                const __m512i wt = _mm512_set1_epi32(k1[u - d]);
+                b0 = _mm512_add_epi32(b0, _mm512_mullo_epi32(v0, wt));
+                b1 = _mm512_add_epi32(b1, _mm512_mullo_epi32(v1, wt));
+                b2 = _mm512_add_epi32(b2, _mm512_mullo_epi32(v2, wt));
+                b3 = _mm512_add_epi32(b3, _mm512_mullo_epi32(v3, wt));
+            }
+        }
+        store_clip8(dst0 + p, 0xFFFF, a0);
+        store_clip8(dst0 + p + BLOCK, 0xFFFF, a1);
+        store_clip8(dst0 + p + 2 * BLOCK, 0xFFFF, a2);
+        store_clip8(dst0 + p + 3 * BLOCK, 0xFFFF, a3);
+        if (dst1) {
+            store_clip8(dst1 + p, 0xFFFF, b0);
+            store_clip8(dst1 + p + BLOCK, 0xFFFF, b1);
+            store_clip8(dst1 + p + 2 * BLOCK, 0xFFFF, b2);
+            store_clip8(dst1 + p + 3 * BLOCK, 0xFFFF, b3);
+        }
+    }
+    for (; p < len; p += BLOCK) {
+        const int64_t left = len - p;
+        const __mmask16 m = left >= BLOCK ? 0xFFFF : (__mmask16)((1u << left) - 1);
+        __m512i a = bias, b = bias;
+        for (int64_t u = 0; u < span; u++) {
+            const __m512i v = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, rows + u * len + p));
+            if (u < ksize) a = _mm512_add_epi32(a, _mm512_mullo_epi32(v, _mm512_set1_epi32(k0[u])));
+            if (dst1 && u >= d)
+                b = _mm512_add_epi32(b, _mm512_mullo_epi32(v, _mm512_set1_epi32(k1[u - d])));
+        }
+        store_clip8(dst0 + p, m, a);
+        if (dst1) store_clip8(dst1 + p, m, b);
+    }
+}
+#endif
+
 /* One pass along the rows of a matrix of rows of `len` bytes: out row o = clip8(2^21 + sum
  * over j < ksize of in row (first[o] + j - base) * kernel[o][j]); taps past count[o] have
- * weight 0 (`in` has ksize rows of padding for them). With AVX-512, 64 columns per step in
- * four int32 vectors and every row the same number of taps (no data-dependent branch);
- * elsewhere an int32 accumulator row, one tap at a time. */
+ * weight 0 (`in` has ksize rows of padding for them). With AVX-512 (lines_avx512), every row
+ * the same number of taps (no data-dependent branch), and two output rows at a time when the
+ * second starts at most one source row later (as an enlargement's do): they share the
+ * widened source rows. Elsewhere an int32 accumulator row, one tap at a time. Integer sums
+ * do not depend on their order: the same bytes either way. */
 static void resample_lines(const uint8_t *in, int64_t len, int64_t base, const int32_t *first,
                            const int32_t *count, const int32_t *kernel, int64_t ksize,
                            int64_t outs, uint8_t *out, int32_t *acc) {
@@ -104,37 +247,14 @@ static void resample_lines(const uint8_t *in, int64_t len, int64_t base, const i
         const int32_t *k = kernel + o * ksize;
         uint8_t *dst = out + o * len;
 #ifdef DX_AVX512
-        const __m512i bias = _mm512_set1_epi32(1 << (PRECISION_BITS - 1));
-        const __m512i zero = _mm512_setzero_si512();
         (void)count;
         (void)acc;
-        int64_t p = 0;
-        for (; p + 4 * BLOCK <= len; p += 4 * BLOCK) {
-            __m512i s0 = bias, s1 = bias, s2 = bias, s3 = bias;
-            for (int64_t j = 0; j < ksize; j++) {
-                const __m512i wt = _mm512_set1_epi32(k[j]);
-                const __m128i *r = (const __m128i *)(rows + j * len + p);
-                s0 = _mm512_add_epi32(s0, _mm512_mullo_epi32(_mm512_cvtepu8_epi32(_mm_loadu_si128(r)), wt));
-                s1 = _mm512_add_epi32(s1, _mm512_mullo_epi32(_mm512_cvtepu8_epi32(_mm_loadu_si128(r + 1)), wt));
-                s2 = _mm512_add_epi32(s2, _mm512_mullo_epi32(_mm512_cvtepu8_epi32(_mm_loadu_si128(r + 2)), wt));
-                s3 = _mm512_add_epi32(s3, _mm512_mullo_epi32(_mm512_cvtepu8_epi32(_mm_loadu_si128(r + 3)), wt));
-            }
-            __m128i *d = (__m128i *)(dst + p);
-            _mm_storeu_si128(d, _mm512_cvtusepi32_epi8(_mm512_max_epi32(_mm512_srai_epi32(s0, PRECISION_BITS), zero)));
-            _mm_storeu_si128(d + 1, _mm512_cvtusepi32_epi8(_mm512_max_epi32(_mm512_srai_epi32(s1, PRECISION_BITS), zero)));
-            _mm_storeu_si128(d + 2, _mm512_cvtusepi32_epi8(_mm512_max_epi32(_mm512_srai_epi32(s2, PRECISION_BITS), zero)));
-            _mm_storeu_si128(d + 3, _mm512_cvtusepi32_epi8(_mm512_max_epi32(_mm512_srai_epi32(s3, PRECISION_BITS), zero)));
-        }
-        for (; p < len; p += BLOCK) {
-            const int64_t left = len - p;
-            const __mmask16 m = left >= BLOCK ? 0xFFFF : (__mmask16)((1u << left) - 1);
-            __m512i sum = bias;
-            for (int64_t j = 0; j < ksize; j++) {
-                const __m512i v = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, rows + j * len + p));
-                sum = _mm512_add_epi32(sum, _mm512_mullo_epi32(v, _mm512_set1_epi32(k[j])));
-            }
-            sum = _mm512_max_epi32(_mm512_srai_epi32(sum, PRECISION_BITS), zero);
-            _mm_mask_storeu_epi8(dst + p, m, _mm512_cvtusepi32_epi8(sum));
+        const int64_t d = o + 1 < outs ? (int64_t)first[o + 1] - first[o] : -1;
+        if (d == 0 || d == 1) {
+            lines_avx512(rows, len, d, k, k + ksize, ksize, dst, dst + len);
+            o++;
+        } else {
+            lines_avx512(rows, len, 0, k, NULL, ksize, dst, NULL);
         }
 #else
         for (int64_t p = 0; p < len; p++) acc[p] = 1 << (PRECISION_BITS - 1);
@@ -181,7 +301,7 @@ static scratch_t *scratch_new(int64_t h, int64_t w, int64_t size) {
     s->rows = (uint8_t *)calloc((size_t)((h + kmax) * size), 1);
     s->cols = (uint8_t *)calloc((size_t)((w + kmax) * h), 1);
     s->tmp_t = (uint8_t *)malloc((size_t)(size * h));
-    s->k = (double *)malloc((size_t)kmax * sizeof(double));
+    s->k = (double *)malloc((size_t)(8 * kmax) * sizeof(double));
     s->acc = (int32_t *)malloc((size_t)(size > h ? size : h) * sizeof(int32_t));
     if (!(s->xfirst && s->xcount && s->xkernel && s->yfirst && s->ycount && s->ykernel && s->wt
           && s->idx && s->rows && s->cols && s->tmp_t && s->k && s->acc)) {

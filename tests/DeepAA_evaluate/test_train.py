@@ -215,9 +215,10 @@ def test_batched_backends_apply_the_policy_per_batch(tiny, monkeypatch, backend)
     calls = []
     real = batched.apply_policy_batch
 
-    def spy(policy, x, mirror=True, generator=None):
-        out = real(policy, x, mirror=mirror, generator=generator)
-        calls.append((x.dtype, tuple(x.shape), out.dtype, tuple(out.shape), mirror))
+    def spy(policy, x, mirror=True, generator=None, index=None):
+        out = real(policy, x, mirror=mirror, generator=generator, index=index)
+        batch = x if index is None else x[torch.as_tensor(index)]  # stored images, by index
+        calls.append((batch.dtype, tuple(batch.shape), out.dtype, tuple(out.shape), mirror))
         return out
 
     monkeypatch.setattr(batched, "apply_policy_batch", spy)

@@ -328,6 +328,28 @@ def test_global_generator_and_empty_batches():
     assert batched.sample_candidates(pol, 0).shape == (0, 1)
 
 
+def test_policy_batch_of_indexed_images_equals_the_gathered_batch():
+    """index= (a loader's stored array, read in place by the C kernels) gives the pixels of
+    the gathered batch x[index] for the same generator: repeated and unordered indices, a
+    CIFAR policy and an ImageNet one with RandResizeCrop at 224 x 224; an index outside the
+    stored images is refused, and no index gives an empty batch."""
+    from augmentation.policy import load_policy
+
+    for name, side in (("deepaa_cifar_1", 32), ("deepaa_imagenet_1", 224)):
+        x = to_tensor(photo_like(7, side, side, seed=side))
+        index = np.array([5, 0, 5, 6, 2, 3, 1, 4])
+        got = apply_policy_batch(load_policy(name), x, index=index,
+                                 generator=torch.Generator().manual_seed(4))
+        want = apply_policy_batch(load_policy(name), x[torch.from_numpy(index)],
+                                  generator=torch.Generator().manual_seed(4))
+        assert got.shape == (8, 3, side, side) and torch.equal(got, want), name
+        assert not torch.equal(got[0], got[2])  # the same image drew its own ops
+    with pytest.raises(IndexError):
+        apply_policy_batch(load_policy("deepaa_cifar_1"), x[:, :, :32, :32], index=[0, 7])
+    assert apply_policy_batch(load_policy("deepaa_cifar_1"), x, index=[]).shape == (0, 3, 224,
+                                                                                     224)
+
+
 def test_policy_batch_mirrors_each_layer_per_image():
     """The trainer's semantics (mirror=True): each layer's signed op acts at +v or -v per
     image, each image's result is one of Pillow's four sign combinations, and both signs occur

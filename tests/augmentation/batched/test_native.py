@@ -32,9 +32,9 @@ def both(fn):
                                     native.resized_crop, [])
 
     def counted(real):
-        def call(*args):
+        def call(*args, **kwargs):
             calls.append(1)
-            return real(*args)
+            return real(*args, **kwargs)
         return call
 
     for flag in (True, False):

@@ -50,6 +50,21 @@ def test_resized_crop_pixels_are_bit_exact_with_pillow_bicubic(resized_crop, h, 
         assert np.array_equal(got[i], np.asarray(ref)), i
 
 
+@pytest.mark.parametrize("resized_crop", [resize.resized_crop, native.resized_crop])
+def test_random_boxes_of_224_images_are_bit_exact_with_pillow_bicubic(resized_crop):
+    """RandResizeCrop's own case, the one the ImageNet policies meet most: boxes drawn by the
+    box rule from 224 x 224 images, enlarged back to 224 (the C kernel computes the taps of
+    eight outputs at a time and the horizontal pass from byte permutes)."""
+    arr = photo_like(40, 224, 224, seed=8)
+    u = torch.rand(4, 40, 10, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    boxes = resize.resized_crop_boxes(224, 224, *u)
+    got = to_numpy(resized_crop(to_tensor(arr), tuple(torch.from_numpy(b) for b in boxes), 224))
+    for i in range(len(arr)):
+        l, t, cw, ch = (int(b[i]) for b in boxes)
+        ref = Image.fromarray(arr[i]).resize((224, 224), Image.BICUBIC, box=(l, t, l + cw, t + ch))
+        assert np.array_equal(got[i], np.asarray(ref)), i
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("chunk", [2, 64])
 def test_resized_crop_in_chunks_is_bit_exact_with_pillow_bicubic(monkeypatch, chunk, device):
