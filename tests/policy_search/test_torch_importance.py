@@ -176,7 +176,9 @@ def test_eager_gradient_is_the_functional_one(precision):
     with matcher._batch_norm_mode():
         eager = matcher._eager_grad(images, labels, weights, *theta)
         functional = matcher._chunk_grad(images, labels, weights, *theta)
-    assert len(eager) == len(functional) == len(matcher.names)
-    for a, b in zip(eager, functional):
-        assert torch.equal(a, b)
+        with torch.no_grad():  # a caller's no_grad does not reach the gradient's graph
+            under_no_grad = matcher._eager_grad(images, labels, weights, *theta)
+    assert len(eager) == len(functional) == len(under_no_grad) == len(matcher.names)
+    for a, b, c in zip(eager, functional, under_no_grad):
+        assert torch.equal(a, b) and torch.equal(a, c)
     assert any(float(g.abs().max()) > 0 for g in eager)
